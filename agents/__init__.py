@@ -1,0 +1,1 @@
+"""Blue-team learners (DIAL-SAU, QMIX), baselines, training and reports (cyberdial.agents)."""

@@ -1,0 +1,1 @@
+"""ZeroMQ protocol, bridge service and the emulated env client (cyberdial.bridge)."""

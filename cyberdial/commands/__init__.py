@@ -1,0 +1,1 @@
+"""One module per `cyberdial` command group; each exposes `register(subparsers)`."""

@@ -1,0 +1,479 @@
+"""The simulated range: the game model's dynamics in NumPy, fast enough to train on.
+
+`SimBatch` steps N independent copies of one scenario together (arrays shaped
+(B, hosts)); `SimRange` is the PettingZoo `ParallelEnv` over one copy. Both are
+deterministic for a given seed. The emulator measures the same game on real hosts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+from numpy.typing import NDArray
+from pettingzoo import ParallelEnv
+
+from cyberdial.range.model import (
+    ACTIVITY_BITS,
+    COMPROMISE_BITS,
+    ActionKind,
+    Activity,
+    Compromise,
+    GameModel,
+    Observed,
+    RedActionKind,
+)
+from cyberdial.range.scenario import Scenario, load_scenario
+
+
+@dataclass
+class BatchStep:
+    """What one step of a `SimBatch` gives back (all arrays lead with the batch axis)."""
+
+    observations: NDArray[np.float32]  # (B, A, max_obs)
+    masks: NDArray[np.int8]  # (B, A, max_actions)
+    rewards: NDArray[np.float32]  # (B,)
+    terms: dict[str, NDArray[np.float32]]  # reward terms, each (B,)
+    bits_sent: NDArray[np.int64]  # (B,)
+    green_failures: NDArray[np.int64]  # (B,)
+    executed: NDArray[np.int64]  # (B, A) the action each agent is carrying out
+    done: bool
+
+
+class SimBatch:
+    """N copies of the game stepped together; every rule comes from `GameModel`."""
+
+    def __init__(self, scenario: Scenario | GameModel, n_envs: int = 1, seed: int | None = None):
+        self.model = scenario if isinstance(scenario, GameModel) else GameModel(scenario)
+        self.scenario = self.model.scenario
+        self.n_envs = n_envs
+        self._seed = self.scenario.seed if seed is None else seed
+        self.rng = np.random.default_rng(self._seed)
+        m = self.model
+        self._agent_grid = np.broadcast_to(np.arange(m.n_agents), (n_envs, m.n_agents))
+        self._env_grid = np.broadcast_to(np.arange(n_envs)[:, None], (n_envs, m.n_agents))
+        self._users = np.flatnonzero(m.host_user)
+        self._servers = np.array(
+            [self.scenario.host_index[name] for name in self.scenario.green.servers], dtype=np.int64
+        )
+        order = np.argsort(m.host_subnet, kind="stable")
+        counts = np.bincount(m.host_subnet, minlength=m.n_subnets)
+        self._hosts_by_subnet = order
+        self._subnet_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._subnet_count = counts
+        self._red_durations = np.array(
+            [1, *(getattr(self.scenario.red.durations, k) for k in
+                  ("sweep", "scan", "exploit", "escalate", "impact"))],
+            dtype=np.int64,
+        )
+        self.reset()
+
+    # ---------------------------------------------------------------- reset
+
+    def reset(self, seed: int | None = None) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        m, b = self.model, self.n_envs
+        h, s, a = m.n_hosts, m.n_subnets, m.n_agents
+        self.t = 0
+        self.compromise = np.zeros((b, h), dtype=np.int8)
+        self.impacted = np.zeros((b, h), dtype=bool)
+        self.decoy = np.zeros((b, h), dtype=bool)
+        self.down = np.zeros((b, h), dtype=np.int64)
+        self.activity = np.zeros((b, h), dtype=np.int8)
+        self.observed = np.zeros((b, h), dtype=np.int8)
+        self.blocked = np.zeros((b, s), dtype=bool)
+        self.discovered = np.zeros((b, h), dtype=bool)
+        self.scanned = np.zeros((b, h), dtype=bool)
+        self.swept = np.zeros((b, s), dtype=bool)
+        self.red_kind = np.zeros(b, dtype=np.int64)
+        self.red_target = np.zeros(b, dtype=np.int64)
+        self.red_timer = np.zeros(b, dtype=np.int64)
+        self.red_wait = np.full(b, self.scenario.red.start_delay, dtype=np.int64)
+        self.blue_pending = np.zeros((b, a), dtype=np.int64)
+        self.blue_timer = np.zeros((b, a), dtype=np.int64)
+        self.messages = np.zeros((b, a, m.message_bits), dtype=np.uint8)
+        self.last_action = np.zeros((b, a), dtype=np.int64)
+        self.mask = m.action_masks(self.activity, self.observed, self.messages, self.blue_timer > 0)
+        return self._observe(), self.mask
+
+    def _observe(self) -> NDArray[np.float32]:
+        return self.model.encode_observations(
+            self.activity, self.observed, self.blocked, self.messages, self.last_action
+        )
+
+    # ----------------------------------------------------------------- step
+
+    def step(
+        self, actions: NDArray[np.int64], messages: NDArray[np.uint8] | None = None
+    ) -> BatchStep:
+        """Advance every copy one step. An illegal or out-of-range action is Sleep."""
+        m, b = self.model, self.n_envs
+        actions = np.asarray(actions, dtype=np.int64).reshape(b, m.n_agents)
+        if messages is None:
+            messages = np.zeros((b, m.n_agents, m.message_bits), dtype=np.uint8)
+        messages = (np.asarray(messages).reshape(b, m.n_agents, m.message_bits) > 0).astype(np.uint8)
+
+        in_range = (actions >= 0) & (actions < m.max_actions)
+        clipped = np.where(in_range, actions, 0)
+        legal = in_range & (self.mask[self._env_grid, self._agent_grid, clipped] > 0)
+        chosen = np.where(legal, clipped, 0)
+
+        restores = self._blue_step(chosen)
+        self.activity[:] = Activity.NONE
+        self._red_step()
+        failures = self._green_step()
+        # An exploit seen on a host whose state blue believes clean makes it "unknown".
+        seen_exploit = (self.activity == Activity.EXPLOIT) & (self.observed == Observed.NONE)
+        self.observed[seen_exploit] = Observed.UNKNOWN
+        np.maximum(self.down - 1, 0, out=self.down)
+
+        self.messages = messages
+        bits_sent = messages.reshape(b, -1).sum(axis=1).astype(np.int64)
+        terms = m.reward_terms(self.compromise, self.impacted, failures, restores, bits_sent)
+        self.t += 1
+        observations = self._observe()
+        self.mask = m.action_masks(self.activity, self.observed, self.messages, self.blue_timer > 0)
+        return BatchStep(
+            observations=observations,
+            masks=self.mask,
+            rewards=terms["total"],
+            terms=terms,
+            bits_sent=bits_sent,
+            green_failures=failures,
+            executed=self.last_action.copy(),
+            done=self.t >= self.scenario.episode_length,
+        )
+
+    def _blue_step(self, chosen: NDArray[np.int64]) -> NDArray[np.int64]:
+        m = self.model
+        idle = self.blue_timer == 0
+        self.blue_pending = np.where(idle, chosen, self.blue_pending)
+        self.blue_timer = np.where(
+            idle, m.action_duration[self._agent_grid, self.blue_pending], self.blue_timer
+        )
+        self.last_action = self.blue_pending.copy()
+        self.blue_timer -= 1
+        finished = self.blue_timer == 0
+        kind = m.action_kind[self._agent_grid, self.blue_pending]
+        host = m.action_host[self._agent_grid, self.blue_pending]
+        subnet = m.action_subnet[self._agent_grid, self.blue_pending]
+        envs = self._env_grid
+        restores = np.zeros(self.n_envs, dtype=np.int64)
+
+        sel = finished & (kind == ActionKind.ANALYSE)
+        if sel.any():
+            e, h = envs[sel], host[sel]
+            self.observed[e, h] = self.compromise[e, h]
+        sel = finished & (kind == ActionKind.REMOVE)
+        if sel.any():
+            e, h = envs[sel], host[sel]
+            user = self.compromise[e, h] == Compromise.USER
+            self.compromise[e[user], h[user]] = Compromise.CLEAN
+        sel = finished & (kind == ActionKind.RESTORE)
+        if sel.any():
+            e, h = envs[sel], host[sel]
+            self.compromise[e, h] = Compromise.CLEAN
+            self.impacted[e, h] = False
+            self.decoy[e, h] = False
+            self.observed[e, h] = Observed.NONE
+            self.down[e, h] = self.scenario.blue.restore_downtime
+            np.add.at(restores, e, 1)
+        for action_kind, value in ((ActionKind.BLOCK, True), (ActionKind.UNBLOCK, False)):
+            sel = finished & (kind == action_kind)
+            if sel.any():
+                self.blocked[envs[sel], subnet[sel]] = value
+        sel = finished & (kind == ActionKind.DECOY)
+        if sel.any():
+            self.decoy[envs[sel], host[sel]] = True
+        return restores
+
+    def _red_step(self) -> None:
+        m, b, red = self.model, self.n_envs, self.scenario.red
+        has_foothold = (self.compromise > 0).any(axis=1)
+        waiting = ~has_foothold & (self.red_timer == 0)
+        enter = waiting & (self.red_wait <= 0)
+        self.compromise[enter, m.entry_host] = Compromise.USER
+        self.red_wait[enter] = red.reentry_delay
+        self.red_wait[waiting & ~enter] -= 1
+
+        idle = (self.red_timer == 0) & (self.compromise > 0).any(axis=1)
+        if idle.any():
+            index = np.flatnonzero(idle)
+            noise = self.rng.random((len(index), 4 * m.n_hosts + m.n_subnets), dtype=np.float32)
+            kinds, targets = m.red_choose(
+                self.compromise[index], self.impacted[index], self.discovered[index],
+                self.scanned[index], self.swept[index], self.blocked[index], noise,
+            )
+            self.red_kind[index] = kinds
+            self.red_target[index] = targets
+            self.red_timer[index] = self._red_durations[kinds]
+        self.red_timer = np.maximum(self.red_timer - 1, 0)
+        complete = (self.red_timer == 0) & (self.red_kind != RedActionKind.NONE)
+        if not complete.any():
+            return
+        reach = m.red_reach(self.compromise, self.blocked)
+        kind, target = self.red_kind, self.red_target
+        envs = np.arange(b)
+        host_reach = reach[envs, m.host_subnet[np.minimum(target, m.n_hosts - 1)]]
+        sensors = self.scenario.sensors
+
+        sel = complete & (kind == RedActionKind.SWEEP) & reach[envs, np.minimum(target, m.n_subnets - 1)]
+        if sel.any():
+            in_subnet = m.host_subnet[None, :] == target[sel][:, None]
+            self.discovered[sel] |= in_subnet
+            self.swept[sel, target[sel]] = True
+            seen = in_subnet & (self.rng.random(in_subnet.shape) < sensors.sweep_detect)
+            self.activity[sel] = np.maximum(self.activity[sel], np.where(seen, Activity.SCAN, 0))
+        sel = complete & (kind == RedActionKind.SCAN) & host_reach
+        if sel.any():
+            e, h = envs[sel], target[sel]
+            self.scanned[e, h] = True
+            seen = self.rng.random(len(e)) < sensors.scan_detect
+            level = np.where(self.decoy[e, h], Activity.EXPLOIT, np.where(seen, Activity.SCAN, 0))
+            self.activity[e, h] = np.maximum(self.activity[e, h], level)
+        sel = complete & (kind == RedActionKind.EXPLOIT) & host_reach
+        if sel.any():
+            e, h = envs[sel], target[sel]
+            clean = self.compromise[e, h] == Compromise.CLEAN
+            trapped = self.decoy[e, h]
+            success = clean & ~trapped & (self.rng.random(len(e)) < red.exploit_success)
+            self.compromise[e[success], h[success]] = Compromise.USER
+            seen = trapped | (self.rng.random(len(e)) < sensors.exploit_detect)
+            self.activity[e[seen], h[seen]] = Activity.EXPLOIT
+        sel = complete & (kind == RedActionKind.ESCALATE)
+        if sel.any():
+            e, h = envs[sel], target[sel]
+            ok = (self.compromise[e, h] == Compromise.USER) & (
+                self.rng.random(len(e)) < red.escalate_success
+            )
+            self.compromise[e[ok], h[ok]] = Compromise.PRIVILEGED
+        sel = complete & (kind == RedActionKind.IMPACT)
+        if sel.any():
+            e, h = envs[sel], target[sel]
+            ok = (self.compromise[e, h] == Compromise.PRIVILEGED) & m.host_mission[h]
+            self.impacted[e[ok], h[ok]] = True
+        self.red_kind[complete] = RedActionKind.NONE
+
+    def _green_step(self) -> NDArray[np.int64]:
+        m, b, green = self.model, self.n_envs, self.scenario.green
+        users = self._users
+        if len(users) == 0:
+            return np.zeros(b, dtype=np.int64)
+        shape = (b, len(users))
+        works = self.rng.random(shape) < green.work_rate
+        if len(self._servers):
+            server = self._servers[self.rng.integers(0, len(self._servers), shape)]
+        else:
+            server = np.broadcast_to(users, shape)
+        envs = np.broadcast_to(np.arange(b)[:, None], shape)
+        user_subnet = m.host_subnet[users][None, :]
+        server_subnet = m.host_subnet[server]
+        cut_off = self.blocked[envs, server_subnet] & (server_subnet != user_subnet)
+        fails = (
+            (self.down[:, users] > 0)
+            | (self.down[envs, server] > 0)
+            | self.impacted[envs, server]
+            | cut_off
+        )
+        failures = (works & fails).sum(axis=1).astype(np.int64)
+
+        # False positives: admins' sweeps look like scans on a neighbour; mistyped
+        # logins look like exploits on the server they meant to use.
+        if green.fp_scan > 0:
+            fp = self.rng.random(shape) < green.fp_scan
+            if fp.any():
+                e, u = np.nonzero(fp)
+                subnet = m.host_subnet[users[u]]
+                pick = (self.rng.random(len(e)) * self._subnet_count[subnet]).astype(np.int64)
+                victim = self._hosts_by_subnet[self._subnet_start[subnet] + pick]
+                self.activity[e, victim] = np.maximum(self.activity[e, victim], Activity.SCAN)
+        if green.fp_exploit > 0:
+            fp = (self.rng.random(shape) < green.fp_exploit) & ~cut_off
+            if fp.any():
+                e, u = np.nonzero(fp)
+                self.activity[e, server[e, u]] = Activity.EXPLOIT
+        return failures
+
+    # ---------------------------------------------------------------- views
+
+    def state(self) -> NDArray[np.float32]:
+        """Global state for centralised training (B, state_size); never shown to agents."""
+        m, b = self.model, self.n_envs
+        per_host = np.concatenate(
+            [
+                np.eye(3, dtype=np.float32)[self.compromise],
+                self.impacted[..., None],
+                self.decoy[..., None],
+                (self.down > 0)[..., None],
+                ACTIVITY_BITS[self.activity],
+                COMPROMISE_BITS[self.observed],
+            ],
+            axis=2,
+            dtype=np.float32,
+        ).reshape(b, -1)
+        progress = np.full((b, 1), self.t / self.scenario.episode_length, dtype=np.float32)
+        return np.concatenate(
+            [per_host, self.blocked, self.messages.reshape(b, -1), progress], axis=1, dtype=np.float32
+        )
+
+    def ground_truth(self, env: int = 0) -> dict[str, Any]:
+        """The true state of one copy, by host name (for recordings and reports)."""
+        hosts = self.scenario.all_hosts
+        return {
+            "compromise": {h.name: Compromise(int(self.compromise[env, h.index])).name.lower()
+                           for h in hosts},
+            "impacted": [h.name for h in hosts if self.impacted[env, h.index]],
+            "blocked": [s.name for i, s in enumerate(self.scenario.subnets) if self.blocked[env, i]],
+            "red_action": RedActionKind(int(self.red_kind[env])).name.lower(),
+        }
+
+
+# ------------------------------------------------------------------- PettingZoo
+
+
+class SimRange(ParallelEnv):  # type: ignore[misc]
+    """PettingZoo ParallelEnv over one simulated copy of a scenario.
+
+    Observations are `{"observation": float32 vector, "action_mask": int8 vector}`;
+    `step(actions, messages=None)` takes each agent's message bits beside its action
+    (as CybORG 4 does); a missing message is silence.
+    """
+
+    metadata = {"name": "cyberdial_sim_v0", "render_modes": ["ansi", "human"], "is_parallelizable": True}
+
+    def __init__(
+        self, scenario: Scenario | str | Path, render_mode: str | None = None, seed: int | None = None
+    ) -> None:
+        if not isinstance(scenario, Scenario):
+            scenario = load_scenario(scenario)
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
+        self.scenario = scenario
+        self.render_mode = render_mode
+        self.batch = SimBatch(scenario, n_envs=1, seed=seed)
+        self.model = self.batch.model
+        self.possible_agents = list(self.model.agent_names)
+        self.agents: list[str] = []
+        self._observation_spaces = {
+            layout.name: gymnasium.spaces.Dict(
+                {
+                    "observation": gymnasium.spaces.Box(0.0, 1.0, (layout.obs_size,), np.float32),
+                    "action_mask": gymnasium.spaces.Box(0, 1, (layout.n_actions,), np.int8),
+                }
+            )
+            for layout in self.model.agents
+        }
+        self._action_spaces = {
+            layout.name: gymnasium.spaces.Discrete(layout.n_actions) for layout in self.model.agents
+        }
+        self._last: BatchStep | None = None
+        self._seeded = False
+
+    def observation_space(self, agent: str) -> gymnasium.spaces.Dict:
+        return self._observation_spaces[agent]
+
+    def action_space(self, agent: str) -> gymnasium.spaces.Discrete:
+        return self._action_spaces[agent]
+
+    def _agent_observations(
+        self, observations: NDArray[np.float32], masks: NDArray[np.int8]
+    ) -> dict[str, dict[str, NDArray[Any]]]:
+        return {
+            layout.name: {
+                "observation": observations[0, layout.index, : layout.obs_size].copy(),
+                "action_mask": masks[0, layout.index, : layout.n_actions].copy(),
+            }
+            for layout in self.model.agents
+        }
+
+    def reset(
+        self, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if seed is None and not self._seeded:
+            seed = self.batch._seed
+        self._seeded = True
+        observations, masks = self.batch.reset(seed)
+        self.agents = list(self.possible_agents)
+        self._last = None
+        return self._agent_observations(observations, masks), {a: {} for a in self.agents}
+
+    def step(
+        self, actions: dict[str, int], messages: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, float], dict[str, bool], dict[str, bool], dict[str, Any]]:
+        m = self.model
+        action_array = np.zeros((1, m.n_agents), dtype=np.int64)
+        message_array = np.zeros((1, m.n_agents, m.message_bits), dtype=np.uint8)
+        for layout in m.agents:
+            if layout.name in actions:
+                action_array[0, layout.index] = int(actions[layout.name])
+            if messages and layout.name in messages:
+                message_array[0, layout.index] = np.asarray(messages[layout.name]).reshape(-1)[
+                    : m.message_bits
+                ]
+        result = self.batch.step(action_array, message_array)
+        self._last = result
+        reward = float(result.rewards[0])
+        terms = {k: float(v[0]) for k, v in result.terms.items()}
+        observations = self._agent_observations(result.observations, result.masks)
+        agents = list(self.agents)
+        rewards = {a: reward for a in agents}
+        terminations = {a: False for a in agents}
+        truncations = {a: result.done for a in agents}
+        infos = {
+            layout.name: {
+                "reward_terms": terms,
+                "bits_sent": int(result.bits_sent[0]),
+                "busy": bool(self.batch.blue_timer[0, layout.index] > 0),
+                "executed": m.agents[layout.index].actions[int(result.executed[0, layout.index])].label,
+            }
+            for layout in m.agents
+            if layout.name in agents
+        }
+        if result.done:
+            self.agents = []
+        if self.render_mode == "human":
+            print(self.render())  # noqa: T201 - human render mode prints by contract
+        return observations, rewards, terminations, truncations, infos
+
+    def state(self) -> NDArray[np.float32]:
+        return self.batch.state()[0]
+
+    def render(self) -> str | None:
+        if self.render_mode is None:
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi'")
+            return None
+        return render_text(self.batch, self._last)
+
+    def close(self) -> None:
+        pass
+
+
+_COMPROMISE_GLYPH = {0: ".", 1: "u", 2: "P"}
+_ACTIVITY_GLYPH = {0: " ", 1: "s", 2: "e"}
+
+
+def render_text(batch: SimBatch, last: BatchStep | None, env: int = 0) -> str:
+    """A readable frame: per subnet each host's state, then each agent's action."""
+    scenario, m = batch.scenario, batch.model
+    lines = [f"step {batch.t}/{scenario.episode_length}   legend: . clean  u user  P privileged"
+             "  X impacted  (s scan, e exploit seen)"]
+    for i, subnet in enumerate(scenario.subnets):
+        cells = []
+        for host in scenario.hosts_in(subnet.name):
+            glyph = "X" if batch.impacted[env, host.index] else _COMPROMISE_GLYPH[
+                int(batch.compromise[env, host.index])]
+            cells.append(f"{host.name}:{glyph}{_ACTIVITY_GLYPH[int(batch.activity[env, host.index])]}")
+        state = " [BLOCKED]" if batch.blocked[env, i] else ""
+        shown = cells if len(cells) <= 12 else [*cells[:12], f"... +{len(cells) - 12} more"]
+        lines.append(f"  {subnet.name}{state}: " + " ".join(shown))
+    if last is not None:
+        for layout in m.agents:
+            action = layout.actions[int(last.executed[env, layout.index])].label
+            bits = "".join(str(int(x)) for x in batch.messages[env, layout.index])
+            lines.append(f"  {layout.name}: {action:<24} msg {bits or '-'}")
+        lines.append(f"  reward {float(last.rewards[env]):+.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Shipped YAML scenarios (data); `load_scenario("tiny")` finds them by name."""
