@@ -1,0 +1,36 @@
+"""Shared test setup: marker-driven skips with reasons, and paths to data.
+
+Markers (pyproject.toml): `root` needs root; `mininet` needs root and mnexec;
+`docker` needs a reachable Docker engine; `slow` runs anyway under `make test`.
+A skipped test always says why (`-rs`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).parent.parent
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = _is_root()
+    mnexec = shutil.which("mnexec") is not None
+    for item in items:
+        if (item.get_closest_marker("root") or item.get_closest_marker("mininet")) and not root:
+            item.add_marker(pytest.mark.skip(reason="needs root (run make test as root)"))
+        elif item.get_closest_marker("mininet") and not mnexec:
+            item.add_marker(pytest.mark.skip(reason="needs mnexec (Debian package mininet)"))
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA
