@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-from numpy.typing import NDArray
-
 from cyberdial.range.model import ActionKind, GameModel
+from numpy.typing import NDArray
 
 
 class BatchPolicy(Protocol):
@@ -141,4 +140,4 @@ def make_baseline(name: str, model: GameModel, seed: int = 0) -> BatchPolicy:
         return RandomPolicy(model, seed=seed)
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}")
-    return BASELINES[name](model)  # type: ignore[abstract,no-any-return]
+    return BASELINES[name](model)

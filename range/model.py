@@ -14,9 +14,8 @@ from enum import IntEnum, StrEnum
 from functools import cached_property
 
 import numpy as np
-from numpy.typing import NDArray
-
 from cyberdial.range.scenario import HOST_VALUES, Scenario
+from numpy.typing import NDArray
 
 
 class Compromise(IntEnum):
@@ -171,7 +170,9 @@ class GameModel:
         self.agent_names = tuple(agent.name for agent in scenario.blue.agents)
         self.n_agents = len(self.agent_names)
 
-        self.host_subnet = np.array([scenario.subnet_index[h.subnet] for h in hosts], dtype=np.int64)
+        self.host_subnet = np.array(
+            [scenario.subnet_index[h.subnet] for h in hosts], dtype=np.int64
+        )
         self.host_value = np.array(
             [scenario.reward.values.get(h.value, HOST_VALUES[h.value]) for h in hosts],
             dtype=np.float32,
@@ -235,7 +236,9 @@ class GameModel:
                 if action.host is not None:
                     self.action_host[agent.index, slot] = self.scenario.host_index[action.host]
                 if action.subnet is not None:
-                    self.action_subnet[agent.index, slot] = self.scenario.subnet_index[action.subnet]
+                    self.action_subnet[agent.index, slot] = self.scenario.subnet_index[
+                        action.subnet
+                    ]
                 self.action_duration[agent.index, slot] = getattr(
                     durations, action.kind.name.lower()
                 )
@@ -393,7 +396,7 @@ class GameModel:
             "restore": (restores * weights.restore).astype(np.float32),
             "comm": (bits_sent * self.scenario.blue.comm_cost).astype(np.float32),
         }
-        terms["total"] = -sum(terms.values())  # type: ignore[assignment]
+        terms["total"] = -np.sum(list(terms.values()), axis=0, dtype=np.float32)
         return terms
 
     # -------------------------------------------------------------- red rule
@@ -426,7 +429,10 @@ class GameModel:
         host_reach = reach[:, self.host_subnet]
         clean = compromise == Compromise.CLEAN
         candidates = [
-            (RedActionKind.IMPACT, (compromise == Compromise.PRIVILEGED) & self.host_mission & ~impacted),
+            (
+                RedActionKind.IMPACT,
+                (compromise == Compromise.PRIVILEGED) & self.host_mission & ~impacted,
+            ),
             (RedActionKind.ESCALATE, compromise == Compromise.USER),
             (RedActionKind.EXPLOIT, scanned & host_reach & clean & self.host_vulnerable),
             (RedActionKind.SCAN, discovered & host_reach & ~scanned & clean),
@@ -434,17 +440,30 @@ class GameModel:
         n = self.n_hosts
         scores = np.full((batch, 4 * n + self.n_subnets), -np.inf, dtype=np.float32)
         for slot, (kind, allowed) in enumerate(candidates):
-            part = RED_CLASS_SCORE[kind] + self.red_host_bonus + RED_NOISE * noise[:, slot * n : (slot + 1) * n]
+            part = (
+                RED_CLASS_SCORE[kind]
+                + self.red_host_bonus
+                + RED_NOISE * noise[:, slot * n : (slot + 1) * n]
+            )
             scores[:, slot * n : (slot + 1) * n] = np.where(allowed, part, -np.inf)
         sweep_ok = reach & ~swept
-        sweep_score = RED_CLASS_SCORE[RedActionKind.SWEEP] + self.red_subnet_bonus + RED_NOISE * noise[:, 4 * n :]
+        sweep_score = (
+            RED_CLASS_SCORE[RedActionKind.SWEEP]
+            + self.red_subnet_bonus
+            + RED_NOISE * noise[:, 4 * n :]
+        )
         scores[:, 4 * n :] = np.where(sweep_ok, sweep_score, -np.inf)
         best = scores.argmax(axis=1)
         none = ~np.isfinite(scores[np.arange(batch), best])
         slot = best // n
         kinds = np.array(
-            [RedActionKind.IMPACT, RedActionKind.ESCALATE, RedActionKind.EXPLOIT,
-             RedActionKind.SCAN, RedActionKind.SWEEP],
+            [
+                RedActionKind.IMPACT,
+                RedActionKind.ESCALATE,
+                RedActionKind.EXPLOIT,
+                RedActionKind.SCAN,
+                RedActionKind.SWEEP,
+            ],
             dtype=np.int64,
         )[np.minimum(slot, 4)]
         target = np.where(slot < 4, best % n, best - 4 * n)

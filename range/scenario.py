@@ -16,6 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from cyberdial.range.errors import Problem, ScenarioError
+from cyberdial.range.yamlpos import PositionedData, YamlSyntaxError, load_positioned
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,9 +26,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-
-from cyberdial.range.errors import Problem, ScenarioError
-from cyberdial.range.yamlpos import PositionedData, YamlSyntaxError, load_positioned
 
 # Names become parts of Linux interface, namespace and nftables names: at most
 # 15 bytes (IFNAMSIZ - 1), letters, digits, '-' and '_', starting with a letter.
@@ -212,7 +211,7 @@ class Reward(_Frozen):
     """Costs subtracted from the team reward each step (all non-negative)."""
 
     values: dict[HostValue, Annotated[float, Field(ge=0.0)]] = Field(
-        default_factory=lambda: dict(HOST_VALUES)
+        default_factory=lambda: dict(HOST_VALUES)  # type: ignore[arg-type]
     )
     impact: Annotated[float, Field(ge=0.0)] = 10.0
     green_failure: Annotated[float, Field(ge=0.0)] = 0.1
@@ -322,6 +321,8 @@ def _reference_problems(s: Scenario) -> list[Problem]:
     for g, group in enumerate(s.hosts):
         if group.count > 1 and "{i}" not in group.name:
             add(("hosts", g, "name"), f"a group of {group.count} hosts needs '{{i}}' in its name")
+            host_names.setdefault(group.name, g)  # so later references do not cascade
+            hosts_per_subnet[group.subnet] += group.count
             continue
         if group.subnet not in known_subnets:
             add(("hosts", g, "subnet"), f"unknown subnet {group.subnet!r}")
@@ -330,25 +331,26 @@ def _reference_problems(s: Scenario) -> list[Problem]:
             add(("hosts", g, "image"), "an image needs backend: docker")
         if backend == "docker" and group.image is None:
             add(("hosts", g, "image"), "docker hosts need an image")
-        for name, services in (("name", [x.name for x in group.services]),):
-            for duplicate in sorted(_duplicates(services)):
-                add(("hosts", g, "services"), f"duplicate service {name} {duplicate!r}")
-        for duplicate in sorted(_duplicates([str(x.port) for x in group.services])):
-            add(("hosts", g, "services"), f"duplicate service port {duplicate}")
+        for service_name in sorted(_duplicates([x.name for x in group.services])):
+            add(("hosts", g, "services"), f"duplicate service name {service_name!r}")
+        for port in sorted(_duplicates([str(x.port) for x in group.services])):
+            add(("hosts", g, "services"), f"duplicate service port {port}")
         if group.mission and not group.services:
             add(("hosts", g, "mission"), "a mission-critical host needs a service to impact")
+        too_long = False
+        reported_duplicate = False
         for name in _group_names(group):
-            if len(name.encode()) > NAME_MAX_BYTES:
+            if len(name.encode()) > NAME_MAX_BYTES and not too_long:
+                too_long = True
                 add(
                     ("hosts", g, "name"),
                     f"host name {name!r} is {len(name.encode())} bytes; Linux interface"
                     f" names allow {NAME_MAX_BYTES}",
                 )
-                break
-            if name in host_names:
+            if name in host_names and not reported_duplicate:
+                reported_duplicate = True
                 add(("hosts", g, "name"), f"duplicate host name {name!r}")
-                break
-            host_names[name] = g
+            host_names.setdefault(name, g)
         hosts_per_subnet[group.subnet] += group.count
     for i, subnet in enumerate(s.subnets):
         count = hosts_per_subnet.get(subnet.name, 0)
@@ -380,7 +382,10 @@ def _reference_problems(s: Scenario) -> list[Problem]:
 
     agent_names = [agent.name for agent in s.blue.agents]
     for duplicate in sorted(_duplicates(agent_names)):
-        add(("blue", "agents", agent_names.index(duplicate), "name"), f"duplicate agent {duplicate!r}")
+        add(
+            ("blue", "agents", agent_names.index(duplicate), "name"),
+            f"duplicate agent {duplicate!r}",
+        )
     defended: dict[str, str] = {}
     for a, agent in enumerate(s.blue.agents):
         for j, subnet_name in enumerate(agent.subnets):
@@ -408,8 +413,16 @@ def _place(problem: Problem, source: str, positioned: PositionedData) -> Problem
 
 def _pydantic_problems(error: ValidationError) -> list[Problem]:
     problems = []
-    for item in error.errors(include_url=False):
+    errors = error.errors(include_url=False)
+    for item in errors:
         path = tuple(item["loc"])
+        # Pydantic adds "too short" for a tuple whose items all failed: noise beside
+        # the items' own errors.
+        if item["type"] == "too_short" and any(
+            len(other["loc"]) > len(path) and tuple(other["loc"][: len(path)]) == path
+            for other in errors
+        ):
+            continue
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
@@ -430,11 +443,20 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     try:
         positioned = load_positioned(text)
     except YamlSyntaxError as error:
-        raise ScenarioError([Problem((), error.message, source, error.line, error.column)]) from None
+        raise ScenarioError(
+            [Problem((), error.message, source, error.line, error.column)]
+        ) from None
     if positioned.data is None:
         raise ScenarioError(
-            [Problem((), "file is empty: a scenario needs name, subnets, hosts, red and blue",
-                     source, 1, 1)]
+            [
+                Problem(
+                    (),
+                    "file is empty: a scenario needs name, subnets, hosts, red and blue",
+                    source,
+                    1,
+                    1,
+                )
+            ]
         )
     if not isinstance(positioned.data, dict):
         raise ScenarioError(
@@ -455,7 +477,9 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ScenarioError([Problem((), "not a text file (UTF-8 expected)", str(path), 1, 1)]) from None
+        raise ScenarioError(
+            [Problem((), "not a text file (UTF-8 expected)", str(path), 1, 1)]
+        ) from None
     except OSError as error:
         raise ScenarioError([Problem((), f"cannot read: {error.strerror}", str(path))]) from None
     return parse_scenario(text, str(path))

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
-from numpy.typing import NDArray
-from pettingzoo import ParallelEnv
-
 from cyberdial.range.model import (
     ACTIVITY_BITS,
     COMPROMISE_BITS,
@@ -27,6 +24,8 @@ from cyberdial.range.model import (
     RedActionKind,
 )
 from cyberdial.range.scenario import Scenario, load_scenario
+from numpy.typing import NDArray
+from pettingzoo import ParallelEnv
 
 
 @dataclass
@@ -65,8 +64,13 @@ class SimBatch:
         self._subnet_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self._subnet_count = counts
         self._red_durations = np.array(
-            [1, *(getattr(self.scenario.red.durations, k) for k in
-                  ("sweep", "scan", "exploit", "escalate", "impact"))],
+            [
+                1,
+                *(
+                    getattr(self.scenario.red.durations, k)
+                    for k in ("sweep", "scan", "exploit", "escalate", "impact")
+                ),
+            ],
             dtype=np.int64,
         )
         self.reset()
@@ -115,7 +119,9 @@ class SimBatch:
         actions = np.asarray(actions, dtype=np.int64).reshape(b, m.n_agents)
         if messages is None:
             messages = np.zeros((b, m.n_agents, m.message_bits), dtype=np.uint8)
-        messages = (np.asarray(messages).reshape(b, m.n_agents, m.message_bits) > 0).astype(np.uint8)
+        messages = (np.asarray(messages).reshape(b, m.n_agents, m.message_bits) > 0).astype(
+            np.uint8
+        )
 
         in_range = (actions >= 0) & (actions < m.max_actions)
         clipped = np.where(in_range, actions, 0)
@@ -205,8 +211,13 @@ class SimBatch:
             index = np.flatnonzero(idle)
             noise = self.rng.random((len(index), 4 * m.n_hosts + m.n_subnets), dtype=np.float32)
             kinds, targets = m.red_choose(
-                self.compromise[index], self.impacted[index], self.discovered[index],
-                self.scanned[index], self.swept[index], self.blocked[index], noise,
+                self.compromise[index],
+                self.impacted[index],
+                self.discovered[index],
+                self.scanned[index],
+                self.swept[index],
+                self.blocked[index],
+                noise,
             )
             self.red_kind[index] = kinds
             self.red_target[index] = targets
@@ -221,7 +232,11 @@ class SimBatch:
         host_reach = reach[envs, m.host_subnet[np.minimum(target, m.n_hosts - 1)]]
         sensors = self.scenario.sensors
 
-        sel = complete & (kind == RedActionKind.SWEEP) & reach[envs, np.minimum(target, m.n_subnets - 1)]
+        sel = (
+            complete
+            & (kind == RedActionKind.SWEEP)
+            & reach[envs, np.minimum(target, m.n_subnets - 1)]
+        )
         if sel.any():
             in_subnet = m.host_subnet[None, :] == target[sel][:, None]
             self.discovered[sel] |= in_subnet
@@ -302,7 +317,7 @@ class SimBatch:
 
     def state(self) -> NDArray[np.float32]:
         """Global state for centralised training (B, state_size); never shown to agents."""
-        m, b = self.model, self.n_envs
+        b = self.n_envs
         per_host = np.concatenate(
             [
                 np.eye(3, dtype=np.float32)[self.compromise],
@@ -317,17 +332,22 @@ class SimBatch:
         ).reshape(b, -1)
         progress = np.full((b, 1), self.t / self.scenario.episode_length, dtype=np.float32)
         return np.concatenate(
-            [per_host, self.blocked, self.messages.reshape(b, -1), progress], axis=1, dtype=np.float32
+            [per_host, self.blocked, self.messages.reshape(b, -1), progress],
+            axis=1,
+            dtype=np.float32,
         )
 
     def ground_truth(self, env: int = 0) -> dict[str, Any]:
         """The true state of one copy, by host name (for recordings and reports)."""
         hosts = self.scenario.all_hosts
         return {
-            "compromise": {h.name: Compromise(int(self.compromise[env, h.index])).name.lower()
-                           for h in hosts},
+            "compromise": {
+                h.name: Compromise(int(self.compromise[env, h.index])).name.lower() for h in hosts
+            },
             "impacted": [h.name for h in hosts if self.impacted[env, h.index]],
-            "blocked": [s.name for i, s in enumerate(self.scenario.subnets) if self.blocked[env, i]],
+            "blocked": [
+                s.name for i, s in enumerate(self.scenario.subnets) if self.blocked[env, i]
+            ],
             "red_action": RedActionKind(int(self.red_kind[env])).name.lower(),
         }
 
@@ -335,7 +355,7 @@ class SimBatch:
 # ------------------------------------------------------------------- PettingZoo
 
 
-class SimRange(ParallelEnv):  # type: ignore[misc]
+class SimRange(ParallelEnv):
     """PettingZoo ParallelEnv over one simulated copy of a scenario.
 
     Observations are `{"observation": float32 vector, "action_mask": int8 vector}`;
@@ -343,10 +363,17 @@ class SimRange(ParallelEnv):  # type: ignore[misc]
     (as CybORG 4 does); a missing message is silence.
     """
 
-    metadata = {"name": "cyberdial_sim_v0", "render_modes": ["ansi", "human"], "is_parallelizable": True}
+    metadata: ClassVar[dict[str, Any]] = {
+        "name": "cyberdial_sim_v0",
+        "render_modes": ["ansi", "human"],
+        "is_parallelizable": True,
+    }
 
     def __init__(
-        self, scenario: Scenario | str | Path, render_mode: str | None = None, seed: int | None = None
+        self,
+        scenario: Scenario | str | Path,
+        render_mode: str | None = None,
+        seed: int | None = None,
     ) -> None:
         if not isinstance(scenario, Scenario):
             scenario = load_scenario(scenario)
@@ -428,7 +455,9 @@ class SimRange(ParallelEnv):  # type: ignore[misc]
                 "reward_terms": terms,
                 "bits_sent": int(result.bits_sent[0]),
                 "busy": bool(self.batch.blue_timer[0, layout.index] > 0),
-                "executed": m.agents[layout.index].actions[int(result.executed[0, layout.index])].label,
+                "executed": m.agents[layout.index]
+                .actions[int(result.executed[0, layout.index])]
+                .label,
             }
             for layout in m.agents
             if layout.name in agents
@@ -436,7 +465,7 @@ class SimRange(ParallelEnv):  # type: ignore[misc]
         if result.done:
             self.agents = []
         if self.render_mode == "human":
-            print(self.render())  # noqa: T201 - human render mode prints by contract
+            print(self.render())
         return observations, rewards, terminations, truncations, infos
 
     def state(self) -> NDArray[np.float32]:
@@ -459,14 +488,21 @@ _ACTIVITY_GLYPH = {0: " ", 1: "s", 2: "e"}
 def render_text(batch: SimBatch, last: BatchStep | None, env: int = 0) -> str:
     """A readable frame: per subnet each host's state, then each agent's action."""
     scenario, m = batch.scenario, batch.model
-    lines = [f"step {batch.t}/{scenario.episode_length}   legend: . clean  u user  P privileged"
-             "  X impacted  (s scan, e exploit seen)"]
+    lines = [
+        f"step {batch.t}/{scenario.episode_length}   legend: . clean  u user  P privileged"
+        "  X impacted  (s scan, e exploit seen)"
+    ]
     for i, subnet in enumerate(scenario.subnets):
         cells = []
         for host in scenario.hosts_in(subnet.name):
-            glyph = "X" if batch.impacted[env, host.index] else _COMPROMISE_GLYPH[
-                int(batch.compromise[env, host.index])]
-            cells.append(f"{host.name}:{glyph}{_ACTIVITY_GLYPH[int(batch.activity[env, host.index])]}")
+            glyph = (
+                "X"
+                if batch.impacted[env, host.index]
+                else _COMPROMISE_GLYPH[int(batch.compromise[env, host.index])]
+            )
+            cells.append(
+                f"{host.name}:{glyph}{_ACTIVITY_GLYPH[int(batch.activity[env, host.index])]}"
+            )
         state = " [BLOCKED]" if batch.blocked[env, i] else ""
         shown = cells if len(cells) <= 12 else [*cells[:12], f"... +{len(cells) - 12} more"]
         lines.append(f"  {subnet.name}{state}: " + " ".join(shown))

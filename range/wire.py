@@ -16,11 +16,10 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, Any, ClassVar, Literal
 
 from cyberdial.range.model import AlertKind
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROTOCOL_VERSION = 1
 # Larger frames are dropped unread: the biggest legitimate message (an observation
@@ -72,6 +71,13 @@ class Alert(_Message):
     source: Identifier | None = Field(default=None, description="address or host it came from")
 
 
+class AlertBatch(_Message):
+    """Many alerts in one message, for a sensor that watches many hosts at once."""
+
+    MAX_ALERTS: ClassVar[int] = 1024
+    alerts: tuple[Alert, ...] = Field(max_length=1024)
+
+
 BlueVerb = Literal["analyse", "remove", "restore", "block", "unblock", "decoy"]
 
 
@@ -102,6 +108,7 @@ HOST_PAYLOADS: dict[str, type[_Message]] = {
     "bye": Bye,
     "heartbeat": Heartbeat,
     "alert": Alert,
+    "alert_batch": AlertBatch,
     "command": Command,
     "command_result": CommandResult,
 }
@@ -123,7 +130,7 @@ class Dropped:
 
 
 DROP_REASONS = ("malformed", "oversized", "unknown_type", "bad_version", "wrong_run", "replayed",
-                "stale_step")
+                "stale_step", "spoofed", "overflow")
 
 
 def encode(
@@ -133,7 +140,11 @@ def encode(
         version=PROTOCOL_VERSION, run_id=run_id, sender=sender, seq=seq, step=step,
         timestamp=time.time(),
     )
-    return [message_type.encode(), header.model_dump_json().encode(), payload.model_dump_json().encode()]
+    return [
+        message_type.encode(),
+        header.model_dump_json().encode(),
+        payload.model_dump_json().encode(),
+    ]
 
 
 def decode(

@@ -72,7 +72,7 @@ def _build(
                 raise YamlSyntaxError("mapping keys must be plain words", *_mark(key_node))
             if key in mapping:
                 raise YamlSyntaxError(f"duplicate key {key!r}", *_mark(key_node))
-            child: Path = (*path, key)
+            child: Path = (*path, key if isinstance(key, str | int) else str(key))
             marks[child] = _mark(key_node)
             mapping[key] = _build(value_node, child, marks, constructor)
         return mapping

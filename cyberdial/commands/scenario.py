@@ -13,7 +13,7 @@ from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("scenario", help="validate or summarise scenario files")
     actions = parser.add_subparsers(dest="scenario_command", metavar="ACTION", required=True)
     validate = actions.add_parser(
@@ -55,7 +55,10 @@ def show_command(args: argparse.Namespace) -> int:
     for subnet in scenario.subnets:
         hosts = scenario.hosts_in(subnet.name)
         subnets.add_row(
-            subnet.name, subnet.cidr, str(len(hosts)), ", ".join(subnet.flows) or "-",
+            subnet.name,
+            subnet.cidr,
+            str(len(hosts)),
+            ", ".join(subnet.flows) or "-",
             defender.get(subnet.name, "-"),
             ", ".join(h.name for h in hosts if h.mission) or "-",
         )
@@ -65,8 +68,11 @@ def show_command(args: argparse.Namespace) -> int:
         agents.add_column(column)
     for layout in model.agents:
         agents.add_row(
-            layout.name, ", ".join(scenario.subnets[s].name for s in layout.subnets),
-            str(len(layout.hosts)), str(layout.obs_size), str(layout.n_actions),
+            layout.name,
+            ", ".join(scenario.subnets[s].name for s in layout.subnets),
+            str(len(layout.hosts)),
+            str(layout.obs_size),
+            str(layout.n_actions),
         )
     console.print(agents)
     red, green = scenario.red, scenario.green

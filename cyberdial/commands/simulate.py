@@ -13,13 +13,14 @@ from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulate", help="run episodes of a baseline blue in the simulator and summarise them"
     )
     parser.add_argument("scenario", metavar="SCENARIO", help="scenario file or shipped name")
-    parser.add_argument("--blue", choices=sorted(BASELINES), default="react",
-                        help="blue policy (default: react)")
+    parser.add_argument(
+        "--blue", choices=sorted(BASELINES), default="react", help="blue policy (default: react)"
+    )
     parser.add_argument("--episodes", type=_positive, default=20, help="episodes (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="first episode seed (default: 0)")
     parser.set_defaults(func=simulate_command)
@@ -39,11 +40,16 @@ def simulate_command(args: argparse.Namespace) -> int:
     with progress_bar() as progress:
         task = progress.add_task(f"{scenario.name} / {args.blue}", total=args.episodes)
         stats = run_episodes(
-            model, policy, args.episodes, seed=args.seed,
+            model,
+            policy,
+            args.episodes,
+            seed=args.seed,
             on_episodes_done=lambda n: progress.advance(task, n),
         )
     summary = stats.summary()
-    table = Table(title=f"{scenario.name}: {args.blue} blue, {args.episodes} episodes, seed {args.seed}")
+    table = Table(
+        title=f"{scenario.name}: {args.blue} blue, {args.episodes} episodes, seed {args.seed}"
+    )
     table.add_column("figure")
     table.add_column("per episode", justify="right")
     table.add_row("return", f"{summary['return_mean']:.2f} ± {summary['return_std']:.2f}")
