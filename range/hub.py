@@ -1,0 +1,672 @@
+"""The host-side hub: where sensors' alerts arrive and actuators take blue's commands.
+
+The emulated range's host programs talk to one `HostHub` (owned by the bridge
+service): sensors PUSH hellos, heartbeats and alerts to its PULL socket;
+actuators are DEALER peers of its ROUTER socket and answer each `Command` with a
+`CommandResult`. `SensorLink` and `ActuatorLink` are the client halves that host
+programs use. No background threads: the hub does its work inside its calls, and
+every receive goes through `poll(timeout)`. Envelopes and payloads: `wire.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import zmq
+from cyberdial.range.model import AlertKind
+from cyberdial.range.wire import (
+    HOST_PAYLOADS,
+    MAX_FRAME_BYTES,
+    MAX_TEXT,
+    Alert,
+    AlertBatch,
+    Bye,
+    Command,
+    CommandResult,
+    DropCounter,
+    Dropped,
+    Envelope,
+    Heartbeat,
+    Hello,
+    ReplayGuard,
+    decode,
+    encode,
+)
+from pydantic import BaseModel
+
+logger = logging.getLogger(__name__)
+
+# A peer heartbeats every HEARTBEAT_INTERVAL_S; after LIVENESS silent intervals
+# it is dead (the Paranoid Pirate rule). 0.5 s x 3 = 1.5 s: a dead peer shows up
+# within two steps of the default 1 s step period.
+HEARTBEAT_INTERVAL_S = 0.5
+LIVENESS = 3
+# Receive queue bounds: a flood of alerts is dropped at the socket, not in our memory.
+RCVHWM = 100_000
+SNDHWM = 10_000
+# libzmq closes a connection that sends a bigger frame; frames between
+# MAX_FRAME_BYTES and this are read and counted as "oversized" drops.
+MAX_MESSAGE_SIZE = 4 * MAX_FRAME_BYTES
+# Pending alerts the hub keeps between two `poll_alerts` calls.
+MAX_PENDING_ALERTS = 1_000_000
+# Messages handled per socket per pump round, so one busy socket cannot starve the other.
+PUMP_BATCH = 1024
+# Results an actuator remembers to answer repeated command ids without re-running them.
+RESULT_CACHE = 4096
+# How long a link waits for queued messages (a final bye) when it closes.
+LINK_LINGER_MS = 200
+
+SENSOR_PAYLOADS: dict[str, type[BaseModel]] = {
+    name: HOST_PAYLOADS[name] for name in ("hello", "bye", "heartbeat", "alert", "alert_batch")
+}
+ACTUATOR_PAYLOADS: dict[str, type[BaseModel]] = {
+    name: HOST_PAYLOADS[name] for name in ("hello", "bye", "heartbeat", "command_result")
+}
+BRIDGE_TO_ACTUATOR_PAYLOADS: dict[str, type[BaseModel]] = {
+    name: HOST_PAYLOADS[name] for name in ("command", "heartbeat")
+}
+HUB_SENDER = "bridge"
+
+CommandHandler = Callable[[Command], CommandResult]
+
+
+@dataclass
+class PeerStatus:
+    """What the hub knows about one host program (keyed by its header's `sender`)."""
+
+    role: str
+    subnet: str | None
+    hosts: tuple[str, ...]
+    last_seen: float
+    alive: bool = True
+    # Set when a command to this peer timed out; cleared by its next message.
+    unresponsive: bool = False
+    said_bye: bool = False
+    pid: int = 0
+
+
+def configure_socket(sock: zmq.Socket[Any], *, linger_ms: int = 0) -> None:
+    """Bounds every bridge socket shares: queue depth, frame size, no linger on close."""
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.RCVHWM, RCVHWM)
+    sock.setsockopt(zmq.SNDHWM, SNDHWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+
+
+def timeout_result(command: Command, detail: str) -> CommandResult:
+    return CommandResult(
+        command_id=command.command_id, action=command.action, ok=False, host=command.host,
+        subnet=command.subnet, detail=detail[:MAX_TEXT],
+    )
+
+
+class HostHub:
+    """Binds the alert (PULL) and command (ROUTER) endpoints of one run; a context manager.
+
+    Endpoints: `ipc:///absolute/path` (works across network namespaces; the
+    abstract `ipc://@name` does not) or `tcp://127.0.0.1:PORT` (`:*` picks a free
+    port; read `alert_endpoint`/`command_endpoint` after entering).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        alert_endpoint: str,
+        command_endpoint: str,
+        *,
+        context: zmq.Context[Any] | None = None,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        liveness: int = LIVENESS,
+    ) -> None:
+        self.run_id = run_id
+        self.alert_endpoint = alert_endpoint
+        self.command_endpoint = command_endpoint
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.liveness = liveness
+        self.drops = DropCounter()
+        self.replay = ReplayGuard()
+        self._own_context = context is None
+        self._context = context
+        self._pull: zmq.Socket[Any] | None = None
+        self._router: zmq.Socket[Any] | None = None
+        self._poller = zmq.Poller()
+        self._peers: dict[str, PeerStatus] = {}
+        # Routing: actuator sender -> ROUTER identity; host / subnet name -> actuator sender.
+        self._identity: dict[str, bytes] = {}
+        self._host_route: dict[str, str] = {}
+        self._subnet_route: dict[str, str] = {}
+        self._alerts: deque[Alert] = deque()
+        self._pending: dict[str, tuple[str, Command]] = {}  # command_id -> (peer, command)
+        self._results: dict[str, CommandResult] = {}
+        self._seq = 0
+        self.step = 0
+        self.alerts_received = 0
+        self.commands_sent = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> HostHub:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self._context is None:
+            self._context = zmq.Context()
+        try:
+            self._pull = self._context.socket(zmq.PULL)
+            configure_socket(self._pull)
+            self._pull.bind(self.alert_endpoint)
+            self.alert_endpoint = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._router = self._context.socket(zmq.ROUTER)
+            configure_socket(self._router)
+            # Fail fast on a vanished peer instead of silently dropping its command,
+            # and let a restarted actuator with the same identity take its route over.
+            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            self._router.bind(self.command_endpoint)
+            self.command_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as error:
+            self.close()
+            raise OSError(
+                f"cannot bind the host hub ({error}); is another range using these endpoints,"
+                " or is the ipc path's directory missing? Run `cyberdial range down RUN_ID`"
+                " for a stale run, or pick other endpoints"
+            ) from error
+        self._poller.register(self._pull, zmq.POLLIN)
+        self._poller.register(self._router, zmq.POLLIN)
+        logger.info("host hub %s: alerts on %s, commands on %s", self.run_id,
+                    self.alert_endpoint, self.command_endpoint)
+
+    def close(self) -> None:
+        for sock in (self._pull, self._router):
+            if sock is not None:
+                if sock in self._poller:
+                    self._poller.unregister(sock)
+                sock.close(linger=0)
+        self._pull = self._router = None
+        if self._own_context and self._context is not None:
+            self._context.term()
+            self._context = None
+
+    # --------------------------------------------------------------- public
+
+    def poll_alerts(self, timeout_s: float = 0.0) -> list[Alert]:
+        """Every alert received so far, oldest first; waits up to `timeout_s` for the first."""
+        self.pump(0.0)
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while not self._alerts:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.pump(remaining)
+        alerts = list(self._alerts)
+        self._alerts.clear()
+        return alerts
+
+    def execute(self, command: Command, timeout_s: float) -> CommandResult:
+        return self.execute_many([command], timeout_s)[0]
+
+    def execute_many(self, commands: Sequence[Command], timeout_s: float) -> list[CommandResult]:
+        """Send each command to its actuator and wait, at most `timeout_s` in all, for results.
+
+        Never raises for a host-side failure: an unroutable command, a dead actuator
+        or a timeout comes back as `CommandResult(ok=False, detail=...)`.
+        """
+        router = self._require(self._router)
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        self.pump(0.0)
+        results: dict[int, CommandResult] = {}
+        waiting: dict[str, int] = {}  # command_id -> position
+        for position, command in enumerate(commands):
+            peer = self.route(command)
+            if peer is None:
+                target = command.host or command.subnet or "?"
+                results[position] = timeout_result(
+                    command, f"no actuator serves {target}: start the range's actuators"
+                    " (its hello must list this host or subnet)")
+                continue
+            status = self._peers[peer]
+            if not self._is_alive(status, time.monotonic()):
+                results[position] = timeout_result(
+                    command, f"actuator {peer} is not alive (last seen"
+                    f" {time.monotonic() - status.last_seen:.1f} s ago); restart it")
+                continue
+            if command.command_id in self._pending or command.command_id in waiting:
+                results[position] = timeout_result(
+                    command, f"command id {command.command_id} is already in flight")
+                continue
+            frames = encode("command", command, run_id=self.run_id, sender=HUB_SENDER,
+                            seq=self._next_seq(), step=self.step)
+            try:
+                router.send_multipart([self._identity[peer], *frames], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as error:
+                # EHOSTUNREACH (peer gone) or EAGAIN (its queue is full).
+                status.unresponsive = True
+                results[position] = timeout_result(
+                    command, f"cannot reach actuator {peer} ({error.strerror}); restart it")
+                continue
+            self.commands_sent += 1
+            self._pending[command.command_id] = (peer, command)
+            waiting[command.command_id] = position
+        while waiting:
+            for command_id in [c for c in waiting if c in self._results]:
+                results[waiting.pop(command_id)] = self._results.pop(command_id)
+            remaining = deadline - time.monotonic()
+            if not waiting or remaining <= 0:
+                break
+            self.pump(remaining)
+        for command_id, position in waiting.items():
+            peer, command = self._pending.pop(command_id)
+            self._peers[peer].unresponsive = True
+            logger.warning("command %s to %s timed out after %.3f s", command_id, peer, timeout_s)
+            results[position] = timeout_result(
+                command, f"timeout after {timeout_s:.3f} s waiting for actuator {peer};"
+                " it is marked unresponsive until it speaks again")
+        return [results[position] for position in range(len(commands))]
+
+    def route(self, command: Command) -> str | None:
+        """The actuator serving the command's host (or, for subnet actions, its subnet)."""
+        if command.host is not None:
+            return self._host_route.get(command.host)
+        if command.subnet is not None:
+            return self._subnet_route.get(command.subnet)
+        return None
+
+    def peers(self) -> dict[str, PeerStatus]:
+        self.pump(0.0)
+        now = time.monotonic()
+        for status in self._peers.values():
+            status.alive = self._is_alive(status, now)
+        return dict(self._peers)
+
+    def dead_peers(self) -> list[str]:
+        return sorted(name for name, status in self.peers().items() if not status.alive)
+
+    def pump(self, timeout_s: float = 0.0) -> int:
+        """Handle whatever has arrived, waiting up to `timeout_s` for something; returns count."""
+        pull, router = self._require(self._pull), self._require(self._router)
+        events = dict(self._poller.poll(max(int(timeout_s * 1000), 0)))
+        handled = 0
+        # Bounded rounds: a flood cannot hold the caller past a few batches.
+        for _ in range(64):
+            progressed = 0
+            if events.get(pull):
+                progressed += self._drain(pull, routed=False)
+            if events.get(router):
+                progressed += self._drain(router, routed=True)
+            handled += progressed
+            if progressed < PUMP_BATCH:
+                break
+            events = dict(self._poller.poll(0))
+        return handled
+
+    # ------------------------------------------------------------- internals
+
+    def _require(self, sock: zmq.Socket[Any] | None) -> zmq.Socket[Any]:
+        if sock is None:
+            raise RuntimeError("the host hub is not open: use it as a context manager")
+        return sock
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _is_alive(self, status: PeerStatus, now: float) -> bool:
+        silent = now - status.last_seen > self.heartbeat_interval_s * self.liveness
+        return not (silent or status.unresponsive or status.said_bye)
+
+    def _drain(self, sock: zmq.Socket[Any], *, routed: bool) -> int:
+        count = 0
+        while count < PUMP_BATCH:
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            count += 1
+            if routed:
+                self._handle_routed(frames)
+            else:
+                self._handle(frames, identity=None)
+        return count
+
+    def _handle_routed(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.drops.drop(Dropped("malformed", "no identity frame"), logger)
+            return
+        self._handle(frames[1:], identity=frames[0])
+
+    def _handle(self, frames: list[bytes], identity: bytes | None) -> None:
+        payloads = ACTUATOR_PAYLOADS if identity is not None else SENSOR_PAYLOADS
+        result = decode(frames, payloads, run_id=self.run_id)
+        if isinstance(result, Dropped):
+            self.drops.drop(result, logger)
+            return
+        sender = result.header.sender
+        if isinstance(result.payload, Hello):
+            self.replay.forget(sender)
+        elif identity is not None and self._identity.get(sender, identity) != identity:
+            self.drops.drop(Dropped("spoofed", f"{sender} from another connection"), logger)
+            return
+        if not self.replay.accept(result.header):
+            self.drops.drop(Dropped("replayed", f"{sender} seq {result.header.seq}"), logger)
+            return
+        self._accept(result, identity)
+
+    def _accept(self, envelope: Envelope, identity: bytes | None) -> None:
+        sender, payload, now = envelope.header.sender, envelope.payload, time.monotonic()
+        status = self._peers.get(sender)
+        if isinstance(payload, Hello):
+            status = PeerStatus(role=payload.role, subnet=payload.subnet, hosts=payload.hosts,
+                                last_seen=now, pid=payload.pid)
+            self._peers[sender] = status
+            if identity is not None:
+                self._register_actuator(sender, identity, payload)
+            logger.info("%s %s says hello (%d hosts)", payload.role, sender, len(payload.hosts))
+            return
+        if status is None:
+            # A peer that talked before the hub (re)started: keep it, learn its role later.
+            status = PeerStatus(role="actuator" if identity is not None else "sensor",
+                                subnet=None, hosts=(), last_seen=now)
+            self._peers[sender] = status
+        status.last_seen = now
+        status.unresponsive = False
+        status.said_bye = False
+        if isinstance(payload, Heartbeat):
+            if identity is not None:
+                self._send_heartbeat(identity)
+        elif isinstance(payload, Alert):
+            self._keep_alerts((payload,))
+        elif isinstance(payload, AlertBatch):
+            self._keep_alerts(payload.alerts)
+        elif isinstance(payload, CommandResult):
+            pending = self._pending.get(payload.command_id)
+            if pending is None or pending[0] != sender:
+                # A late answer to a command we gave up on: its step is over.
+                self.drops.drop(Dropped("stale_step", f"result {payload.command_id}"), logger)
+                return
+            del self._pending[payload.command_id]
+            self._results[payload.command_id] = payload
+        elif isinstance(payload, Bye):
+            status.said_bye = True
+            logger.info("%s %s says bye: %s", status.role, sender, payload.reason)
+
+    def _keep_alerts(self, alerts: Iterable[Alert]) -> None:
+        for alert in alerts:
+            if len(self._alerts) >= MAX_PENDING_ALERTS:
+                self.drops.drop(Dropped("overflow", "alert queue full; call poll_alerts"), logger)
+                continue
+            self._alerts.append(alert)
+            self.alerts_received += 1
+
+    def _register_actuator(self, sender: str, identity: bytes, hello: Hello) -> None:
+        # A restarted actuator may come back on a new connection: drop its old routes.
+        for table in (self._host_route, self._subnet_route):
+            for name in [n for n, peer in table.items() if peer == sender]:
+                del table[name]
+        self._identity[sender] = identity
+        for host in hello.hosts:
+            self._host_route[host] = sender
+        if hello.subnet is not None:
+            self._subnet_route[hello.subnet] = sender
+
+    def _send_heartbeat(self, identity: bytes) -> None:
+        frames = encode("heartbeat", Heartbeat(), run_id=self.run_id, sender=HUB_SENDER,
+                        seq=self._next_seq(), step=self.step)
+        try:
+            self._require(self._router).send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the peer went away between its heartbeat and our answer
+
+
+# ------------------------------------------------------------------ clients
+
+
+class _Link:
+    """Shared parts of the host programs' sockets: envelope numbering and heartbeats."""
+
+    def __init__(
+        self, sock_type: int, endpoint: str, run_id: str, sender: str,
+        context: zmq.Context[Any] | None, heartbeat_interval_s: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.run_id = run_id
+        self.sender = sender
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self.socket: zmq.Socket[Any] = self._context.socket(sock_type)
+        configure_socket(self.socket, linger_ms=LINK_LINGER_MS)
+        self._seq = -1
+        self._started = time.monotonic()
+        self._last_heartbeat = 0.0
+        self.send_failures = 0
+        self.drops = DropCounter()
+
+    def _identity_setup(self) -> None:
+        pass
+
+    def send(self, message_type: str, payload: BaseModel, step: int = 0) -> bool:
+        """Queue one message; False when the queue to the hub is full (the hub is gone)."""
+        self._seq += 1
+        frames = encode(message_type, payload, run_id=self.run_id, sender=self.sender,
+                        seq=self._seq, step=step)
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.send_failures += 1
+            return False
+        return True
+
+    def heartbeat(self) -> bool:
+        self._last_heartbeat = time.monotonic()
+        return self.send("heartbeat", Heartbeat(uptime=self._last_heartbeat - self._started))
+
+    def maybe_heartbeat(self) -> bool:
+        """Send a heartbeat if an interval has passed since the last one."""
+        if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval_s:
+            return self.heartbeat()
+        return False
+
+    def close(self, reason: str = "closing") -> None:
+        if self.socket.closed:
+            return
+        self.send("bye", Bye(reason=reason[:MAX_TEXT]))
+        self.socket.close()
+        if self._own_context:
+            self._context.term()
+
+
+class SensorLink(_Link):
+    """A sensor's PUSH connection to the hub: hello, heartbeats and alerts, numbered."""
+
+    def __init__(
+        self, endpoint: str, run_id: str, sender: str, *, hosts: Sequence[str] = (),
+        subnet: str | None = None, context: zmq.Context[Any] | None = None,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    ) -> None:
+        super().__init__(zmq.PUSH, endpoint, run_id, sender, context, heartbeat_interval_s)
+        self.hosts = tuple(hosts)
+        self.subnet = subnet
+        self.socket.connect(endpoint)
+
+    def __enter__(self) -> SensorLink:
+        self.hello()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def hello(self) -> bool:
+        sent = self.send("hello", Hello(role="sensor", subnet=self.subnet, hosts=self.hosts,
+                                        pid=os.getpid()))
+        self._last_heartbeat = time.monotonic()
+        return sent
+
+    def alert(
+        self, host: str, kind: AlertKind, *, evidence: str = "", source: str | None = None,
+        observed_at: float | None = None,
+    ) -> bool:
+        return self.send("alert", Alert(
+            host=host, kind=kind, observed_at=time.time() if observed_at is None else observed_at,
+            evidence=evidence[:MAX_TEXT], source=source,
+        ))
+
+    def alerts(self, alerts: Sequence[Alert]) -> bool:
+        """Many alerts in one message (a sensor watching many hosts); split to the cap."""
+        ok = True
+        for start in range(0, len(alerts), AlertBatch.MAX_ALERTS):
+            chunk = tuple(alerts[start : start + AlertBatch.MAX_ALERTS])
+            ok &= self.send("alert_batch", AlertBatch(alerts=chunk))
+        return ok
+
+
+class ActuatorLink(_Link):
+    """An actuator's DEALER connection: answers each command through `handler`, once.
+
+    A repeated `command_id` is not run again: the cached result is sent back.
+    A handler that raises yields `ok=False` with the error; it never kills the loop.
+    """
+
+    def __init__(
+        self, endpoint: str, run_id: str, sender: str, hosts: Sequence[str], subnet: str | None,
+        handler: CommandHandler, *, context: zmq.Context[Any] | None = None,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S, liveness: int = LIVENESS,
+    ) -> None:
+        super().__init__(zmq.DEALER, endpoint, run_id, sender, context, heartbeat_interval_s)
+        self.hosts = tuple(hosts)
+        self.subnet = subnet
+        self.handler = handler
+        self.liveness = liveness
+        # The hub routes by this identity; HANDOVER on the hub lets a restart reuse it.
+        self.socket.setsockopt(zmq.IDENTITY, sender.encode())
+        self.socket.connect(endpoint)
+        self._results: OrderedDict[str, CommandResult] = OrderedDict()
+        self._hub_replay = ReplayGuard()
+        self._last_heard = time.monotonic()
+        self._hello_sent = False
+        self.executed = 0
+
+    def __enter__(self) -> ActuatorLink:
+        self.hello()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def bridge_alive(self) -> bool:
+        return time.monotonic() - self._last_heard <= self.heartbeat_interval_s * self.liveness
+
+    def hello(self) -> bool:
+        self._hello_sent = True
+        self._hub_replay = ReplayGuard()
+        self._last_heard = time.monotonic()
+        sent = self.send("hello", Hello(role="actuator", subnet=self.subnet, hosts=self.hosts,
+                                        pid=os.getpid()))
+        self._last_heartbeat = time.monotonic()
+        return sent
+
+    def serve(
+        self, stop: threading.Event | None = None, deadline: float | None = None,
+        max_commands: int | None = None,
+    ) -> int:
+        """Serve until `stop` is set, `deadline` (time.monotonic()) passes or
+        `max_commands` were run; returns how many commands ran. Needs a bound."""
+        if stop is None and deadline is None and max_commands is None:
+            raise ValueError("serve() needs a stop event, a deadline or max_commands")
+        if not self._hello_sent:
+            self.hello()
+        ran = 0
+        while stop is None or not stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if max_commands is not None and ran >= max_commands:
+                break
+            wait = self.heartbeat_interval_s - (now - self._last_heartbeat)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            # Short waits keep a stop event responsive without a wake-up socket.
+            ran += self.serve_once(min(max(wait, 0.0), 0.05))
+        return ran
+
+    def serve_once(self, timeout_s: float) -> int:
+        """One round: heartbeat if due, wait up to `timeout_s`, answer what came in."""
+        if not self.bridge_alive:
+            # The hub may have restarted and forgotten us: introduce ourselves again.
+            self.hello()
+        self.maybe_heartbeat()
+        ran = 0
+        if not self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
+            return 0
+        for _ in range(PUMP_BATCH):
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            ran += self._handle(frames)
+        return ran
+
+    def _handle(self, frames: list[bytes]) -> int:
+        result = decode(frames, BRIDGE_TO_ACTUATOR_PAYLOADS, run_id=self.run_id)
+        if isinstance(result, Dropped):
+            self.drops.drop(result, logger)
+            return 0
+        if not self._hub_replay.accept(result.header):
+            self.drops.drop(Dropped("replayed", f"seq {result.header.seq}"), logger)
+            return 0
+        self._last_heard = time.monotonic()
+        if not isinstance(result.payload, Command):
+            return 0
+        command = result.payload
+        cached = self._results.get(command.command_id)
+        if cached is not None:
+            self.send("command_result", cached, step=result.header.step)
+            return 0
+        answer = self._run(command)
+        self._results[command.command_id] = answer
+        if len(self._results) > RESULT_CACHE:
+            self._results.popitem(last=False)
+        self.send("command_result", answer, step=result.header.step)
+        return 1
+
+    def _run(self, command: Command) -> CommandResult:
+        started = time.perf_counter()
+        try:
+            answer = self.handler(command)
+        except Exception as error:  # a broken handler must not stop the actuator
+            logger.exception("handler failed on %s", command.command_id)
+            answer = timeout_result(command, f"handler error: {type(error).__name__}: {error}")
+        self.executed += 1
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        # The hub matches on command_id; never let a handler answer for another command.
+        return answer.model_copy(update={
+            "command_id": command.command_id, "action": command.action,
+            "duration_ms": answer.duration_ms or elapsed_ms,
+        })
