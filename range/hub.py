@@ -165,6 +165,10 @@ class HostHub:
     ) -> None:
         self.close()
 
+    @property
+    def is_open(self) -> bool:
+        return self._pull is not None
+
     def open(self) -> None:
         if self._context is None:
             self._context = zmq.Context()
@@ -483,11 +487,15 @@ class _Link:
             return self.heartbeat()
         return False
 
-    def close(self, reason: str = "closing") -> None:
+    def close(self, reason: str = "closing", *, say_bye: bool = True) -> None:
+        """Say bye (unless the program is dying, `say_bye=False`) and close the socket."""
         if self.socket.closed:
             return
-        self.send("bye", Bye(reason=reason[:MAX_TEXT]))
-        self.socket.close()
+        if say_bye:
+            self.send("bye", Bye(reason=reason[:MAX_TEXT]))
+            self.socket.close()
+        else:
+            self.socket.close(linger=0)
         if self._own_context:
             self._context.term()
 

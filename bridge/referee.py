@@ -1,0 +1,40 @@
+"""The referee contract: how the bridge learns the ground truth it scores a step with.
+
+The emulator's ground-truth recorder (and the simulator-backed `SimReferee` in
+`bridge/simhosts.py`) implement `Referee`. The bridge never shows a measurement
+to agents: it feeds the reward (through `GameModel.reward_terms`, the same formula
+as the simulator) and `state()` for centralised training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Measurement(BaseModel):
+    """One measurement of the range's true state; what `Referee.measure()` returns as a dict.
+
+    `compromise` lists hosts red holds (absent hosts are clean); `green_failures`
+    counts failed green work since the previous measurement. Extra keys (e.g.
+    `red_action`) are kept for recordings and ignored for the reward.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    compromise: dict[str, Literal["clean", "user", "privileged"]] = Field(default_factory=dict)
+    impacted: tuple[str, ...] = ()
+    green_failures: int = Field(default=0, ge=0)
+    decoys: tuple[str, ...] = ()
+    down: tuple[str, ...] = Field(default=(), description="hosts whose services are down")
+
+
+@runtime_checkable
+class Referee(Protocol):
+    """Measures the range's true state each step; reset at each episode start."""
+
+    def reset(self, seed: int | None = None) -> None: ...
+
+    def measure(self) -> Mapping[str, Any]: ...
