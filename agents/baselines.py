@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-from cyberdial.range.model import ActionKind, GameModel
 from numpy.typing import NDArray
+
+from cyberdial.range.model import ActionKind, GameModel
 
 
 class BatchPolicy(Protocol):

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
+
 from cyberdial.agents.baselines import BatchPolicy
 from cyberdial.range.model import Compromise, GameModel
 from cyberdial.range.sim import SimBatch
-from numpy.typing import NDArray
 
 TERM_NAMES = ("privileged", "impact", "green", "restore", "comm")
 

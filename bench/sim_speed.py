@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe_machine
+
 from cyberdial.range.scenario import load_scenario
 from cyberdial.range.sim import SimBatch, SimRange
-from machine import describe_machine
 
 
 def single_env_rate(name: str, seconds: float) -> float:

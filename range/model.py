@@ -14,8 +14,9 @@ from enum import IntEnum, StrEnum
 from functools import cached_property
 
 import numpy as np
-from cyberdial.range.scenario import HOST_VALUES, Scenario
 from numpy.typing import NDArray
+
+from cyberdial.range.scenario import HOST_VALUES, Scenario
 
 
 class Compromise(IntEnum):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cyberdial.range.errors import ScenarioError
 from cyberdial.range.scenario import load_scenario, parse_scenario, shipped_scenarios_dir
 

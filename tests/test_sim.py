@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pettingzoo.test import parallel_api_test, parallel_seed_test
+
 from cyberdial.agents.baselines import RandomPolicy, make_baseline
 from cyberdial.agents.rollout import run_episodes
 from cyberdial.range.model import ActionKind, Activity, Compromise, GameModel, Observed
 from cyberdial.range.scenario import Scenario, load_scenario
 from cyberdial.range.sim import SimBatch, SimRange
-from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 SHIPPED = ("tiny", "small", "large")
 
