@@ -20,6 +20,7 @@ from cyberdial.range.errors import CyberdialError
 COMMAND_MODULES = (
     "cyberdial.commands.scenario",
     "cyberdial.commands.simulate",
+    "cyberdial.commands.drill",
 )
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,249 @@
+"""Drills: a policy's agents (and optionally a person) defend a range, every step recorded.
+
+`run_drill` drives any `DrillRange` (the simulator here; the emulated range via
+the bridge) with a `BatchPolicy`, writes each step to a `Recorder`, feeds a live
+view, and can seat a person in one agent's place (`HumanSeat`).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cyberdial.agents.baselines import BatchPolicy
+from cyberdial.agents.recording import (
+    AlertRecord,
+    CommandRecord,
+    EpisodeEnd,
+    GroundTruth,
+    Recorder,
+    StepRecord,
+    bits_text,
+)
+from cyberdial.range.model import ActionKind, Activity, GameModel
+from cyberdial.range.sim import SimBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DrillStep:
+    """What a range reports after one step, in recording terms."""
+
+    observations: NDArray[np.float32]  # (1, A, max_obs)
+    masks: NDArray[np.int8]  # (1, A, max_actions)
+    reward: float
+    terms: dict[str, float]
+    alerts: list[AlertRecord]
+    commands: list[CommandRecord]
+    ground_truth: GroundTruth
+    executed: list[int]  # per agent: the action slot actually carried out
+    done: bool
+    infos: dict[str, Any] = field(default_factory=dict)
+
+
+class DrillRange(Protocol):
+    model: GameModel
+    kind: str  # "sim" or "emulated"
+
+    def reset(self, seed: int) -> tuple[NDArray[np.float32], NDArray[np.int8]]: ...
+
+    def step(self, actions: NDArray[np.int64], messages: NDArray[np.uint8]) -> DrillStep: ...
+
+
+class SimDrillRange:
+    """The simulator as a drill range; its alerts are what its sensor model saw."""
+
+    kind = "sim"
+
+    def __init__(self, model: GameModel) -> None:
+        self.model = model
+        self.batch = SimBatch(model, n_envs=1)
+
+    def reset(self, seed: int) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+        return self.batch.reset(seed)
+
+    def step(self, actions: NDArray[np.int64], messages: NDArray[np.uint8]) -> DrillStep:
+        result = self.batch.step(actions, messages)
+        hosts = self.model.scenario.all_hosts
+        activity = self.batch.activity[0]
+        alerts = [
+            AlertRecord(
+                host=hosts[h].name,
+                kind=Activity(int(activity[h])).name.lower(),
+                evidence="simulated sensor",
+            )
+            for h in np.flatnonzero(activity)
+        ]
+        truth = self.batch.ground_truth(0)
+        return DrillStep(
+            observations=result.observations,
+            masks=result.masks,
+            reward=float(result.rewards[0]),
+            terms={k: float(v[0]) for k, v in result.terms.items() if k != "total"},
+            alerts=alerts,
+            commands=[],
+            ground_truth=GroundTruth(**truth),
+            executed=[int(x) for x in result.executed[0]],
+            done=result.done,
+        )
+
+
+class HumanSeat:
+    """A person plays one blue agent: shown its observation and legal actions each step.
+
+    They type an action number (or its label) before the step deadline; nothing
+    typed in time, or anything not legal, is Sleep.
+    """
+
+    def __init__(
+        self, model: GameModel, agent: str, deadline_s: float, stdin: TextIO, stdout: TextIO
+    ) -> None:
+        if agent not in model.agent_names:
+            from cyberdial.range.errors import CyberdialError
+
+            raise CyberdialError(
+                f"--human {agent}: no such agent; choose one of {', '.join(model.agent_names)}"
+            )
+        self.model = model
+        self.layout = model.agents[model.agent_names.index(agent)]
+        self.deadline_s = deadline_s
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def summary(self, observation: NDArray[np.float32], mask: NDArray[np.int8]) -> str:
+        layout, scenario = self.layout, self.model.scenario
+        bits = self.model.host_bits_of(observation[: layout.obs_size], layout.index)
+        activity = {(0, 0): "", (1, 0): "scan", (1, 1): "EXPLOIT"}
+        compromise = {(0, 0): "", (0, 1): "user", (1, 1): "PRIVILEGED", (1, 0): "unknown"}
+        lines = [f"== you are {layout.name} =="]
+        for i, host in enumerate(layout.hosts):
+            a = activity.get((int(bits[i, 0]), int(bits[i, 1])), "?")
+            c = compromise.get((int(bits[i, 2]), int(bits[i, 3])), "?")
+            if a or c:
+                lines.append(f"  {scenario.all_hosts[host].name}: {a or '-'} / {c or '-'}")
+        if len(lines) == 1:
+            lines.append("  no activity on your hosts")
+        slices = layout.obs_slices()
+        blocked = observation[slices["blocked"]]
+        for j, subnet in enumerate(layout.subnets):
+            if blocked[j] > 0.5:
+                lines.append(f"  subnet {scenario.subnets[subnet].name} is BLOCKED")
+        peers = [name for name in self.model.agent_names if name != layout.name]
+        messages = observation[slices["messages"]].reshape(len(peers), -1) if peers else []
+        for name, bits_of_peer in zip(peers, messages, strict=False):
+            lines.append(f"  message from {name}: {bits_text(bits_of_peer)}")
+        legal = np.flatnonzero(mask[: layout.n_actions])
+        lines.append(
+            "  legal actions: " + ", ".join(f"[{i}] {layout.actions[i].label}" for i in legal)
+        )
+        lines.append(f"  choose within {self.deadline_s:g} s (Enter alone or no answer = sleep): ")
+        return "\n".join(lines)
+
+    def choose(self, observation: NDArray[np.float32], mask: NDArray[np.int8]) -> int:
+        self.stdout.write(self.summary(observation, mask))
+        self.stdout.flush()
+        end = time.monotonic() + self.deadline_s
+        text = ""
+        while time.monotonic() < end:
+            ready, _, _ = select.select([self.stdin], [], [], max(0.0, end - time.monotonic()))
+            if ready:
+                text = self.stdin.readline().strip()
+                break
+        labels = {action.label: i for i, action in enumerate(self.layout.actions)}
+        choice = int(text) if text.isdigit() else labels.get(text, int(ActionKind.SLEEP))
+        if not (0 <= choice < self.layout.n_actions) or not mask[choice]:
+            if text:
+                self.stdout.write(f"  '{text}' is not a legal action: sleeping\n")
+            choice = int(ActionKind.SLEEP)
+        return choice
+
+
+def run_drill(
+    drill_range: DrillRange,
+    policy: BatchPolicy,
+    episodes: int,
+    seed: int,
+    recorder: Recorder,
+    on_step: Callable[[StepRecord], None] | None = None,
+    human: HumanSeat | None = None,
+    pace_s: float = 0.0,
+) -> list[EpisodeEnd]:
+    """Play `episodes` episodes, recording every step; returns the episodes' ends.
+
+    On an exception or Ctrl-C the current episode is closed as interrupted
+    before the error goes on, so the recording stays readable.
+    """
+    model = drill_range.model
+    ends: list[EpisodeEnd] = []
+    for episode in range(episodes):
+        observations, masks = drill_range.reset(seed + episode)
+        policy.reset(1)
+        total, bits, t = 0.0, 0, 0
+        done = False
+        try:
+            while not done:
+                started = time.monotonic()
+                actions, messages = policy.act(observations, masks)
+                if human is not None:
+                    a = human.layout.index
+                    actions[0, a] = human.choose(observations[0, a], masks[0, a])
+                    messages[0, a] = 0
+                result = drill_range.step(actions, messages)
+                record = StepRecord(
+                    episode=episode,
+                    step=t,
+                    wall_time=time.time(),
+                    alerts=result.alerts,
+                    observations={
+                        layout.name: bits_text(observations[0, layout.index, : layout.obs_size])
+                        for layout in model.agents
+                    },
+                    masks={
+                        layout.name: bits_text(masks[0, layout.index, : layout.n_actions])
+                        for layout in model.agents
+                    },
+                    actions={
+                        layout.name: layout.actions[result.executed[layout.index]].label
+                        for layout in model.agents
+                    },
+                    action_index={
+                        layout.name: int(result.executed[layout.index]) for layout in model.agents
+                    },
+                    messages={
+                        layout.name: bits_text(messages[0, layout.index]) for layout in model.agents
+                    },
+                    commands=result.commands,
+                    reward=result.reward,
+                    reward_terms=result.terms,
+                    ground_truth=result.ground_truth,
+                    infos=result.infos,
+                )
+                recorder.step(record)
+                if on_step is not None:
+                    on_step(record)
+                total += result.reward
+                bits += int(messages.sum())
+                observations, masks, done = result.observations, result.masks, result.done
+                t += 1
+                if pace_s > 0:
+                    time.sleep(max(0.0, pace_s - (time.monotonic() - started)))
+        except BaseException:
+            recorder.episode_end(
+                EpisodeEnd(
+                    episode=episode, steps=t, episode_return=total, bits_sent=bits, interrupted=True
+                )
+            )
+            raise
+        end = EpisodeEnd(episode=episode, steps=t, episode_return=total, bits_sent=bits)
+        recorder.episode_end(end)
+        ends.append(end)
+        logger.info("episode %d: return %.2f, %d bits", episode, total, bits)
+    return ends
