@@ -158,6 +158,11 @@ class Red(_Frozen):
     targets: tuple[Name, ...] = Field(min_length=1)
     strategy: Literal["bline", "meander"] = "bline"
     start_delay: Annotated[int, Field(ge=0, le=1000)] = 0
+    start_jitter: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=0,
+        description="extra start delay drawn each episode uniformly from 0..start_jitter,"
+        " so defenders cannot time red's arrival by the clock",
+    )
     reentry_delay: Annotated[int, Field(ge=0, le=1000)] = 3
     exploit_success: Probability = 0.9
     escalate_success: Probability = 0.9

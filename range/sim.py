@@ -97,6 +97,9 @@ class SimBatch:
         self.red_target = np.zeros(b, dtype=np.int64)
         self.red_timer = np.zeros(b, dtype=np.int64)
         self.red_wait = np.full(b, self.scenario.red.start_delay, dtype=np.int64)
+        if self.scenario.red.start_jitter:
+            # Drawn only when asked for, so scenarios without jitter keep their seeds' episodes.
+            self.red_wait += self.rng.integers(0, self.scenario.red.start_jitter + 1, b)
         self.blue_pending = np.zeros((b, a), dtype=np.int64)
         self.blue_timer = np.zeros((b, a), dtype=np.int64)
         self.messages = np.zeros((b, a, m.message_bits), dtype=np.uint8)
