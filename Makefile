@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system venv test demo bench lint clean
+.PHONY: setup system venv test demo bench lint clean docker-engine
 
 setup: system venv
 
@@ -27,6 +27,14 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/sim_speed.py
+
+# Start a Docker engine of our own (as root) when none runs: no iptables, no
+# bridge, so it never sets FORWARD to DROP; stopped by PID with docker-engine-stop.
+docker-engine: setup
+	$(BIN)/python -c "from cyberdial.range.emulation.docker_engine import OwnEngine as E; e = E.find() or E.start_engine(); print('dockerd', e.pid, 'at', e.url)"
+
+docker-engine-stop: venv
+	$(BIN)/python -c "from cyberdial.range.emulation.docker_engine import OwnEngine as E; e = E.find(); e and e.stop(); print('stopped' if e else 'no engine of ours runs')"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ PACKAGES=(
   iproute2 nftables iptables iputils-ping bridge-utils procps
   mininet   # for mnexec; installed without recommends (no Open vSwitch)
   nmap      # a real scanner that is not ours, for sensor tests
+  docker.io # container hosts; its dockerd is started by us, without iptables
 )
 
 missing=()

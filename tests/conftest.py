@@ -1,7 +1,8 @@
 """Shared test setup: marker-driven skips with reasons, and paths to data.
 
 Markers (pyproject.toml): `root` needs root; `mininet` needs root and mnexec;
-`docker` needs a reachable Docker engine; `slow` runs anyway under `make test`.
+`docker` needs root and dockerd (the tests start their own engine when none
+runs); `slow` runs anyway under `make test`.
 A skipped test always says why (`-rs`).
 """
 
@@ -29,6 +30,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs root (run make test as root)"))
         elif item.get_closest_marker("mininet") and not mnexec:
             item.add_marker(pytest.mark.skip(reason="needs mnexec (Debian package mininet)"))
+        elif item.get_closest_marker("docker") and not (root and shutil.which("dockerd")):
+            item.add_marker(
+                pytest.mark.skip(reason="needs root and dockerd (Debian package docker.io)")
+            )
 
 
 @pytest.fixture
