@@ -1,0 +1,509 @@
+"""The emulated range's controller: builds a scenario on Mininet and runs its programs.
+
+`Range(scenario)` is a context manager. `up()` builds one Mininet host per
+scenario host (a network namespace held by a shell), one `LinuxBridge` per
+subnet (no controller: Open vSwitch cannot run here), and a router namespace
+whose nftables enforce the scenario's flows; then starts per subnet one services,
+one sensor, one actuator and one green process, plus one red process, and
+returns only when every host answers and every service listens. `down()` removes
+exactly what this run made (see `state.teardown`). The bridge talks to the range
+through `alert_endpoint` / `command_endpoint` (or `Range.hub` when the range runs
+its own `HostHub`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cyberdial.range.emulation import state as run_state
+from cyberdial.range.emulation.netns import in_netns, listening_ports, netns_inode
+from cyberdial.range.emulation.plan import RangePlan, make_plan, new_run_id, nft_ruleset
+from cyberdial.range.emulation.referee import Referee
+from cyberdial.range.emulation.state import ProcessRecord, RunState, teardown
+from cyberdial.range.errors import HostCommandError, NotRootError
+from cyberdial.range.hub import HostHub
+from cyberdial.range.scenario import Scenario
+from cyberdial.range.wire import Alert, Command, CommandResult
+
+logger = logging.getLogger(__name__)
+
+LOGS_ROOT = Path(os.environ.get("CYBERDIAL_LOGS", "/var/tmp/cyberdial"))
+READY_TIMEOUT_S = 120.0
+PARALLEL_CONFIG = 24
+SAVE_EVERY = 64
+PROGRAM_ROLES = ("services", "sensor", "actuator", "green", "red")
+_BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+def require_root(what: str = "the emulated range") -> None:
+    if os.geteuid() != 0:
+        raise NotRootError(what)
+    if shutil.which("mnexec") is None:
+        raise HostCommandError(
+            "mnexec is missing: install Debian's mininet package (`sudo make setup`)"
+        )
+
+
+class Range:
+    """One emulated run of a scenario; use `with Range(scenario) as rng:`."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        hub: bool = True,
+        programs: Sequence[str] = PROGRAM_ROLES,
+        runs_root: Path | None = None,
+        logs_dir: Path | None = None,
+        seed: int | None = None,
+    ) -> None:
+        unknown = set(programs) - set(PROGRAM_ROLES)
+        if unknown:
+            raise ValueError(f"unknown programs {sorted(unknown)}; choose from {PROGRAM_ROLES}")
+        self.scenario = scenario
+        self.run_id = new_run_id()
+        self.runs_root = runs_root or run_state.RUNS_ROOT
+        self.run_dir = self.runs_root / self.run_id
+        self.logs_dir = logs_dir or LOGS_ROOT / self.run_id
+        self.plan: RangePlan = make_plan(scenario, self.run_id, self.run_dir)
+        self.seed = scenario.seed if seed is None else seed
+        self._want_hub = hub
+        self._roles = tuple(programs)
+        self.hub: HostHub | None = None
+        self.referee: Referee | None = None
+        self.state: RunState | None = None
+        self.net: Any = None
+        self._popens: list[subprocess.Popen[bytes]] = []
+        self._program_names: list[str] = []
+        self.t0 = 0.0
+        self.step = 0
+        self.timings: dict[str, float] = {}
+
+    # ---------------------------------------------------------- endpoints
+
+    @property
+    def alert_endpoint(self) -> str:
+        return self.plan.alert_endpoint
+
+    @property
+    def command_endpoint(self) -> str:
+        return self.plan.command_endpoint
+
+    def host_pid(self, host: str) -> int:
+        """PID of the shell that holds `host`'s network namespace (for `mnexec -a`)."""
+        return self.plan.host_pids[host]
+
+    @property
+    def router_pid(self) -> int:
+        return self.plan.router_pid
+
+    # ---------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> Range:
+        self.up()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self) -> Range:
+        """Build and start everything; returns when every host answers and service listens."""
+        require_root()
+        started = time.monotonic()
+        self.run_dir.mkdir(parents=True, exist_ok=False)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.state = RunState(
+            run_id=self.run_id, scenario=self.scenario.name, run_dir=str(self.run_dir),
+            logs_dir=str(self.logs_dir), created=time.time(),
+            controller=ProcessRecord.of(os.getpid(), "controller"),
+            endpoints={"alerts": self.alert_endpoint, "commands": self.command_endpoint},
+            hosts=len(self.plan.hosts),
+        )
+        self.state.save()
+        try:
+            self._disable_bridge_netfilter()
+            self._build_network()
+            self.timings["network_s"] = time.monotonic() - started
+            self._write_files()
+            if self._want_hub:
+                self.hub = HostHub(self.run_id, self.alert_endpoint, self.command_endpoint)
+                self.hub.open()
+            self._start_programs()
+            self._wait_ready()
+            self.referee = Referee(self.plan, self.scenario)
+            self.t0 = time.time()
+            self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
+            self.state.status = "up"
+            self.state.save()
+        except BaseException:
+            logger.exception("range %s failed to come up; tearing it down", self.run_id)
+            self.down()
+            raise
+        self.timings["up_s"] = time.monotonic() - started
+        logger.info("range %s up in %.1f s", self.run_id, self.timings["up_s"])
+        return self
+
+    def down(self) -> None:
+        """Remove exactly what this run made; safe to call twice."""
+        if self.state is None:
+            return
+        started = time.monotonic()
+        if self.hub is not None:
+            self.hub.close()
+            self.hub = None
+        report = teardown(self.state)
+        # Reap our own children so no zombie or ResourceWarning is left behind.
+        for popen in self._popens:
+            popen.wait(timeout=10)
+        self._popens.clear()
+        self._close_mininet()
+        self.state = None
+        self.timings["down_s"] = time.monotonic() - started
+        if report.links_left:
+            raise HostCommandError(
+                f"links left after down of {self.run_id}: {report.links_left}; run"
+                f" `cyberdial range down {self.run_id}` again"
+            )
+
+    # ------------------------------------------------------------- API
+
+    def execute(self, command: Command, timeout_s: float = 10.0) -> CommandResult:
+        """Run one blue action for real through the subnet's actuator."""
+        return self._require_hub().execute(command, timeout_s)
+
+    def execute_many(self, commands: Sequence[Command], timeout_s: float = 10.0
+                     ) -> list[CommandResult]:
+        return self._require_hub().execute_many(commands, timeout_s)
+
+    def alerts(self, timeout_s: float = 0.0) -> list[Alert]:
+        """Alerts raised since the last call (drained)."""
+        return self._require_hub().poll_alerts(timeout_s)
+
+    def wait_step(self) -> int:
+        """Sleep until the next step boundary of the range's clock; returns the new step."""
+        if not self.t0:
+            raise RuntimeError("the range is not up")
+        self.step += 1
+        delay = self.t0 + self.step * self.plan.step_period - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            # We fell behind (a slow caller): resynchronise instead of rushing steps.
+            self.step = int((time.time() - self.t0) / self.plan.step_period)
+        if self.hub is not None:
+            self.hub.step = self.step
+        return self.step
+
+    def current_step(self) -> int:
+        return int((time.time() - self.t0) / self.plan.step_period) if self.t0 else 0
+
+    def run_in(self, host: str, argv: Sequence[str], timeout_s: float = 60.0
+               ) -> subprocess.CompletedProcess[str]:
+        """Run a program inside `host`'s namespace to completion (drills, tests: nmap, ping)."""
+        return subprocess.run(["mnexec", "-a", str(self.host_pid(host)), *argv],
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+
+    def _require_hub(self) -> HostHub:
+        if self.hub is None:
+            raise RuntimeError("this range runs without a hub (hub=False): use the bridge's")
+        return self.hub
+
+    # ------------------------------------------------------------ build
+
+    def _disable_bridge_netfilter(self) -> None:
+        # Bridged frames would otherwise traverse the root namespace's iptables
+        # (a FORWARD DROP policy there silently cuts every subnet).
+        if _BRIDGE_NF.exists() and _BRIDGE_NF.read_text().strip() != "0":
+            _BRIDGE_NF.write_text("0\n")
+
+    def _save(self) -> None:
+        assert self.state is not None
+        self.state.save()
+
+    def _build_network(self) -> None:
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.nodelib import LinuxBridge
+
+        assert self.state is not None
+        setLogLevel("error")
+        plan, state = self.plan, self.state
+        net = Mininet(topo=None, switch=LinuxBridge, controller=None, build=False,
+                      autoSetMacs=False, waitConnected=False)
+        self.net = net
+        t = time.monotonic()
+        # Names first, so a crash halfway still leaves a complete list to remove.
+        state.bridges = [s.bridge for s in plan.subnets]
+        state.veths = [h.veth for h in plan.hosts] + [s.router_veth for s in plan.subnets]
+        self._save()
+        router = net.addHost(plan.router_node)
+        state.shells.append(ProcessRecord.of(router.pid, "router", plan.router_node))
+        switches = {}
+        for subnet in plan.subnets:
+            switch = net.addSwitch(subnet.bridge)
+            state.shells.append(ProcessRecord.of(switch.pid, "bridge-shell", subnet.bridge))
+            switches[subnet.name] = switch
+        self._save()
+        hosts = {}
+        for count, host in enumerate(plan.hosts, 1):
+            node = net.addHost(host.name)
+            hosts[host.name] = node
+            state.shells.append(ProcessRecord.of(node.pid, "host", host.name))
+            if count % SAVE_EVERY == 0:
+                self._save()
+        self._save()
+        self.timings["hosts_s"] = time.monotonic() - t
+        t = time.monotonic()
+        for host in plan.hosts:
+            net.addLink(hosts[host.name], switches[host.subnet], intfName1="eth0",
+                        intfName2=host.veth)
+        for subnet in plan.subnets:
+            net.addLink(router, switches[subnet.name], intfName1=subnet.router_intf,
+                        intfName2=subnet.router_veth)
+        for switch in switches.values():
+            switch.start([])
+        self.timings["links_s"] = time.monotonic() - t
+        t = time.monotonic()
+        plan.host_pids.update({name: node.pid for name, node in hosts.items()})
+        object.__setattr__(plan, "router_pid", router.pid)
+        state.netns = {name: netns_inode(pid) or 0 for name, pid in plan.host_pids.items()}
+        self._save()
+        self._configure_addresses()
+        self._configure_router()
+        self.timings["config_s"] = time.monotonic() - t
+
+    def _configure_addresses(self) -> None:
+        plan = self.plan
+        jobs: list[tuple[int, str]] = []
+        for host in plan.hosts:
+            jobs.append((plan.host_pids[host.name], (
+                "link set lo up\n"
+                f"addr add {host.ip}/{host.prefix} dev eth0\n"
+                "link set eth0 up\n"
+                f"route add default via {host.gateway}\n"
+            )))
+        router_batch = "link set lo up\n" + "".join(
+            f"addr add {s.router_ip}/{ipaddress_prefix(s.cidr)} dev {s.router_intf}\n"
+            f"link set {s.router_intf} up\n" for s in plan.subnets)
+        jobs.append((plan.router_pid, router_batch))
+        # No IPv6 inside the range: its router solicitations and DAD would be noise
+        # for the sensors. Written from here (sysctls under /proc/sys/net are per namespace).
+        for pid, _ in jobs:
+            with in_netns(pid):
+                for key in ("all", "default"):
+                    Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1\n")
+        with in_netns(plan.router_pid):
+            Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        running: list[tuple[subprocess.Popen[str], int]] = []
+        failures: list[str] = []
+
+        def reap(limit: int) -> None:
+            while len(running) > limit:
+                popen, pid = running.pop(0)
+                _, err = popen.communicate(timeout=30)
+                if popen.returncode != 0:
+                    failures.append(f"pid {pid}: {err.strip()}")
+
+        for pid, batch in jobs:
+            popen = subprocess.Popen(["mnexec", "-a", str(pid), "ip", "-batch", "-"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+            assert popen.stdin is not None
+            popen.stdin.write(batch)
+            popen.stdin.close()
+            popen.stdin = None
+            running.append((popen, pid))
+            reap(PARALLEL_CONFIG)
+        reap(0)
+        if failures:
+            raise HostCommandError(f"configuring addresses failed: {failures[:3]}")
+        bridges = "".join(f"link set {s.bridge} up\n" for s in plan.subnets)
+        subprocess.run(["ip", "-batch", "-"], input=bridges, text=True, check=True,
+                       capture_output=True)
+
+    def _configure_router(self) -> None:
+        rules = self.run_dir / "router.nft"
+        rules.write_text(nft_ruleset(self.plan), encoding="utf-8")
+        out = subprocess.run(["mnexec", "-a", str(self.plan.router_pid), "nft", "-f", str(rules)],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise HostCommandError(f"router firewall rejected: {out.stderr.strip()}")
+
+    def _write_files(self) -> None:
+        """Each host's files (service data) and their golden copy; the plan for programs."""
+        plan = self.plan
+        for directory in ("ctl", "decoys", "pids", "ready", "green", "actions"):
+            (self.run_dir / directory).mkdir()
+        for host in plan.hosts:
+            for sub in ("srv", "run"):
+                (plan.host_dir(host.name) / sub).mkdir(parents=True)
+            for service in host.services:
+                plan.data_file(host.name, service.name).write_text(
+                    service_data(host.name, service.name), encoding="utf-8")
+            shutil.copytree(plan.host_dir(host.name), plan.golden_dir(host.name))
+        (self.run_dir / "plan.json").write_text(plan.to_json(), encoding="utf-8")
+        (self.run_dir / "scenario.json").write_text(self.scenario.model_dump_json(),
+                                                   encoding="utf-8")
+
+    # ---------------------------------------------------------- programs
+
+    def _start_programs(self) -> None:
+        assert self.state is not None
+        users = {h.subnet for h in self.plan.hosts if h.user}
+        for subnet in self.plan.subnets:
+            for role in ("services", "sensor", "actuator", "green"):
+                if role not in self._roles or (role == "green" and subnet.name not in users):
+                    continue
+                self._start(role, f"{role}-{subnet.name}", ["--subnet", subnet.name])
+        if "red" in self._roles:
+            self._start("red", "red", ["--seed", str(self.seed)])
+        self._save()
+
+    def _start(self, role: str, name: str, extra: list[str]) -> None:
+        assert self.state is not None
+        log = open(self.logs_dir / f"{name}.log", "ab")
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", f"cyberdial.range.emulation.programs.{role}",
+                 "--run-dir", str(self.run_dir), *extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        finally:
+            log.close()
+        self._popens.append(popen)
+        self._program_names.append(name)
+        self.state.programs.append(ProcessRecord.of(popen.pid, role, name))
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        t = time.monotonic()
+        missing = self._unanswered_hosts(deadline)
+        if missing:
+            raise HostCommandError(f"hosts do not answer ping: {missing[:5]}")
+        self.timings["ping_s"] = time.monotonic() - t
+        t = time.monotonic()
+        ready = self.run_dir / "ready"
+        while True:
+            for popen, name in zip(self._popens, self._program_names, strict=True):
+                if popen.poll() is not None:
+                    raise HostCommandError(
+                        f"program {name} exited with status {popen.returncode}: see"
+                        f" {self.logs_dir / (name + '.log')}")
+            waiting = [n for n in self._program_names if not (ready / n).exists()]
+            deaf = self._services_not_listening() if not waiting else []
+            if not waiting and not deaf:
+                break
+            if time.monotonic() > deadline:
+                raise HostCommandError(
+                    f"range not ready after {READY_TIMEOUT_S:.0f} s: programs {waiting[:5]},"
+                    f" services {deaf[:5]}; logs in {self.logs_dir}")
+            if self.hub is not None:
+                self.hub.pump(0.05)
+            else:
+                time.sleep(0.05)
+        self.timings["programs_s"] = time.monotonic() - t
+
+    def _services_not_listening(self) -> list[str]:
+        if "services" not in self._roles:
+            return []
+        deaf = []
+        for host in self.plan.hosts:
+            ports = listening_ports(self.plan.host_pids[host.name])
+            deaf += [f"{host.name}:{s.port}" for s in host.services if s.port not in ports]
+        return deaf
+
+    def _unanswered_hosts(self, deadline: float) -> list[str]:
+        """Ping every host from the router (one raw socket, resent until all answer)."""
+        targets = {h.ip: h.name for h in self.plan.hosts}
+        with in_netns(self.plan.router_pid):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        ident = os.getpid() & 0xFFFF
+        answered: set[str] = set()
+        # poll, not select: Mininet's ptys push our descriptors past select's 1024.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        try:
+            rounds = 0
+            while len(answered) < len(targets) and time.monotonic() < deadline and rounds < 200:
+                rounds += 1
+                for ip in targets:
+                    if ip not in answered:
+                        try:
+                            sock.sendto(_echo_request(ident, rounds), (ip, 0))
+                        except OSError as error:
+                            if error.errno not in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                                raise
+                until = time.monotonic() + 0.25
+                while time.monotonic() < until:
+                    if not poller.poll(50):
+                        continue
+                    data, (source, _port) = sock.recvfrom(2048)
+                    header = (data[0] & 0x0F) * 4
+                    if data[header] == 0 and struct.unpack("!H", data[header + 4:header + 6])[0] \
+                            == ident:
+                        answered.add(source)
+        finally:
+            sock.close()
+        return sorted(targets[ip] for ip in targets if ip not in answered)
+
+    def _close_mininet(self) -> None:
+        """Release the Mininet objects' ptys and reap their shells (already killed by PID)."""
+        if self.net is None:
+            return
+        for node in [*self.net.hosts, *self.net.switches]:
+            shell = node.shell
+            if shell is None:
+                continue
+            try:
+                node.stdin.close()
+                os.close(node.slave)
+            except OSError:
+                pass
+            try:
+                shell.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                logger.warning("shell %s of %s did not exit", shell.pid, node.name)
+            node.shell = None
+        self.net = None
+
+
+def ipaddress_prefix(cidr: str) -> int:
+    return int(cidr.split("/", 1)[1])
+
+
+def service_data(host: str, service: str) -> str:
+    """A service's data file in its golden state (what green reads, what impact destroys)."""
+    return f"{host} {service} golden data\n" + "record\n" * 32
+
+
+def _echo_request(ident: int, seq: int) -> bytes:
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
+    payload = b"cyberdial-ready"
+    checksum = _checksum(header + payload)
+    return struct.pack("!BBHHH", 8, 0, checksum, ident, seq & 0xFFFF) + payload
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
