@@ -17,6 +17,10 @@ from typing import Any, ClassVar
 import gymnasium
 import numpy as np
 import zmq
+from numpy.typing import NDArray
+from pettingzoo import ParallelEnv
+from pydantic import BaseModel
+
 from cyberdial.bridge.protocol import (
     BRIDGE_REPLIES,
     ActionBatch,
@@ -38,9 +42,6 @@ from cyberdial.range.errors import BridgeTimeout, CyberdialError
 from cyberdial.range.hub import configure_socket
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
-from numpy.typing import NDArray
-from pettingzoo import ParallelEnv
-from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,14 @@ class EmulatedRange(ParallelEnv):  # type: ignore[misc]
         self._seq += 1
         frames = encode(message_type, payload, run_id=self.run_id, sender=self.client,
                         seq=self._seq, step=step)
-        self._socket.send_multipart(frames)
+        try:
+            # Never block: with no connected bridge (or a failed Curve handshake) a DEALER
+            # send would wait forever.
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise BridgeTimeout(
+                f"cannot send to the bridge at {self.endpoint}: it is not connected (is it"
+                " running, and do the Curve keys match?)") from None
 
     def _request(
         self, message_type: str, payload: BaseModel, expect: type[BaseModel], *,
@@ -274,8 +282,8 @@ class EmulatedRange(ParallelEnv):  # type: ignore[misc]
         if not self._socket.closed:
             try:
                 self._send("bye", Bye(reason="client closed"))
-            except zmq.ZMQError:
-                pass
+            except (zmq.ZMQError, BridgeTimeout):
+                pass  # the bridge is gone: nobody to say bye to
             # A short linger lets the bye out; a dead bridge cannot hold us longer.
             self._socket.close(linger=100)
         if self._own_context and not self._context.closed:

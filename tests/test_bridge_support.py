@@ -1,0 +1,90 @@
+"""Shared setup for the bridge tests (no tests here): a bridge on ipc endpoints, a host side."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from cyberdial.bridge.referee import Referee
+from cyberdial.bridge.service import BridgeService, BridgeThread, CurveKeys
+from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
+from cyberdial.range.hub import HostHub
+from cyberdial.range.scenario import Scenario
+
+RUN = "test-run"
+HEARTBEAT = 0.05
+
+
+@dataclass
+class Endpoints:
+    alerts: str
+    commands: str
+    agents: str
+
+
+@contextmanager
+def endpoints() -> Iterator[Endpoints]:
+    # ipc paths are limited to ~107 bytes; a mkdtemp under /tmp stays short.
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="cdb") as folder:
+        base = Path(folder)
+        yield Endpoints(f"ipc://{base / 'a'}", f"ipc://{base / 'c'}", f"ipc://{base / 'g'}")
+
+
+class StaticReferee:
+    """A referee for scripted host sides: nothing is ever compromised."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        self.resets += 1
+
+    def measure(self) -> dict[str, Any]:
+        return {"compromise": {}, "green_failures": 0}
+
+
+@contextmanager
+def bridge(
+    scenario: Scenario, ends: Endpoints, context: zmq.Context[Any], referee: Referee, *,
+    step_period_s: float, command_timeout_s: float | None = None,
+    curve: CurveKeys | None = None, allowed_clients: list[bytes] | None = None,
+) -> Iterator[BridgeService]:
+    hub = HostHub(RUN, ends.alerts, ends.commands, context=context,
+                  heartbeat_interval_s=HEARTBEAT)
+    service = BridgeService(scenario, hub, referee, ends.agents, step_period_s=step_period_s,
+                            command_timeout_s=command_timeout_s, curve=curve,
+                            allowed_clients=allowed_clients, context=context)
+    with BridgeThread(service) as running:
+        yield running
+
+
+@contextmanager
+def simulated_range(
+    scenario: Scenario, context: zmq.Context[Any], *, step_period_s: float = 0.02,
+    seed: int = 0,
+) -> Iterator[tuple[BridgeService, SimulatedHosts, Endpoints]]:
+    """Bridge + simulator-backed sensors and actuators, all on real ipc sockets."""
+    with endpoints() as ends:
+        hosts = SimulatedHosts(scenario, RUN, ends.alerts, ends.commands,
+                               step_period_s=step_period_s, seed=seed,
+                               heartbeat_interval_s=HEARTBEAT, context=context)
+        with bridge(scenario, ends, context, SimReferee(hosts), step_period_s=step_period_s,
+                    command_timeout_s=0.5) as service, hosts:
+            wait_for(lambda: len(service.hub._peers) >= 2 * len(scenario.subnets))
+            yield service, hosts, ends
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
