@@ -19,12 +19,15 @@ class Measurement(BaseModel):
 
     `compromise` lists hosts red holds (absent hosts are clean); `green_failures`
     counts failed green work since the previous measurement. Extra keys (e.g.
-    `red_action`) are kept for recordings and ignored for the reward.
+    `red_action`, or the emulator referee's own `reward_terms`) are kept for
+    recordings and ignored: the bridge scores with `GameModel.reward_terms`.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    compromise: dict[str, Literal["clean", "user", "privileged"]] = Field(default_factory=dict)
+    # "none" and "clean" both mean clean (the emulator's referee and Analyse say "none").
+    compromise: dict[str, Literal["clean", "none", "user", "privileged"]] = Field(
+        default_factory=dict)
     impacted: tuple[str, ...] = ()
     green_failures: int = Field(default=0, ge=0)
     decoys: tuple[str, ...] = ()
@@ -33,8 +36,10 @@ class Measurement(BaseModel):
 
 @runtime_checkable
 class Referee(Protocol):
-    """Measures the range's true state each step; reset at each episode start."""
+    """Measures the range's true state each step.
 
-    def reset(self, seed: int | None = None) -> None: ...
+    A referee may also have `reset(seed)`; the bridge calls it at each episode
+    start when it exists (the simulator-backed one resets its world there).
+    """
 
     def measure(self) -> Mapping[str, Any]: ...

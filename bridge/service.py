@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.auth
+from numpy.typing import NDArray
+from pydantic import BaseModel, ValidationError
+from zmq.auth.thread import ThreadAuthenticator
+
 from cyberdial.bridge.protocol import (
     AGENT_REQUESTS,
     ActionBatch,
@@ -59,9 +63,6 @@ from cyberdial.range.model import (
     Observed,
 )
 from cyberdial.range.scenario import Scenario
-from numpy.typing import NDArray
-from pydantic import BaseModel, ValidationError
-from zmq.auth.thread import ThreadAuthenticator
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ BRIDGE_SENDER = "bridge"
 # Share of the step period that commands may take before they count as timed out;
 # the rest of the window is for the alerts their effects (and red) cause.
 COMMAND_SHARE = 0.5
-_COMPROMISE_CODE = {"clean": Compromise.CLEAN, "user": Compromise.USER,
-                    "privileged": Compromise.PRIVILEGED}
+_COMPROMISE_CODE = {"clean": Compromise.CLEAN, "none": Compromise.CLEAN,
+                    "user": Compromise.USER, "privileged": Compromise.PRIVILEGED}
 _OBSERVED_CODE = {"none": Observed.NONE, "user": Observed.USER, "privileged": Observed.PRIVILEGED}
 
 
@@ -358,7 +359,9 @@ class BridgeService:
 
     def reset(self, seed: int | None = None) -> ObservationBatch:
         """Start an episode: reset the referee, forget old alerts, observe step 0."""
-        self.referee.reset(seed)
+        reset = getattr(self.referee, "reset", None)
+        if callable(reset):
+            reset(seed)
         self._reset_state()
         self.hub.poll_alerts(0.0)  # alerts from before this episode are not its activity
         self.episode += 1
