@@ -1,0 +1,345 @@
+"""DIAL and DIAL-SAU: blue agents that learn to defend and to send one-bit messages.
+
+Reads top to bottom: the discretise/regularise unit (DRU), the recurrent Q-network
+shared by all blue agents, the greedy `DialPolicy` that drives a range, and the
+`DialLearner` the training loop (`agents/training.py`) calls. After Foerster et
+al. 2016 (DIAL) and Contractor, Li, Al Mallah 2025 (DIAL with strategic action
+unmasking for cyber defence).
+
+How messages travel. The range's observation already holds the peers' previous
+bits (0/1, the *executed* messages). The network never reads them from that
+slice; it takes the peers' messages as a separate input. In execution that input
+*is* the observation's slice, so a policy needs only (observations, masks). In
+centralised training the learner replays whole episodes and feeds the peers'
+DRU outputs `sigmoid(m + N(0, σ))` instead, so every receiver's TD error
+back-propagates through the message into its sender, across time steps. The
+environment still receives executed bits (`m + noise > 0` while collecting,
+`m > 0` in execution) for the communication cost and SAU's Analyse unmasking.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from cyberdial.agents.training import EpisodeBatch, Learner, TrainConfig
+from cyberdial.range.model import GameModel
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ the DRU
+
+
+def dru(logits: torch.Tensor, sigma: float, training: bool,
+        generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+        ) -> torch.Tensor:
+    """Discretise/regularise unit: a noisy sigmoid in training, a hard threshold in execution.
+
+    The noise pushes the sender to saturate its logits, so the soft message it is
+    trained with and the bit it sends in execution agree.
+    """
+    if not training:
+        return (logits > 0).to(logits.dtype)
+    if noise is None:
+        noise = torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
+    return torch.sigmoid(logits + sigma * noise)
+
+
+# ------------------------------------------------------------------ the network
+
+
+class DialNetwork(nn.Module):
+    """One recurrent Q-network shared by every blue agent (agent-index embedding).
+
+    Per agent and step, embeddings of the observation (without its message and
+    last-action slices), the peers' previous messages, the agent's own previous
+    action and its index are summed, pass a GRU, and a head gives Q-values over
+    the agent's actions (padded to `max_actions`) and one logit per message bit.
+    Agents have different observation sizes and action counts; observations are
+    zero-padded to `max_obs` and padding actions are always masked.
+    """
+
+    def __init__(self, model: GameModel, hidden: int = 128) -> None:
+        super().__init__()
+        n_agents, bits = model.n_agents, model.message_bits
+        self.n_agents, self.message_bits, self.hidden_size = n_agents, bits, hidden
+        self.max_actions = model.max_actions
+        self.n_incoming = (n_agents - 1) * bits
+
+        keep = torch.ones(n_agents, model.max_obs)
+        incoming_at = torch.zeros(n_agents, max(self.n_incoming, 1), dtype=torch.long)
+        action_at = torch.zeros(n_agents, model.max_actions, dtype=torch.long)
+        action_valid = torch.zeros(n_agents, model.max_actions, dtype=torch.bool)
+        for layout in model.agents:
+            slices = layout.obs_slices()
+            keep[layout.index, slices["messages"]] = 0.0
+            keep[layout.index, slices["last_action"]] = 0.0
+            if self.n_incoming:
+                incoming_at[layout.index] = torch.arange(
+                    slices["messages"].start, slices["messages"].stop
+                )
+            start = slices["last_action"].start
+            action_at[layout.index, : layout.n_actions] = torch.arange(
+                start, start + layout.n_actions
+            )
+            action_valid[layout.index, : layout.n_actions] = True
+        # peers[a] lists the other agents in index order: the order of the observation's
+        # message slice, so training and execution feed the same layout.
+        peers = torch.tensor(
+            [[p for p in range(n_agents) if p != a] for a in range(n_agents)], dtype=torch.long
+        ).reshape(n_agents, n_agents - 1)
+        self.register_buffer("keep", keep)
+        self.register_buffer("incoming_at", incoming_at)
+        self.register_buffer("action_at", action_at)
+        self.register_buffer("action_valid", action_valid)
+        self.register_buffer("peers", peers)
+
+        self.observation_embedding = nn.Linear(model.max_obs, hidden)
+        self.message_embedding = nn.Linear(self.n_incoming, hidden) if self.n_incoming else None
+        self.action_embedding = nn.Embedding(model.max_actions, hidden)
+        self.agent_embedding = nn.Embedding(n_agents, hidden)
+        self.rnn = nn.GRUCell(hidden, hidden)
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, model.max_actions + bits)
+        )
+
+    def initial_hidden(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, self.n_agents, self.hidden_size)
+
+    def incoming_from_observations(self, observations: torch.Tensor) -> torch.Tensor:
+        """Peers' executed bits as the range delivers them: (B, A, (A-1)·bits)."""
+        batch = observations.shape[0]
+        if not self.n_incoming:
+            return observations.new_zeros(batch, self.n_agents, 0)
+        index = self.incoming_at.expand(batch, -1, -1)
+        return observations.gather(2, index)
+
+    def incoming_from_messages(self, messages: torch.Tensor) -> torch.Tensor:
+        """Peers' messages (soft or hard) from everyone's (B, A, bits): (B, A, (A-1)·bits)."""
+        batch = messages.shape[0]
+        return messages[:, self.peers].reshape(batch, self.n_agents, self.n_incoming)
+
+    def previous_actions(self, observations: torch.Tensor) -> torch.Tensor:
+        """Each agent's last action slot, decoded from its observation's one-hot: (B, A)."""
+        index = self.action_at.expand(observations.shape[0], -1, -1)
+        one_hot = observations.gather(2, index) * self.action_valid
+        return one_hot.argmax(dim=2)
+
+    def forward(
+        self, observations: torch.Tensor, incoming: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step for all agents: (Q (B, A, max_actions), message logits (B, A, bits), hidden)."""
+        batch = observations.shape[0]
+        agents = torch.arange(self.n_agents)
+        x = (
+            self.observation_embedding(observations * self.keep)
+            + self.action_embedding(self.previous_actions(observations))
+            + self.agent_embedding(agents)
+        )
+        if self.message_embedding is not None:
+            x = x + self.message_embedding(incoming)
+        x = torch.relu(x)
+        hidden = self.rnn(
+            x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
+        ).reshape(batch, self.n_agents, -1)
+        out = self.head(hidden)
+        return out[..., : self.max_actions], out[..., self.max_actions :], hidden
+
+
+def greedy_actions(q: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Highest legal Q per agent: SAU's masked actions are never chosen."""
+    return q.masked_fill(~masks, -torch.inf).argmax(dim=-1)
+
+
+# ------------------------------------------------------------------ execution
+
+
+class DialPolicy:
+    """The trained agents, greedy, as a `BatchPolicy`: works from (observations, masks) alone.
+
+    Keeps each env's GRU state between calls within an episode; `reset(n_envs)`
+    clears it. Incoming messages are read from the observation (what the range,
+    simulated or emulated, delivered), and the bits sent are `logit > 0`.
+    """
+
+    def __init__(self, network: DialNetwork, comm: bool) -> None:
+        self.network = network
+        self.comm = comm
+        self.hidden = network.initial_hidden(1)
+
+    def reset(self, n_envs: int) -> None:
+        self.hidden = self.network.initial_hidden(n_envs)
+
+    @torch.no_grad()
+    def act(
+        self, observations: NDArray[np.float32], masks: NDArray[np.int8]
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+        obs = torch.as_tensor(observations, dtype=torch.float32)
+        if self.hidden.shape[0] != obs.shape[0]:
+            self.reset(obs.shape[0])
+        incoming = self.network.incoming_from_observations(obs)
+        if not self.comm:
+            incoming = torch.zeros_like(incoming)
+        q, logits, self.hidden = self.network(obs, incoming, self.hidden)
+        actions = greedy_actions(q, torch.as_tensor(masks) > 0)
+        bits = dru(logits, 0.0, training=False) if self.comm else torch.zeros_like(logits)
+        return actions.numpy().astype(np.int64), bits.numpy().astype(np.uint8)
+
+
+# ------------------------------------------------------------------ learning
+
+
+@dataclass
+class Unroll:
+    """A network replayed over whole episodes, with messages flowing inside the learner."""
+
+    q: torch.Tensor  # (B, T+1, A, max_actions)
+    logits: torch.Tensor  # (B, T+1, A, bits) message logits
+    messages: torch.Tensor  # (B, T+1, A, bits) DRU outputs fed to the peers next step
+
+
+@dataclass
+class LossTerms:
+    td_error: torch.Tensor  # (B, T, A)
+    comm_cost: torch.Tensor  # scalar, the differentiable expected cost of bits sent
+    unroll: Unroll
+    loss: torch.Tensor
+
+
+class DialLearner(Learner):
+    """Double-Q recurrent Q-learning with differentiable messages (DIAL), SAU from the masks."""
+
+    uses_messages = True
+
+    def __init__(self, model: GameModel, config: TrainConfig) -> None:
+        super().__init__(model, config)
+        self.comm = not config.no_comm and model.message_bits > 0 and model.n_agents > 1
+        self.network = DialNetwork(model, config.hidden)
+        self.target = copy.deepcopy(self.network)
+        self.target.requires_grad_(False)
+        self.optimiser = torch.optim.RMSprop(
+            self.network.parameters(), lr=config.lr, momentum=config.momentum
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.reset(1)
+
+    # --------------------------------------------------------- behaviour
+
+    def reset(self, n_envs: int) -> None:
+        self.hidden = self.network.initial_hidden(n_envs)
+        self.sent = torch.zeros(n_envs, self.model.n_agents, self.model.message_bits)
+
+    @torch.no_grad()
+    def act(
+        self, observations: NDArray[np.float32], masks: NDArray[np.int8], epsilon: float
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+        obs = torch.as_tensor(observations, dtype=torch.float32)
+        # Receivers hear the peers' noisy DRU outputs, as they will in the learner's replay.
+        incoming = self.network.incoming_from_messages(self.sent)
+        q, logits, self.hidden = self.network(obs, incoming, self.hidden)
+        if self.comm:
+            self.sent = dru(logits, self.config.dru_sigma, training=True, generator=self.generator)
+        legal = masks > 0
+        actions = greedy_actions(q, torch.as_tensor(legal)).numpy().astype(np.int64)
+        random_actions = np.where(legal, self.rng.random(legal.shape), -1.0).argmax(axis=2)
+        explore = self.rng.random(actions.shape) < epsilon
+        actions = np.where(explore, random_actions, actions)
+        bits = (self.sent > 0.5).numpy().astype(np.uint8)
+        return actions, bits
+
+    # --------------------------------------------------------- learning
+
+    def unroll(self, network: DialNetwork, batch: EpisodeBatch, noise: torch.Tensor) -> Unroll:
+        """Replay whole episodes; each step's messages reach the peers at the next step."""
+        n, steps = batch.size, batch.steps
+        hidden = network.initial_hidden(n)
+        sent = torch.zeros(n, self.model.n_agents, self.model.message_bits)
+        qs, logits_seen, messages = [], [], []
+        for t in range(steps + 1):
+            incoming = network.incoming_from_messages(sent)
+            q, logits, hidden = network(batch.observations[:, t], incoming, hidden)
+            if self.comm:
+                sent = dru(logits, self.config.dru_sigma, training=True, noise=noise[:, t])
+            qs.append(q)
+            logits_seen.append(logits)
+            messages.append(sent)
+        return Unroll(torch.stack(qs, 1), torch.stack(logits_seen, 1), torch.stack(messages, 1))
+
+    def losses(self, batch: EpisodeBatch) -> LossTerms:
+        """Per-agent double-Q TD errors on the team reward, through the messages."""
+        config = self.config
+        noise = torch.randn(
+            (batch.size, batch.steps + 1, self.model.n_agents, self.model.message_bits),
+            generator=self.generator,
+        )
+        online = self.unroll(self.network, batch, noise)
+        with torch.no_grad():
+            # Same noise for the target network: its messages differ from the online
+            # network's only by its (older) weights.
+            target_q = self.unroll(self.target, batch, noise).q
+        q_taken = online.q[:, :-1].gather(3, batch.actions.unsqueeze(3)).squeeze(3)
+        next_legal = batch.masks[:, 1:]
+        best_next = greedy_actions(online.q[:, 1:].detach(), next_legal)  # double Q
+        next_value = target_q[:, 1:].gather(3, best_next.unsqueeze(3)).squeeze(3)
+        # Episodes end at the time limit; the last step bootstraps from nothing.
+        not_last = torch.ones(batch.steps)
+        not_last[-1] = 0.0
+        reward = batch.rewards * config.reward_scale
+        target = reward.unsqueeze(2) + config.gamma * not_last[None, :, None] * next_value
+        td_error = q_taken - target
+        # The reward charges the executed bits, but that charge has no gradient; the
+        # expected cost of the soft messages gives the sender a reason to stay silent.
+        comm_cost = (
+            self.model.scenario.blue.comm_cost * config.reward_scale
+            * online.messages[:, :-1].sum(dim=3).mean()
+        )
+        loss = td_error.pow(2).mean() + config.comm_penalty * comm_cost
+        return LossTerms(td_error=td_error, comm_cost=comm_cost, unroll=online, loss=loss)
+
+    def update(self, batch: EpisodeBatch) -> dict[str, float]:
+        terms = self.losses(batch)
+        self.optimiser.zero_grad()
+        terms.loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        self.optimiser.step()
+        messages = terms.unroll.messages.detach()
+        saturated = ((messages - 0.5).abs() > 0.4).float().mean() if self.comm else messages.sum()
+        return {
+            "losses/td_loss": float(terms.td_error.detach().pow(2).mean()),
+            "losses/q_values": float(terms.unroll.q[:, :-1].detach().gather(
+                3, batch.actions.unsqueeze(3)).mean()),
+            "losses/grad_norm": float(grad_norm),
+            "losses/comm_cost": float(terms.comm_cost.detach()),
+            "comm/message_mean": float(messages.detach().mean()),
+            "comm/saturated_fraction": float(saturated),
+        }
+
+    def update_target(self) -> None:
+        self.target.load_state_dict(self.network.state_dict())
+
+    # --------------------------------------------------------- policy and state
+
+    def greedy_policy(self) -> DialPolicy:
+        return DialPolicy(self.network, self.comm)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "network": self.network.state_dict(),
+            "target": self.target.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.target.load_state_dict(state.get("target", state["network"]))
+        if "optimiser" in state:
+            self.optimiser.load_state_dict(state["optimiser"])
