@@ -490,11 +490,13 @@ class BridgeService:
     def _measure(self) -> Measurement:
         try:
             return Measurement.model_validate(dict(self.referee.measure()))
-        except (ValidationError, TypeError, ValueError) as error:
-            # A broken referee must not stop the episode; the reward is then unknown (0).
-            logger.error("referee gave an invalid measurement (%s); scoring it as empty",
-                         str(error).splitlines()[0])
-            return Measurement()
+        except ValidationError as error:
+            problem = str(error).splitlines()[0]
+        except Exception as error:  # a failing referee must not stop the episode
+            problem = f"{type(error).__name__}: {error}"
+        # Scored as empty (no host-state costs); counted, and logged once per kind.
+        self.drops.drop(Dropped("referee_failed", problem), logger)
+        return Measurement()
 
     def _truth_arrays(self) -> tuple[NDArray[np.int8], NDArray[np.bool_], NDArray[np.bool_],
                                      NDArray[np.bool_]]:

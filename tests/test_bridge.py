@@ -395,3 +395,49 @@ def test_curve_on_loopback(tiny: Scenario, context: zmq.Context[Any]) -> None:
             with pytest.raises(BridgeTimeout):  # plain text against a Curve server
                 EmulatedRange(tiny, service.agent_endpoint, run_id=RUN, context=context,
                               timeout_s=0.2)
+
+
+# ----------------------------------------------------------------------- CLI
+
+
+def test_cli_bridge_with_explicit_endpoints(tiny: Scenario, context: zmq.Context[Any]) -> None:
+    from cyberdial.cli import main
+
+    with endpoints() as ends:
+        codes: list[int] = []
+        argv = ["bridge", RUN, "--alerts", ends.alerts, "--commands", ends.commands,
+                "--scenario", "tiny", "--no-referee", "--agent-endpoint", ends.agents,
+                "--step-period", "0", "--max-hours", str(1.5 / 3600)]
+        thread = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+        thread.start()
+        try:
+            env = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context)
+            try:
+                env.reset()
+                _, rewards, _, _, _ = env.step({}, {"blue_user": [1]})
+                assert rewards["blue_ops"] == pytest.approx(-tiny.blue.comm_cost)
+            finally:
+                env.close()
+        finally:
+            thread.join(10)
+        assert codes == [0]
+
+
+def test_cli_bridge_refuses_plain_tcp_off_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    from cyberdial.cli import main
+
+    code = main(["bridge", RUN, "--alerts", "tcp://127.0.0.1:1", "--commands",
+                 "tcp://127.0.0.1:2", "--scenario", "tiny", "--no-referee",
+                 "--agent-endpoint", "tcp://0.0.0.0:5555"])
+    assert code == 2
+    assert "--curve-secret" in capsys.readouterr().err
+
+
+def test_cli_bridge_needs_a_referee_or_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from cyberdial.cli import main
+
+    code = main(["bridge", RUN, "--alerts", "tcp://127.0.0.1:1", "--commands",
+                 "tcp://127.0.0.1:2", "--scenario", "tiny", "--agent-endpoint",
+                 "tcp://127.0.0.1:3"])
+    assert code == 2
+    assert "--no-referee" in capsys.readouterr().err

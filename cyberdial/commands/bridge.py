@@ -1,0 +1,183 @@
+"""`cyberdial bridge RUN_ID`: serve agents from a running emulated range.
+
+Reads the run's state file (`RUNS_ROOT/RUN_ID/state.json`, written by the
+emulator) for the host endpoints, the scenario and the plan its referee needs,
+binds the host hub there and serves agents until interrupted. Without a run
+directory, endpoints and scenario can be given explicitly (see --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq.auth
+
+from cyberdial.bridge.referee import Referee
+from cyberdial.bridge.service import BridgeService, CurveKeys
+from cyberdial.commands.common import console
+from cyberdial.range.errors import CyberdialError
+from cyberdial.range.hub import HostHub
+from cyberdial.range.scenario import Scenario, load_scenario
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_HOURS = 24.0
+BRIDGE_FILE = "bridge.json"
+
+
+class BridgeSetupError(CyberdialError):
+    """The bridge cannot attach to the run as asked."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "bridge", help="serve agents (EmulatedRange clients) from a running emulated range",
+        description="Attach to a running range's sensors and actuators and serve agents. "
+        "The range must be up without its own hub (the bridge binds the host endpoints).",
+    )
+    parser.add_argument("run_id", metavar="RUN_ID", help="the run to attach to")
+    parser.add_argument("--runs-root", type=Path, default=None,
+                        help="where run directories live"
+                        " (default: $CYBERDIAL_RUNS or /run/cyberdial)")
+    parser.add_argument("--agent-endpoint", default=None,
+                        help="where agents connect (default: ipc://RUN_DIR/agents.sock);"
+                        " off loopback tcp needs --curve-secret")
+    parser.add_argument("--alerts", default=None,
+                        help="host alert endpoint, instead of the run's state file")
+    parser.add_argument("--commands", default=None,
+                        help="host command endpoint, instead of the run's state file")
+    parser.add_argument("--scenario", default=None,
+                        help="scenario file or name, instead of the run directory's copy")
+    parser.add_argument("--no-referee", action="store_true",
+                        help="serve without ground truth (rewards then hold only comm costs);"
+                        " for runs without a run directory")
+    parser.add_argument("--step-period", type=float, default=None,
+                        help="seconds per step (default: the scenario's)")
+    parser.add_argument("--curve-secret", type=Path, default=None,
+                        help="the bridge's .key_secret file (zmq.auth.create_certificates)")
+    parser.add_argument("--allow-clients", type=Path, default=None,
+                        help="folder of client .key files allowed in (default with Curve:"
+                        " any client that knows the bridge's public key)")
+    parser.add_argument("--max-hours", type=float, default=DEFAULT_MAX_HOURS,
+                        help=f"stop after this long (default: {DEFAULT_MAX_HOURS:g})")
+    parser.set_defaults(func=bridge_command)
+
+
+def _refuse_taken_ipc(endpoint: str) -> None:
+    """An ipc bind silently replaces a live socket file: refuse instead of stealing it."""
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://"):]
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except OSError:
+        return  # nobody listens there
+    finally:
+        probe.close()
+    raise BridgeSetupError(
+        f"{endpoint} is already served (is the range running its own hub, or another bridge?):"
+        " start the range without a hub, or stop the other bridge")
+
+
+def _check_exposure(endpoint: str, curve: CurveKeys | None) -> None:
+    if not endpoint.startswith("tcp://") or curve is not None:
+        return
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise BridgeSetupError(
+            f"{endpoint} is reachable from other machines: add --curve-secret (see docs/bridge.md)"
+            " or bind tcp://127.0.0.1")
+
+
+def _from_run(args: argparse.Namespace) -> tuple[Scenario, str, str, Referee | None, Path]:
+    # The emulator is optional at import time: this path needs it, the explicit one does not.
+    from cyberdial.range.emulation.plan import RangePlan
+    from cyberdial.range.emulation.referee import Referee as EmulationReferee
+    from cyberdial.range.emulation.state import RunState
+
+    state = RunState.load(args.run_id, args.runs_root)
+    run_dir = Path(state.run_dir)
+    if state.status != "up":
+        raise BridgeSetupError(f"run {args.run_id} is {state.status}, not up: wait for"
+                               f" `cyberdial range up` to finish, or start it again")
+    scenario = (load_scenario(args.scenario) if args.scenario else
+                Scenario.model_validate_json((run_dir / "scenario.json").read_text("utf-8")))
+    referee: Referee | None = None
+    if not args.no_referee:
+        referee = EmulationReferee(RangePlan.load(run_dir), scenario)
+    return (scenario, args.alerts or state.endpoints["alerts"],
+            args.commands or state.endpoints["commands"], referee, run_dir)
+
+
+class _NoReferee:
+    """Chosen with --no-referee: no ground truth, so no host-state costs in the reward."""
+
+    def measure(self) -> dict[str, Any]:
+        return {}
+
+
+def bridge_command(args: argparse.Namespace) -> int:
+    explicit = args.alerts and args.commands and args.scenario
+    if explicit and args.no_referee:
+        scenario = load_scenario(args.scenario)
+        alerts, commands, referee, run_dir = args.alerts, args.commands, None, None
+    elif explicit:
+        raise BridgeSetupError("with explicit endpoints there is no run directory to read the"
+                               " referee from: add --no-referee, or attach by RUN_ID alone")
+    else:
+        scenario, alerts, commands, referee, run_dir = _from_run(args)
+    if referee is None:
+        logger.warning("no referee: rewards hold only communication costs")
+    curve = CurveKeys.load(args.curve_secret) if args.curve_secret else None
+    allowed = None
+    if args.allow_clients is not None:
+        allowed = [zmq.auth.load_certificate(str(path))[0]
+                   for path in sorted(args.allow_clients.glob("*.key"))]
+        if not allowed:
+            raise BridgeSetupError(f"no client .key files in {args.allow_clients}")
+    if args.agent_endpoint:
+        agent_endpoint = args.agent_endpoint
+    elif run_dir is not None:
+        agent_endpoint = f"ipc://{run_dir / 'agents.sock'}"
+    else:
+        raise BridgeSetupError("give --agent-endpoint (there is no run directory to put it in)")
+    _check_exposure(agent_endpoint, curve)
+    for endpoint in (alerts, commands, agent_endpoint):
+        _refuse_taken_ipc(endpoint)
+
+    hub = HostHub(args.run_id, alerts, commands)
+    service = BridgeService(scenario, hub, referee or _NoReferee(), agent_endpoint,
+                            step_period_s=args.step_period, curve=curve, allowed_clients=allowed)
+    stop = threading.Event()
+    with service:
+        if run_dir is not None:
+            info = {"agent_endpoint": service.agent_endpoint, "scenario": scenario.name,
+                    "scenario_hash": scenario.scenario_hash,
+                    "server_key": curve.public.decode() if curve else None}
+            (run_dir / BRIDGE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        console.print(f"bridge for run {args.run_id} ({scenario.name}): agents on"
+                      f" {service.agent_endpoint}; hosts on {hub.alert_endpoint},"
+                      f" {hub.command_endpoint}. Ctrl-C stops it.")
+        try:
+            service.serve(stop=stop, deadline=time.monotonic() + args.max_hours * 3600)
+        finally:
+            if run_dir is not None:
+                (run_dir / BRIDGE_FILE).unlink(missing_ok=True)
+            console.print(f"bridge stopped after {service.steps_served} steps;"
+                          f" dropped host messages {dict(hub.drops.counts)},"
+                          f" agent messages {dict(service.drops.counts)}")
+    return 0
