@@ -348,7 +348,7 @@ class Range:
     def _write_files(self) -> None:
         """Each host's files (service data) and their golden copy; the plan for programs."""
         plan = self.plan
-        for directory in ("ctl", "decoys", "pids", "ready", "green", "actions"):
+        for directory in ("ctl", "decoys", "pids", "ready", "green", "actions", "red", "alerts"):
             (self.run_dir / directory).mkdir()
         for host in plan.hosts:
             for sub in ("srv", "run"):

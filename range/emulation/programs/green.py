@@ -1,0 +1,128 @@
+"""One subnet's green users: real requests from user hosts, and the admins' false positives.
+
+Every step each user host, with the scenario's `work_rate`, logs in to a server it
+may reach (same subnet or an allowed flow) and reads its data; the outcome goes to
+`green/<name>.jsonl`, which the referee counts. With `fp_exploit` a user mistypes
+the password (the service answers LOGIN FAILED, which sensors flag); with
+`fp_scan` an admin connect-scans a neighbour (sensors see a port scan). All
+requests of a step run concurrently, each from a socket made inside its user's
+network namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from cyberdial.range.emulation.netns import socket_in
+from cyberdial.range.emulation.plan import GREEN_PASSWORD, HostPlan
+from cyberdial.range.emulation.programs.common import Program
+from cyberdial.range.emulation.programs.payloads import login_ok, login_request
+
+ADMIN_SCAN_PORTS = 8
+MAX_REPLY = 65536
+
+
+class Green:
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        plan = self.plan = program.plan
+        assert program.subnet is not None
+        scenario = json.loads((plan.root / "scenario.json").read_text(encoding="utf-8"))
+        self.green = scenario["green"]
+        subnet = plan.subnet(program.subnet)
+        reachable = {subnet.name, *subnet.flows}
+        self.users = [h for h in plan.hosts_in(subnet.name) if h.user]
+        self.neighbours = list(plan.hosts_in(subnet.name))
+        servers = [plan.host(name) for name in self.green["servers"]]
+        # Green works only where the firewall lets it: the scenario's flows.
+        self.servers = [s for s in servers if s.subnet in reachable and s.services]
+        self.timeout = max(0.8 * plan.step_period, 0.5)
+
+    async def exchange(self, user: HostPlan, ip: str, port: int, request: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        sock = socket_in(self.plan.host_pids[user.name])
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (ip, port))
+            await loop.sock_sendall(sock, request)
+            reply = b""
+            while len(reply) < MAX_REPLY:
+                chunk = await loop.sock_recv(sock, 4096)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply
+        finally:
+            sock.close()
+
+    async def work(self, step: int, user: HostPlan, mistype: bool) -> None:
+        server = self.program.rng.choice(self.servers)
+        service = self.program.rng.choice(server.services)
+        password = GREEN_PASSWORD + ("-typo" if mistype else "")
+        error = ""
+        try:
+            reply = await asyncio.wait_for(
+                self.exchange(user, server.ip, service.port,
+                              login_request(service.protocol, password)), self.timeout)
+            ok = login_ok(service.protocol, reply)
+            if not ok:
+                error = reply[:80].decode(errors="replace")
+        except (TimeoutError, OSError) as failure:
+            ok, error = False, f"{type(failure).__name__}: {failure}"
+        self.program.append_jsonl("green", {
+            "time": time.time(), "step": step, "user": user.name, "server": server.name,
+            "service": service.name,
+            # A mistyped login is noise, not work: the referee counts neither way.
+            "ok": None if mistype else ok, "mistyped": mistype, "error": error[:120],
+        })
+
+    async def admin_scan(self, admin: HostPlan) -> None:
+        others = [h for h in self.neighbours if h.name != admin.name]
+        if not others:
+            return
+        target = self.program.rng.choice(others)
+        ports = self.plan.scan_ports[:ADMIN_SCAN_PORTS]
+
+        async def probe(port: int) -> None:
+            try:
+                await asyncio.wait_for(self.exchange(admin, target.ip, port, b""), 0.3)
+            except (TimeoutError, OSError):
+                pass
+
+        await asyncio.gather(*(probe(p) for p in ports))
+
+    async def run(self) -> None:
+        self.program.ready()
+        t0 = self.program.wait_clock()
+        step = 0
+        rng, green = self.program.rng, self.green
+        while self.program.running():
+            # Act a tenth into each step, so a step's work lands inside that step.
+            self.program.sleep_until(t0 + (step + 0.1) * self.plan.step_period)
+            if not self.program.running():
+                break
+            tasks = []
+            for user in self.users:
+                if self.servers and rng.random() < green["work_rate"]:
+                    tasks.append(self.work(step, user, mistype=False))
+                if self.servers and rng.random() < green["fp_exploit"]:
+                    tasks.append(self.work(step, user, mistype=True))
+                if rng.random() < green["fp_scan"]:
+                    tasks.append(self.admin_scan(user))
+            if tasks:
+                await asyncio.gather(*tasks)
+            step = max(step + 1, int((time.time() - t0) / self.plan.step_period))
+
+
+def main() -> int:
+    program = Program("green", "green users of one subnet")
+    asyncio.run(Green(program).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,264 @@
+"""One subnet's sensor: sniffs the subnet's bridge and watches its hosts' processes and files.
+
+A raw AF_PACKET socket on the bridge (promiscuous, from the root namespace) sees
+every frame of the subnet, including what crosses the router. Rules: SYNs to many
+ports of one host -> scan; a NOP sled with a shell path -> exploit; a service
+answering LOGIN FAILED -> exploit (green's mistyped logins: false positives);
+contact with a deployed decoy -> decoy_touched; ping sweeps -> scan only when the
+scenario's sensors detect sweeps. Every `WATCH_S` it also lists the processes in
+each host's namespace (new_process), the host's files (file_change) and the TCP
+ports listening there (service_down). Alerts go to the hub via `SensorLink`.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import sys
+import time
+from collections import defaultdict
+
+from cyberdial.range.emulation.netns import (
+    all_pids,
+    cmdline,
+    listening_ports,
+    netns_inode,
+)
+from cyberdial.range.emulation.programs.common import Program
+from cyberdial.range.emulation.programs.payloads import LOGIN_FAILED, is_exploit
+from cyberdial.range.hub import SensorLink
+from cyberdial.range.model import AlertKind
+from cyberdial.range.wire import Alert
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+WATCH_S = 0.3
+SCAN_PORTS_THRESHOLD = 5
+SWEEP_HOSTS_THRESHOLD = 4
+PACKETS_PER_ROUND = 4096
+
+
+class Sensor:
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        plan = self.plan = program.plan
+        assert program.subnet is not None
+        self.subnet = plan.subnet(program.subnet)
+        self.hosts = plan.hosts_in(program.subnet)
+        self.by_ip = {h.ip: h for h in self.hosts}
+        scenario = json.loads((plan.root / "scenario.json").read_text(encoding="utf-8"))
+        self.detect_sweeps = float(scenario["sensors"]["sweep_detect"]) > 0
+        self.window = max(2.0 * plan.step_period, 2.0)
+        self.pending: list[Alert] = []
+        self.syn_ports: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+        self.echo_hosts: dict[str, dict[str, float]] = defaultdict(dict)
+        self.last_alert: dict[tuple[str, str, str], float] = {}
+        # Host state baselines for the watchers.
+        self.inode_host = {netns_inode(plan.host_pids[h.name]): h.name for h in self.hosts}
+        self.baseline_pids = {plan.host_pids[h.name] for h in self.hosts}
+        self.seen_pids: set[int] = set()
+        self.files = {h.name: self.file_signature(h.name) for h in self.hosts}
+        self.down: set[tuple[str, int]] = set()
+        self.decoys: dict[str, int] = {}
+        self._log_path = plan.root / "alerts" / f"{program.name}.jsonl"
+
+    # ----------------------------------------------------------- alerts
+
+    def alert(self, host: str, kind: AlertKind, evidence: str, source: str | None = None,
+              dedupe_s: float | None = None) -> None:
+        key = (host, kind.value, source or "")
+        now = time.time()
+        hold = self.window if dedupe_s is None else dedupe_s
+        if now - self.last_alert.get(key, 0.0) < hold:
+            return
+        self.last_alert[key] = now
+        self.pending.append(Alert(host=host, kind=kind, observed_at=now, evidence=evidence[:500],
+                                  source=source))
+
+    def flush(self, link: SensorLink) -> None:
+        if not self.pending:
+            return
+        link.alerts(self.pending)
+        with open(self._log_path, "a", encoding="utf-8") as log:
+            for alert in self.pending:
+                log.write(alert.model_dump_json() + "\n")
+        self.pending = []
+
+    # --------------------------------------------------------- packets
+
+    def open_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock.bind((self.subnet.bridge, 0))
+        index = socket.if_nametoindex(self.subnet.bridge)
+        # Promiscuous: the bridge then hands every frame it forwards up to us too.
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                        struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b""))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.setblocking(False)
+        return sock
+
+    def packet(self, frame: bytes) -> None:
+        if len(frame) < 34:
+            return
+        ethertype = struct.unpack_from("!H", frame, 12)[0]
+        offset = 14
+        if ethertype == 0x8100:
+            ethertype = struct.unpack_from("!H", frame, 16)[0]
+            offset = 18
+        if ethertype != 0x0800:
+            return
+        ip = frame[offset:]
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        proto = ip[9]
+        src = socket.inet_ntoa(ip[12:16])
+        dst = socket.inet_ntoa(ip[16:20])
+        segment = ip[ihl:total]
+        if proto == 6 and len(segment) >= 20:
+            self.tcp(src, dst, segment)
+        elif proto == 1 and len(segment) >= 1 and segment[0] == 8:
+            self.echo(src, dst)
+
+    def tcp(self, src: str, dst: str, segment: bytes) -> None:
+        sport, dport = struct.unpack_from("!HH", segment, 0)
+        flags = segment[13]
+        payload = segment[(segment[12] >> 4) * 4 :]
+        target = self.by_ip.get(dst)
+        if target is not None:
+            if flags & 0x02 and not flags & 0x10:  # SYN without ACK: a connection attempt
+                if self.decoys.get(dst) == dport:
+                    self.alert(target.name, AlertKind.DECOY_TOUCHED,
+                               f"connection to decoy port {dport} from {src}", src, dedupe_s=1.0)
+                self.syn(src, target.name, dst, dport)
+            if payload and is_exploit(payload):
+                self.alert(target.name, AlertKind.EXPLOIT,
+                           f"exploit signature (NOP sled, /bin/sh) to port {dport} from {src}",
+                           src, dedupe_s=1.0)
+        server = self.by_ip.get(src)
+        if server is not None and payload and LOGIN_FAILED in payload:
+            self.alert(server.name, AlertKind.EXPLOIT, f"failed login on port {sport} by {dst}",
+                       dst, dedupe_s=1.0)
+
+    def syn(self, src: str, host: str, dst: str, port: int) -> None:
+        now = time.time()
+        ports = self.syn_ports[(src, dst)]
+        ports[port] = now
+        for old in [p for p, seen in ports.items() if now - seen > self.window]:
+            del ports[old]
+        if len(ports) >= SCAN_PORTS_THRESHOLD:
+            self.alert(host, AlertKind.SCAN, f"SYN to {len(ports)} ports {sorted(ports)[:12]}"
+                       f" from {src}", src)
+
+    def echo(self, src: str, dst: str) -> None:
+        target = self.by_ip.get(dst)
+        if target is None or not self.detect_sweeps:
+            return
+        now = time.time()
+        seen = self.echo_hosts[src]
+        seen[dst] = now
+        for old in [d for d, at in seen.items() if now - at > self.window]:
+            del seen[old]
+        if len(seen) >= SWEEP_HOSTS_THRESHOLD:
+            self.alert(target.name, AlertKind.SCAN, f"ping sweep from {src} ({len(seen)} hosts)",
+                       src)
+
+    # -------------------------------------------------------- watchers
+
+    def file_signature(self, host: str) -> dict[str, tuple[int, int]]:
+        signature = {}
+        root = self.plan.host_dir(host)
+        for sub in ("srv", "run"):
+            try:
+                entries = list((root / sub).iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                signature[f"{sub}/{entry.name}"] = (stat.st_mtime_ns, stat.st_size)
+        return signature
+
+    def watch(self) -> None:
+        # Processes: anything in a host's namespace besides its shell is new.
+        current: set[int] = set()
+        for pid in all_pids():
+            inode = netns_inode(pid)
+            host = self.inode_host.get(inode) if inode is not None else None
+            if host is None or pid in self.baseline_pids:
+                continue
+            current.add(pid)
+            if pid not in self.seen_pids:
+                self.alert(host, AlertKind.NEW_PROCESS, f"pid {pid}: {cmdline(pid)[:200]}",
+                           dedupe_s=0.0)
+        self.seen_pids = current
+        for host in self.hosts:
+            signature = self.file_signature(host.name)
+            before = self.files[host.name]
+            changed = sorted(k for k in set(signature) | set(before)
+                             if signature.get(k) != before.get(k))
+            if changed:
+                self.alert(host.name, AlertKind.FILE_CHANGE, "changed: " + ", ".join(changed),
+                           dedupe_s=0.0)
+            self.files[host.name] = signature
+            if host.services:
+                ports = listening_ports(self.plan.host_pids[host.name])
+                for service in host.services:
+                    key = (host.name, service.port)
+                    if service.port not in ports and key not in self.down:
+                        self.down.add(key)
+                        self.alert(host.name, AlertKind.SERVICE_DOWN,
+                                   f"{service.name} not listening on port {service.port}",
+                                   dedupe_s=0.0)
+                    elif service.port in ports:
+                        self.down.discard(key)
+        self.decoys = {}
+        for host in self.hosts:
+            try:
+                port = int(self.plan.decoy_file(host.name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            self.decoys[host.ip] = port
+
+    # ------------------------------------------------------------- run
+
+    def run(self) -> None:
+        (self.plan.root / "alerts").mkdir(exist_ok=True)
+        sock = self.open_socket()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        sender = f"sensor-{self.subnet.name}"
+        with SensorLink(self.plan.alert_endpoint, self.plan.run_id, sender,
+                        hosts=[h.name for h in self.hosts], subnet=self.subnet.name) as link:
+            self.program.ready()
+            next_watch = 0.0
+            while self.program.running():
+                if poller.poll(50):
+                    for _ in range(PACKETS_PER_ROUND):
+                        try:
+                            frame = sock.recv(65535)
+                        except BlockingIOError:
+                            break
+                        self.packet(frame)
+                if time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + WATCH_S
+                    self.watch()
+                self.flush(link)
+                link.maybe_heartbeat()
+        sock.close()
+
+
+def main() -> int:
+    program = Program("sensor", "sense one subnet: sniff its bridge, watch its hosts")
+    Sensor(program).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
