@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "cyberdial.commands.drill",
     "cyberdial.commands.train",
     "cyberdial.commands.bridge",
+    "cyberdial.commands.range",
 )
 
 EXIT_USER_ERROR = 2
