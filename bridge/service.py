@@ -14,6 +14,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,7 @@ class BridgeService:
         self.episode = 0
         self.step = 0
         self.steps_served = 0
+        self.step_seconds: deque[float] = deque(maxlen=100_000)
         self._started = False
         self._last_reply: tuple[int, list[bytes]] | None = None
         self._reset_state()
@@ -338,8 +340,11 @@ class BridgeService:
             self._reply(identity, "error", ErrorReply(
                 code="episode_over", message="the episode is over: send reset"))
         else:
+            started = time.perf_counter()
             reply = self.play(batch)
             self._last_reply = (self.step, self._reply(identity, "observations", reply))
+            # Time to serve a step beyond its window: what benchmarks call the bridge overhead.
+            self.step_seconds.append(time.perf_counter() - started - self.step_period_s)
 
     # --------------------------------------------------------- the game
 

@@ -21,6 +21,8 @@ from types import TracebackType
 from typing import Any
 
 import zmq
+from pydantic import BaseModel
+
 from cyberdial.range.model import AlertKind
 from cyberdial.range.wire import (
     HOST_PAYLOADS,
@@ -40,7 +42,6 @@ from cyberdial.range.wire import (
     decode,
     encode,
 )
-from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,10 @@ SNDHWM = 10_000
 MAX_MESSAGE_SIZE = 4 * MAX_FRAME_BYTES
 # Pending alerts the hub keeps between two `poll_alerts` calls.
 MAX_PENDING_ALERTS = 1_000_000
-# Messages handled per socket per pump round, so one busy socket cannot starve the other.
+# Messages handled per socket per pump round, so one busy socket cannot starve the other,
+# and the time one pump may spend handling (checked before every message).
 PUMP_BATCH = 1024
+PUMP_BUDGET_S = 0.02
 # Results an actuator remembers to answer repeated command ids without re-running them.
 RESULT_CACHE = 4096
 # How long a link waits for queued messages (a final bye) when it closes.
@@ -303,19 +306,23 @@ class HostHub:
         return sorted(name for name, status in self.peers().items() if not status.alive)
 
     def pump(self, timeout_s: float = 0.0) -> int:
-        """Handle whatever has arrived, waiting up to `timeout_s` for something; returns count."""
+        """Handle whatever has arrived, waiting up to `timeout_s` for something; returns count.
+
+        Bounded in count and time (PUMP_BUDGET_S after the wait): an alert flood
+        cannot hold the caller. Actuators' answers go first: a step waits on them.
+        """
         pull, router = self._require(self._pull), self._require(self._router)
         events = dict(self._poller.poll(max(int(timeout_s * 1000), 0)))
+        budget_end = time.monotonic() + PUMP_BUDGET_S
         handled = 0
-        # Bounded rounds: a flood cannot hold the caller past a few batches.
         for _ in range(64):
             progressed = 0
-            if events.get(pull):
-                progressed += self._drain(pull, routed=False)
             if events.get(router):
-                progressed += self._drain(router, routed=True)
+                progressed += self._drain(router, routed=True, budget_end=budget_end)
+            if events.get(pull):
+                progressed += self._drain(pull, routed=False, budget_end=budget_end)
             handled += progressed
-            if progressed < PUMP_BATCH:
+            if progressed < PUMP_BATCH or time.monotonic() >= budget_end:
                 break
             events = dict(self._poller.poll(0))
         return handled
@@ -335,9 +342,9 @@ class HostHub:
         silent = now - status.last_seen > self.heartbeat_interval_s * self.liveness
         return not (silent or status.unresponsive or status.said_bye)
 
-    def _drain(self, sock: zmq.Socket[Any], *, routed: bool) -> int:
+    def _drain(self, sock: zmq.Socket[Any], *, routed: bool, budget_end: float) -> int:
         count = 0
-        while count < PUMP_BATCH:
+        while count < PUMP_BATCH and time.monotonic() < budget_end:
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
