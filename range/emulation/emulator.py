@@ -45,7 +45,9 @@ READY_TIMEOUT_S = 120.0
 PARALLEL_CONFIG = 24
 SAVE_EVERY = 64
 PROGRAM_ROLES = ("services", "sensor", "actuator", "green", "red")
-_BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+# The range filters in its router namespace only, never bridged frames in the root one.
+_BRIDGE_NF = tuple(Path(f"/proc/sys/net/bridge/bridge-nf-call-{t}tables") for t in ("ip", "ip6",
+                                                                                    "arp"))
 
 
 def require_root(what: str = "the emulated range") -> None:
@@ -229,8 +231,9 @@ class Range:
     def _disable_bridge_netfilter(self) -> None:
         # Bridged frames would otherwise traverse the root namespace's iptables
         # (a FORWARD DROP policy there silently cuts every subnet).
-        if _BRIDGE_NF.exists() and _BRIDGE_NF.read_text().strip() != "0":
-            _BRIDGE_NF.write_text("0\n")
+        for knob in _BRIDGE_NF:
+            if knob.exists() and knob.read_text().strip() != "0":
+                knob.write_text("0\n")
 
     def _save(self) -> None:
         assert self.state is not None

@@ -1,0 +1,448 @@
+"""The emulated range on Mininet: topology, kill chain, sensors, blue actions, clean teardown.
+
+Plan tests run anywhere; the rest need root and mnexec (markers `root`,
+`mininet`). Every range is torn down in a `finally`, and each test checks
+against the machine's state before it that nothing of the run is left: no
+namespace, link, bridge, nftables table or process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from cyberdial.range.emulation.netns import (
+    all_pids,
+    cmdline,
+    in_netns,
+    listening_ports,
+    netns_inode,
+    processes_in,
+)
+from cyberdial.range.emulation.plan import (
+    IFNAME_MAX,
+    IMPLANT_PORT,
+    RangePlan,
+    check_run_id,
+    make_plan,
+    nft_ruleset,
+)
+from cyberdial.range.emulation.programs.payloads import EXPLOIT_OFFSET, exploit_request
+from cyberdial.range.emulation.state import (
+    RUNS_ROOT,
+    ProcessRecord,
+    RunState,
+    existing_links,
+    recorded_pids,
+)
+from cyberdial.range.errors import CyberdialError, NotRootError
+from cyberdial.range.model import AlertKind
+from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.wire import Alert, Command
+
+REPO = Path(__file__).parent.parent
+CLI = [sys.executable, "-m", "cyberdial"]
+
+
+def fast(name: str, period: float = 0.5) -> Scenario:
+    """A shipped scenario with a shorter step, so tests wait less for red."""
+    return load_scenario(name).model_copy(update={"step_period": period})
+
+
+# ------------------------------------------------------------------ plan (no root)
+
+
+def test_plan_names_carry_run_id_and_fit_interfaces() -> None:
+    plan = make_plan(load_scenario("large"), "a1b2c3", "/tmp/x")
+    names = [s.bridge for s in plan.subnets] + [h.veth for h in plan.hosts] + [
+        s.router_veth for s in plan.subnets]
+    assert len(set(names)) == len(names)
+    assert all("a1b2c3" in n and len(n) <= IFNAME_MAX for n in names)
+    assert plan.nft_table.endswith("a1b2c3")
+    ua0 = plan.host("ua0")
+    assert ua0.ip == "10.2.0.2" and ua0.gateway == "10.2.0.1"
+    assert ua0.decoy_port == 21 and ua0.vulnerable_ports == (22,)
+    assert RangePlan.from_json(plan.to_json()) == plan
+
+
+def test_router_rules_follow_flows() -> None:
+    rules = nft_ruleset(make_plan(load_scenario("small"), "a1b2c3", "/tmp/x"))
+    assert "policy drop" in rules
+    assert "ip saddr 10.1.0.0/24 ip daddr 10.1.1.0/24 accept" in rules  # user -> dmz
+    assert "ip saddr 10.1.0.0/24 ip daddr 10.1.3.0/24 accept" not in rules  # user -> operational
+    # Blocks come before established traffic, so a block also cuts live sessions.
+    assert rules.index("@blocked drop") < rules.index("established")
+
+
+def test_run_ids_are_checked() -> None:
+    assert check_run_id("0a1b2c") == "0a1b2c"
+    for bad in ("", "xyz", "0a1b2c3", "../etc"):
+        with pytest.raises(CyberdialError):
+            check_run_id(bad)
+
+
+def test_not_root_is_one_line_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cyberdial.cli import main
+    from cyberdial.range.emulation.emulator import Range
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(NotRootError, match="sudo"):
+        Range(load_scenario("tiny")).up()
+    assert main(["range", "down", "a1b2c3"]) == 2
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@dataclass
+class Footprint:
+    """What a run may leave on the machine, taken before it and checked after it."""
+
+    links: set[str] = field(default_factory=set)
+    tables: str = ""
+    inodes: set[int] = field(default_factory=set)
+    processes: set[tuple[int, int]] = field(default_factory=set)
+
+    @classmethod
+    def take(cls) -> Footprint:
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                                check=False).stdout
+        inodes = {i for pid in all_pids() for i in [netns_inode(pid)] if i is not None}
+        processes = set()
+        for pid in all_pids():
+            start = ProcessRecord.of(pid, "").start
+            processes.add((pid, start))
+        return cls(existing_links(), tables, inodes, processes)
+
+
+@dataclass
+class Records:
+    """A run's own records, read while it is up (the run directory goes with it)."""
+
+    run_id: str
+    run_dir: Path
+    processes: list[ProcessRecord]
+    inodes: set[int]
+
+
+def records_of(run_id: str) -> Records:
+    state = RunState.load(run_id)
+    router = [netns_inode(r.pid) for r in state.shells if r.role == "router"]
+    return Records(run_id, Path(state.run_dir),
+                   state.shells + state.programs + recorded_pids(state.run_dir),
+                   set(state.netns.values()) | {i for i in router if i is not None})
+
+
+def assert_nothing_left(before: Footprint, records: Records) -> None:
+    after = Footprint.take()
+    new_links = sorted(after.links - before.links)
+    assert not [n for n in new_links if records.run_id in n], new_links
+    assert not [n for n in existing_links() if n.startswith(f"c{records.run_id}")]
+    assert records.run_id not in after.tables  # root tables; the router's died with it
+    assert not (records.inodes & after.inodes), "a namespace of the run still exists"
+    alive = [r for r in records.processes if r.alive()]
+    assert not alive, f"processes of the run still alive: {alive}"
+    new = [pid for pid, start in after.processes - before.processes
+           if records.run_id in cmdline(pid) or str(records.run_dir) in cmdline(pid)]
+    assert not new, f"new processes mentioning the run: {new}"
+    assert not records.run_dir.exists()
+
+
+@pytest.fixture
+def footprint() -> Footprint:
+    return Footprint.take()
+
+
+def wait_for(predicate: object, timeout_s: float, what: str, poll_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def first(alerts: list[Alert], host: str, kind: AlertKind) -> float:
+    times = [a.observed_at for a in alerts if a.host == host and a.kind == kind]
+    assert times, f"no {kind.value} alert on {host}; got {[(a.host, a.kind.value) for a in alerts]}"
+    return min(times)
+
+
+def guests(plan: RangePlan, host: str) -> list[int]:
+    shell = plan.host_pids[host]
+    inode = netns_inode(shell)
+    assert inode is not None
+    return [p for p in processes_in([inode])[inode] if p != shell]
+
+
+def exploit(plan: RangePlan, source: str, target: str) -> int:
+    """A real exploit request from `source` to `target`'s vulnerable service; the implant PID."""
+    service = next(s for s in plan.host(target).services if s.vulnerable)
+    with in_netns(plan.host_pids[source]):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(10)
+        sock.connect((plan.host(target).ip, service.port))
+        sock.sendall(exploit_request(service.protocol, EXPLOIT_OFFSET))
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    return int(reply.split(b"OK implant ", 1)[1].split()[0])
+
+
+def c2(plan: RangePlan, host: str, line: str) -> str:
+    with in_netns(plan.host_pids[host]):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(3)
+        sock.connect(("127.0.0.1", IMPLANT_PORT))
+        sock.sendall(line.encode() + b"\n")
+        return sock.recv(1024).decode()
+
+
+def can_connect(plan: RangePlan, source: str, ip: str, port: int, timeout_s: float = 1.0) -> bool:
+    with in_netns(plan.host_pids[source]):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect((ip, port))
+        except OSError:
+            return False
+        return True
+
+
+# ------------------------------------------------------------------ root tests
+
+root = pytest.mark.root
+mininet = pytest.mark.mininet
+
+
+@root
+@mininet
+@pytest.mark.timeout(120)
+def test_tiny_kill_chain_reaches_privileged_with_alerts_in_order(footprint: Footprint) -> None:
+    from cyberdial.range.emulation.emulator import Range
+
+    emulated = Range(fast("tiny"))
+    records = None
+    try:
+        emulated.up()
+        records = records_of(emulated.run_id)
+        alerts: list[Alert] = []
+        truth: dict[str, object] = {}
+        for _ in range(60):
+            emulated.wait_step()
+            alerts += emulated.alerts()
+            assert emulated.referee is not None
+            truth = emulated.referee.measure()
+            if truth["compromise"]["opserver0"] == "privileged":  # type: ignore[index]
+                break
+        assert truth["compromise"]["opserver0"] == "privileged", truth  # type: ignore[index]
+        assert truth["reward_terms"]["privileged"] >= 10.0  # type: ignore[index]
+        time.sleep(1.0)  # the marker's file_change is seen on the sensor's next watch
+        alerts += emulated.alerts(timeout_s=0.5)
+        scan = first(alerts, "opserver0", AlertKind.SCAN)
+        attack = first(alerts, "opserver0", AlertKind.EXPLOIT)
+        implant = first(alerts, "opserver0", AlertKind.NEW_PROCESS)
+        marker = first(alerts, "opserver0", AlertKind.FILE_CHANGE)
+        assert scan < attack < implant <= marker
+        assert first(alerts, "user0", AlertKind.NEW_PROCESS) < scan  # red's entry implant
+        records = records_of(emulated.run_id)
+    finally:
+        emulated.down()
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
+@root
+@mininet
+@pytest.mark.timeout(150)
+def test_blue_actions_change_the_real_hosts(footprint: Footprint) -> None:
+    from cyberdial.range.emulation.emulator import Range
+
+    emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"))
+    records = None
+    try:
+        emulated.up()
+        plan = emulated.plan
+
+        def run(action: str, host: str | None = None, subnet: str | None = None) -> object:
+            result = emulated.execute(Command(command_id=f"{action}-{host or subnet}-{time.time()}",
+                                              action=action, host=host, subnet=subnet))
+            assert result.ok, result
+            return result
+
+        # Analyse finds the implant a real exploit started, then its privileged marker.
+        pid = exploit(plan, "user0", "ophost0")
+        assert pid in guests(plan, "ophost0")
+        result = run("analyse", host="ophost0")
+        assert result.compromise == "user" and result.implants == (pid,)  # type: ignore[attr-defined]
+        assert c2(plan, "ophost0", "ESCALATE ok").startswith("OK privileged")
+        assert run("analyse", host="ophost0").compromise == "privileged"  # type: ignore[attr-defined]
+        # Remove kills user-level implants only: the privileged one survives it.
+        run("remove", host="ophost0")
+        assert pid in guests(plan, "ophost0")
+        user_pid = exploit(plan, "user0", "user1")
+        run("remove", host="user1")
+        wait_for(lambda: not guests(plan, "user1"), 5, "no process left in user1")
+        assert user_pid not in all_pids() or not ProcessRecord.of(user_pid, "").alive()
+        # Restore: every process gone, files golden, services listening again.
+        plan.data_file("ophost0", "ssh").write_text("tampered\n")
+        run("restore", host="ophost0")
+        assert not guests(plan, "ophost0")
+        assert plan.data_file("ophost0", "ssh").read_text() == (
+            plan.golden_dir("ophost0") / "srv" / "ssh.dat").read_text()
+        assert not plan.privileged_marker("ophost0").exists()
+        wait_for(lambda: 22 in listening_ports(plan.host_pids["ophost0"]), 5, "ssh back")
+        wait_for(lambda: can_connect(plan, "defender", plan.host("ophost0").ip, 22), 5,
+                 "ophost0 reachable after its downtime")
+        assert emulated.referee is not None
+        truth = emulated.referee.measure()
+        assert truth["restores"] == 1 and truth["compromise"]["ophost0"] == "none"
+        # Block: a real connection from the blocked subnet no longer arrives; Unblock restores it.
+        web = plan.host("opserver0")
+        assert can_connect(plan, "user0", web.ip, 80)
+        run("block", subnet="user")
+        assert emulated.referee.measure()["blocked"] == ["user"]
+        emulated.alerts()
+        assert not can_connect(plan, "user0", web.ip, 80)
+        with in_netns(plan.host_pids["user0"]):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:  # an exploit attempt: it must not reach opserver0's sensor either
+            sock.settimeout(1.0)
+            with pytest.raises(OSError):
+                sock.connect((web.ip, 80))
+        time.sleep(0.5)
+        assert not [a for a in emulated.alerts() if a.host == "opserver0"]
+        run("unblock", subnet="user")
+        assert can_connect(plan, "user0", web.ip, 80)
+        assert emulated.referee.measure()["blocked"] == []
+        # Decoy: a listener in the host; contact with it raises decoy_touched.
+        run("decoy", host="defender")
+        decoy = plan.host("defender").decoy_port
+        assert decoy in listening_ports(plan.host_pids["defender"])
+        time.sleep(0.5)  # the sensor learns about decoys on its next watch
+        assert can_connect(plan, "ophost0", plan.host("defender").ip, decoy)
+        touched: list[Alert] = []
+        wait_for(lambda: touched.extend(emulated.alerts()) or any(
+            a.kind == AlertKind.DECOY_TOUCHED and a.host == "defender" for a in touched), 5,
+            "decoy_touched alert")
+        records = records_of(emulated.run_id)
+    finally:
+        emulated.down()
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
+@root
+@mininet
+@pytest.mark.timeout(120)
+def test_nmap_from_a_red_host_raises_a_scan_alert(footprint: Footprint) -> None:
+    from cyberdial.range.emulation.emulator import Range
+
+    emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"))
+    records = None
+    try:
+        emulated.up()
+        plan = emulated.plan
+        target = plan.host("opserver0")
+        out = emulated.run_in("user1", ["nmap", "-sS", "-Pn", "-n", "-T4", "-p", "1-200",
+                                        target.ip])
+        assert out.returncode == 0, out.stderr
+        assert "80/tcp" in out.stdout and "open" in out.stdout
+        seen: list[Alert] = []
+        wait_for(lambda: seen.extend(emulated.alerts()) or any(
+            a.kind == AlertKind.SCAN and a.host == "opserver0"
+            and a.source == plan.host("user1").ip for a in seen), 10, "a scan alert")
+        records = records_of(emulated.run_id)
+    finally:
+        emulated.down()
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
+CRASHING_CONTROLLER = """
+import sys, time
+from cyberdial.range.emulation.emulator import Range
+from cyberdial.range.scenario import load_scenario
+scenario = load_scenario("tiny").model_copy(update={"step_period": 0.5})
+emulated = Range(scenario, hub=False)
+emulated.up()
+print(emulated.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+@root
+@mininet
+@pytest.mark.timeout(120)
+def test_range_down_cleans_up_after_a_killed_controller(footprint: Footprint) -> None:
+    controller = subprocess.Popen([sys.executable, "-c", CRASHING_CONTROLLER],
+                                  stdout=subprocess.PIPE, text=True, cwd=REPO)
+    run_id = ""
+    records = None
+    try:
+        assert controller.stdout is not None
+        run_id = controller.stdout.readline().strip()
+        check_run_id(run_id)
+        state = RunState.load(run_id)
+        red_log = Path(state.run_dir) / "red" / "red.jsonl"
+        # Wait for red's implant, so the crash leaves a process started inside a host.
+        wait_for(lambda: red_log.exists() and '"enter"' in red_log.read_text(), 20, "red's entry")
+        records = records_of(run_id)
+        assert any(r.role == "implant" and r.alive() for r in records.processes)
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(timeout=10)
+        status = subprocess.run([*CLI, "range", "status"], capture_output=True, text=True,
+                                timeout=30, cwd=REPO)
+        assert run_id in status.stdout
+        down = subprocess.run([*CLI, "range", "down", run_id], capture_output=True, text=True,
+                              timeout=90, cwd=REPO)
+        assert down.returncode == 0, down.stderr
+        assert "is down" in down.stdout
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait(timeout=10)
+        if controller.stdout is not None:
+            controller.stdout.close()
+        if run_id and (RUNS_ROOT / run_id).exists():
+            subprocess.run([*CLI, "range", "down", run_id], capture_output=True, timeout=90,
+                           cwd=REPO, check=False)
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
+@root
+@mininet
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_small_comes_up_and_down(footprint: Footprint) -> None:
+    from cyberdial.range.emulation.emulator import Range
+
+    emulated = Range(load_scenario("small"))
+    records = None
+    try:
+        emulated.up()
+        records = records_of(emulated.run_id)
+        assert len(emulated.plan.host_pids) == len(load_scenario("small").all_hosts)
+        assert emulated.referee is not None
+        truth = emulated.referee.measure()
+        assert set(truth["compromise"].values()) <= {"none", "user"}
+        print(json.dumps({k: round(v, 2) for k, v in emulated.timings.items()}))
+    finally:
+        emulated.down()
+    print(f"small down: {emulated.timings['down_s']:.2f} s")
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
