@@ -8,6 +8,7 @@ simulator runs here unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -128,6 +129,25 @@ class EmulatedRange(ParallelEnv):  # type: ignore[misc]
             raise
         if timeout_s is None:
             self._timeout_s = 2 * self.welcome.step_period_s + REPLY_MARGIN_S
+
+    @classmethod
+    def attach(cls, run_id: str, *, runs_root: Path | None = None, **options: Any) -> EmulatedRange:
+        """Connect to the bridge serving a run on this machine (its `bridge.json`).
+
+        The scenario is the run's own copy; other options as for the constructor.
+        """
+        from cyberdial.range.emulation.state import RUNS_ROOT
+
+        run_dir = (runs_root or RUNS_ROOT) / run_id
+        try:
+            info = json.loads((run_dir / "bridge.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BridgeRefused(f"no bridge serves run {run_id}: start `cyberdial bridge"
+                                f" {run_id}` (looked for {run_dir / 'bridge.json'})") from None
+        scenario = Scenario.model_validate_json((run_dir / "scenario.json").read_text("utf-8"))
+        if info.get("server_key") and "server_key" not in options:
+            options["server_key"] = info["server_key"].encode()
+        return cls(scenario, info["agent_endpoint"], run_id=run_id, **options)
 
     # ------------------------------------------------------------- spaces
 

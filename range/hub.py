@@ -57,7 +57,7 @@ SNDHWM = 10_000
 # MAX_FRAME_BYTES and this are read and counted as "oversized" drops.
 MAX_MESSAGE_SIZE = 4 * MAX_FRAME_BYTES
 # Pending alerts the hub keeps between two `poll_alerts` calls.
-MAX_PENDING_ALERTS = 1_000_000
+MAX_PENDING_ALERTS = 200_000
 # Messages handled per socket per pump round, so one busy socket cannot starve the other,
 # and the time one pump may spend handling (checked before every message).
 PUMP_BATCH = 1024

@@ -441,3 +441,21 @@ def test_cli_bridge_needs_a_referee_or_says_so(capsys: pytest.CaptureFixture[str
                  "tcp://127.0.0.1:3"])
     assert code == 2
     assert "--no-referee" in capsys.readouterr().err
+
+
+def test_attach_reads_the_run_directory(tiny: Scenario, context: zmq.Context[Any],
+                                        tmp_path: Any) -> None:
+    with pytest.raises(BridgeRefused, match="cyberdial bridge r9"):
+        EmulatedRange.attach("r9", runs_root=tmp_path, context=context)
+    with endpoints() as ends, bridge(tiny, ends, context, StaticReferee(), step_period_s=0):
+        run_dir = tmp_path / RUN
+        run_dir.mkdir()
+        (run_dir / "scenario.json").write_text(tiny.model_dump_json(), encoding="utf-8")
+        (run_dir / "bridge.json").write_text(
+            f'{{"agent_endpoint": "{ends.agents}", "server_key": null}}', encoding="utf-8")
+        env = EmulatedRange.attach(RUN, runs_root=tmp_path, context=context)
+        try:
+            assert env.welcome.scenario_hash == tiny.scenario_hash
+            assert env.ping() < 1.0
+        finally:
+            env.close()
