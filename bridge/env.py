@@ -57,7 +57,7 @@ class BridgeRefused(CyberdialError):
     """The bridge answered with an error; the message says how to recover."""
 
 
-class EmulatedRange(ParallelEnv):  # type: ignore[misc]
+class EmulatedRange(ParallelEnv):
     """PettingZoo ParallelEnv over a running bridge; spaces identical to `SimRange`'s.
 
     `endpoint` is the bridge's agent endpoint (`tcp://HOST:PORT` or `ipc:///path`).

@@ -434,7 +434,7 @@ class BridgeService:
             return failed, 0
         commands = [
             Command(command_id=f"{self._nonce}.{self.episode}.{self.step}.{index}",
-                    action=action.kind.name.lower(),  # type: ignore[arg-type]
+                    action=action.kind.name.lower(),
                     host=action.host, subnet=action.subnet)
             for index, action in finished
         ]

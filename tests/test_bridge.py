@@ -96,7 +96,7 @@ class ScriptedActuator:
         compromise = self.compromise if command.action == "analyse" else None
         return CommandResult(command_id=command.command_id, action=command.action, ok=True,
                              host=command.host, subnet=command.subnet,
-                             compromise=compromise)  # type: ignore[arg-type]
+                             compromise=compromise)
 
     def _run(self, endpoint: str, context: zmq.Context[Any], hosts: tuple[str, ...],
              subnet: str) -> None:

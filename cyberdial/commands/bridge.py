@@ -37,7 +37,7 @@ class BridgeSetupError(CyberdialError):
     """The bridge cannot attach to the run as asked."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bridge", help="serve agents (EmulatedRange clients) from a running emulated range",
         description="Attach to a running range's sensors and actuators and serve agents. "
