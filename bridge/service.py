@@ -71,6 +71,8 @@ BRIDGE_SENDER = "bridge"
 # Share of the step period that commands may take before they count as timed out;
 # the rest of the window is for the alerts their effects (and red) cause.
 COMMAND_SHARE = 0.5
+# Agent clients remembered at once; one drives a bridge, a few may watch or retry.
+MAX_CLIENTS = 64
 _COMPROMISE_CODE = {"clean": Compromise.CLEAN, "none": Compromise.CLEAN,
                     "user": Compromise.USER, "privileged": Compromise.PRIVILEGED}
 _OBSERVED_CODE = {"none": Observed.NONE, "user": Observed.USER, "privileged": Observed.PRIVILEGED}
@@ -313,6 +315,8 @@ class BridgeService:
                 f" {hello.scenario_hash}: load the scenario the range was started with"))
             return
         self._clients[sender] = identity
+        while len(self._clients) > MAX_CLIENTS:  # forget the longest-known client
+            self._clients.pop(next(iter(self._clients)))
         self._reply(identity, "welcome", self.welcome())
 
     def welcome(self) -> Welcome:

@@ -94,6 +94,9 @@ class PeerStatus:
     unresponsive: bool = False
     said_bye: bool = False
     pid: int = 0
+    # False for a peer heard from without a hello (e.g. before a hub restart): it is
+    # tracked, but not reported dead, since nothing says it is meant to stay.
+    announced: bool = True
 
 
 def configure_socket(sock: zmq.Socket[Any], *, linger_ms: int = 0) -> None:
@@ -303,7 +306,9 @@ class HostHub:
         return dict(self._peers)
 
     def dead_peers(self) -> list[str]:
-        return sorted(name for name, status in self.peers().items() if not status.alive)
+        """Announced sensors and actuators that are not alive (see `PeerStatus`)."""
+        return sorted(name for name, status in self.peers().items()
+                      if status.announced and not status.alive)
 
     def pump(self, timeout_s: float = 0.0) -> int:
         """Handle whatever has arrived, waiting up to `timeout_s` for something; returns count.
@@ -393,7 +398,7 @@ class HostHub:
         if status is None:
             # A peer that talked before the hub (re)started: keep it, learn its role later.
             status = PeerStatus(role="actuator" if identity is not None else "sensor",
-                                subnet=None, hosts=(), last_seen=now)
+                                subnet=None, hosts=(), last_seen=now, announced=False)
             self._peers[sender] = status
         status.last_seen = now
         status.unresponsive = False

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import zmq
+
 from cyberdial.range.hub import (
     ActuatorLink,
     HostHub,
@@ -222,3 +223,16 @@ def test_spoofed_sender_on_router_is_dropped(hub: HostHub, context: zmq.Context[
             wait_for(lambda: hub.pump(0.01) >= 0 and hub.drops.counts["spoofed"] == 1)
         finally:
             intruder.close()
+
+
+def test_unannounced_peer_is_tracked_not_reported(hub: HostHub, context: zmq.Context[Any]) -> None:
+    link = SensorLink(hub.alert_endpoint, RUN, "drive-by", context=context)
+    try:
+        link.heartbeat()  # no hello: e.g. a sensor that started before the hub restarted
+        wait_for(lambda: "drive-by" in hub.peers())
+        assert not hub.peers()["drive-by"].announced
+        time.sleep(FAST_HEARTBEAT * 4)
+        assert not hub.peers()["drive-by"].alive
+        assert hub.dead_peers() == []
+    finally:
+        link.close(say_bye=False)
