@@ -15,11 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from cyberdial.range.emulation.emulator import Range
 from cyberdial.range.emulation.netns import (
     all_pids,
     cmdline,
@@ -47,7 +49,7 @@ from cyberdial.range.emulation.state import (
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.model import AlertKind
 from cyberdial.range.scenario import Scenario, load_scenario
-from cyberdial.range.wire import Alert, Command
+from cyberdial.range.wire import Alert, Command, CommandResult
 
 REPO = Path(__file__).parent.parent
 CLI = [sys.executable, "-m", "cyberdial"]
@@ -92,8 +94,6 @@ def test_run_ids_are_checked() -> None:
 
 def test_not_root_is_one_line_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     from cyberdial.cli import main
-    from cyberdial.range.emulation.emulator import Range
-
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(NotRootError, match="sudo"):
         Range(load_scenario("tiny")).up()
@@ -162,13 +162,26 @@ def footprint() -> Footprint:
     return Footprint.take()
 
 
-def wait_for(predicate: object, timeout_s: float, what: str, poll_s: float = 0.1) -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
+             poll_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def wait_for_alert(emulated: Range, match: Callable[[Alert], bool], timeout_s: float,
+                   what: str) -> list[Alert]:
+    seen: list[Alert] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen += emulated.alerts(timeout_s=0.2)
+        if any(match(alert) for alert in seen):
+            return seen
+    raise AssertionError(f"no {what} within {timeout_s} s; got"
+                         f" {[(a.host, a.kind.value) for a in seen]}")
 
 
 def first(alerts: list[Alert], host: str, kind: AlertKind) -> float:
@@ -231,8 +244,6 @@ mininet = pytest.mark.mininet
 @mininet
 @pytest.mark.timeout(120)
 def test_tiny_kill_chain_reaches_privileged_with_alerts_in_order(footprint: Footprint) -> None:
-    from cyberdial.range.emulation.emulator import Range
-
     emulated = Range(fast("tiny"))
     records = None
     try:
@@ -268,15 +279,14 @@ def test_tiny_kill_chain_reaches_privileged_with_alerts_in_order(footprint: Foot
 @mininet
 @pytest.mark.timeout(150)
 def test_blue_actions_change_the_real_hosts(footprint: Footprint) -> None:
-    from cyberdial.range.emulation.emulator import Range
-
     emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"))
     records = None
     try:
         emulated.up()
         plan = emulated.plan
 
-        def run(action: str, host: str | None = None, subnet: str | None = None) -> object:
+        def run(action: str, host: str | None = None, subnet: str | None = None
+                ) -> CommandResult:
             result = emulated.execute(Command(command_id=f"{action}-{host or subnet}-{time.time()}",
                                               action=action, host=host, subnet=subnet))
             assert result.ok, result
@@ -286,9 +296,9 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint) -> None:
         pid = exploit(plan, "user0", "ophost0")
         assert pid in guests(plan, "ophost0")
         result = run("analyse", host="ophost0")
-        assert result.compromise == "user" and result.implants == (pid,)  # type: ignore[attr-defined]
+        assert result.compromise == "user" and result.implants == (pid,)
         assert c2(plan, "ophost0", "ESCALATE ok").startswith("OK privileged")
-        assert run("analyse", host="ophost0").compromise == "privileged"  # type: ignore[attr-defined]
+        assert run("analyse", host="ophost0").compromise == "privileged"
         # Remove kills user-level implants only: the privileged one survives it.
         run("remove", host="ophost0")
         assert pid in guests(plan, "ophost0")
@@ -333,10 +343,8 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint) -> None:
         assert decoy in listening_ports(plan.host_pids["defender"])
         time.sleep(0.5)  # the sensor learns about decoys on its next watch
         assert can_connect(plan, "ophost0", plan.host("defender").ip, decoy)
-        touched: list[Alert] = []
-        wait_for(lambda: touched.extend(emulated.alerts()) or any(
-            a.kind == AlertKind.DECOY_TOUCHED and a.host == "defender" for a in touched), 5,
-            "decoy_touched alert")
+        wait_for_alert(emulated, lambda a: a.kind == AlertKind.DECOY_TOUCHED
+                       and a.host == "defender", 5, "decoy_touched on defender")
         records = records_of(emulated.run_id)
     finally:
         emulated.down()
@@ -348,8 +356,6 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint) -> None:
 @mininet
 @pytest.mark.timeout(120)
 def test_nmap_from_a_red_host_raises_a_scan_alert(footprint: Footprint) -> None:
-    from cyberdial.range.emulation.emulator import Range
-
     emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"))
     records = None
     try:
@@ -360,10 +366,8 @@ def test_nmap_from_a_red_host_raises_a_scan_alert(footprint: Footprint) -> None:
                                         target.ip])
         assert out.returncode == 0, out.stderr
         assert "80/tcp" in out.stdout and "open" in out.stdout
-        seen: list[Alert] = []
-        wait_for(lambda: seen.extend(emulated.alerts()) or any(
-            a.kind == AlertKind.SCAN and a.host == "opserver0"
-            and a.source == plan.host("user1").ip for a in seen), 10, "a scan alert")
+        wait_for_alert(emulated, lambda a: a.kind == AlertKind.SCAN and a.host == "opserver0"
+                       and a.source == plan.host("user1").ip, 10, "a scan alert from user1")
         records = records_of(emulated.run_id)
     finally:
         emulated.down()
@@ -428,8 +432,6 @@ def test_range_down_cleans_up_after_a_killed_controller(footprint: Footprint) ->
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_small_comes_up_and_down(footprint: Footprint) -> None:
-    from cyberdial.range.emulation.emulator import Range
-
     emulated = Range(load_scenario("small"))
     records = None
     try:

@@ -58,7 +58,7 @@ class Actuator:
         })
         return CommandResult(command_id=command.command_id, action=command.action, ok=ok,
                              host=command.host, subnet=command.subnet, detail=detail[:500],
-                             **extra)  # type: ignore[arg-type]
+                             **extra)
 
     def guests(self, host: HostPlan) -> list[int]:
         """Processes in the host's namespace besides the shell that holds it."""

@@ -11,6 +11,7 @@ impact) and restarts them once the data is healthy again or the actuator asks
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import sys
 
@@ -53,7 +54,7 @@ class Services:
             sock.listen(128)
             sock.setblocking(False)
             servers.append(await asyncio.start_server(
-                lambda r, w, h=host, s=service: self.handle(h, s, r, w), sock=sock))
+                functools.partial(self.handle, host, service), sock=sock))
         self.servers[host.name] = servers
 
     async def close_host(self, host: HostPlan) -> None:
