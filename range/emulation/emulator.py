@@ -170,10 +170,12 @@ class Range:
             self.hub.close()
             self.hub = None
         report = teardown(self.state)
+        self.timings.update({f"down_{k}": v for k, v in report.phases.items()})
         # Reap our own children so no zombie or ResourceWarning is left behind.
         for popen in self._popens:
             popen.wait(timeout=10)
         self._popens.clear()
+        self.timings["down_reaped_s"] = time.monotonic() - started
         self._close_mininet()
         self.state = None
         self.timings["down_s"] = time.monotonic() - started

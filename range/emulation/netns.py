@@ -12,12 +12,20 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 CLONE_NEWNET = 0x40000000
-_TCP_LISTEN = "0A"
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_TCP_STATE_LISTEN = 10
+_MAX_NETLINK_READS = 1000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _lock = threading.Lock()
@@ -111,18 +119,35 @@ def cmdline(pid: int) -> str:
 
 
 def listening_ports(pid: int) -> set[int]:
-    """TCP ports listening in the network namespace of `pid` (from /proc/PID/net/tcp*)."""
+    """IPv4 TCP ports listening in the network namespace of `pid`.
+
+    Asked of the kernel over NETLINK_SOCK_DIAG (as `ss` does), from a socket made in
+    that namespace: reading /proc/PID/net/tcp instead walks the machine-wide
+    connection table and costs tens of milliseconds per host.
+    """
+    with in_netns(pid):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
     ports: set[int] = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{table}", encoding="ascii") as file:
-                next(file, None)
-                for line in file:
-                    fields = line.split()
-                    if len(fields) > 3 and fields[3] == _TCP_LISTEN:
-                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-        except OSError:
-            continue
+    with sock:
+        request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0,
+                              1 << _TCP_STATE_LISTEN) + bytes(48)
+        header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY,
+                             _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+        sock.send(header + request)
+        for _ in range(_MAX_NETLINK_READS):
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind == _NLMSG_DONE:
+                    return ports
+                if kind == _NLMSG_ERROR:
+                    raise OSError("sock_diag refused the listening-socket query")
+                # inet_diag_msg: family, state, timer, retrans, then sport (big endian).
+                ports.add(struct.unpack_from("!H", data, offset + 16 + 4)[0])
+                offset += (length + 3) & ~3
+            if not data:
+                break
     return ports
 
 

@@ -193,6 +193,7 @@ class TeardownReport:
     links_deleted: int = 0
     links_left: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def teardown(state: RunState, *, keep_controller: bool = True) -> TeardownReport:
@@ -221,11 +222,14 @@ def teardown(state: RunState, *, keep_controller: bool = True) -> TeardownReport
         for pids in processes_in(live_inodes).values() for pid in pids if pid not in shell_pids
     ]
     report.killed += kill_all(state.programs + recorded_pids(state.run_dir) + inside)
+    report.phases["processes_s"] = time.monotonic() - started
     report.killed += kill_all(state.shells)
+    report.phases["shells_s"] = time.monotonic() - started
     links = existing_links()
     ours = [name for name in [*state.veths, *state.bridges] if name in links]
     delete_links(ours)
     report.links_deleted = len(ours)
+    report.phases["links_s"] = time.monotonic() - started
     # Namespaces die asynchronously after their last process: wait for their veths.
     prefix = f"c{state.run_id}"
     deadline = time.monotonic() + LINK_WAIT_S
@@ -235,6 +239,7 @@ def teardown(state: RunState, *, keep_controller: bool = True) -> TeardownReport
             break
         delete_links(report.links_left)
         time.sleep(0.1)
+    report.phases["links_gone_s"] = time.monotonic() - started
     if report.links_left:
         logger.warning("links left after teardown of %s: %s", state.run_id, report.links_left)
     else:

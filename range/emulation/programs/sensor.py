@@ -13,6 +13,7 @@ ports listening there (service_down). Alerts go to the hub via `SensorLink`.
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import struct
@@ -217,13 +218,17 @@ class Sensor:
                                    dedupe_s=0.0)
                     elif service.port in ports:
                         self.down.discard(key)
+        # One listing of the run's decoy registry, not one failed open per host.
         self.decoys = {}
-        for host in self.hosts:
+        names = {h.name: h for h in self.hosts}
+        for entry in os.listdir(self.plan.root / "decoys"):
+            host = names.get(entry)
+            if host is None:
+                continue
             try:
-                port = int(self.plan.decoy_file(host.name).read_text(encoding="utf-8"))
+                self.decoys[host.ip] = int(self.plan.decoy_file(entry).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            self.decoys[host.ip] = port
 
     # ------------------------------------------------------------- run
 
