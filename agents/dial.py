@@ -204,6 +204,7 @@ class Unroll:
     q: torch.Tensor  # (B, T+1, A, max_actions)
     logits: torch.Tensor  # (B, T+1, A, bits) message logits
     messages: torch.Tensor  # (B, T+1, A, bits) DRU outputs fed to the peers next step
+    step_logits: list[torch.Tensor]  # the same logits, per step, as the graph holds them
 
 
 @dataclass
@@ -272,7 +273,8 @@ class DialLearner(Learner):
             qs.append(q)
             logits_seen.append(logits)
             messages.append(sent)
-        return Unroll(torch.stack(qs, 1), torch.stack(logits_seen, 1), torch.stack(messages, 1))
+        return Unroll(torch.stack(qs, 1), torch.stack(logits_seen, 1), torch.stack(messages, 1),
+                      logits_seen)
 
     def losses(self, batch: EpisodeBatch) -> LossTerms:
         """Per-agent double-Q TD errors on the team reward, through the messages."""

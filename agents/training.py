@@ -71,11 +71,11 @@ class TrainConfig:
     """seed of the networks, the exploration and the simulator"""
     episodes: int = 20_000
     """training episodes in all"""
-    envs: int = 32
+    envs: int = 16
     """episodes played side by side per iteration (copies in the batched simulator)"""
-    batch_episodes: int = 32
+    batch_episodes: int = 16
     """episodes per gradient step, sampled from the episode buffer"""
-    buffer_episodes: int = 32
+    buffer_episodes: int = 16
     """episode buffer capacity; equal to batch_episodes means learning from the
     latest episodes only, as DIAL does"""
     updates_per_iteration: int = 1
@@ -122,8 +122,9 @@ class TrainConfig:
     """folder for runs/{scenario}__{algo}__{seed}__{time}"""
     run_name: str | None = None
     """name of the run folder (default: {scenario}__{algo}__{seed}__{time})"""
-    threads: int = 2
-    """torch CPU threads"""
+    threads: int = 1
+    """torch CPU threads (one is fastest here: the per-step matrices are small, and extra
+    threads spin when the cores are shared)"""
     tensorboard: bool = True
     """write TensorBoard scalars (charts/, losses/, comm/)"""
 

@@ -1,0 +1,275 @@
+"""DIAL / DIAL-SAU: gradients through messages, learning to signal, beating the rule-based
+blue on tiny, checkpoints, and the train/evaluate commands."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cyberdial.agents.baselines import ReactPolicy
+from cyberdial.agents.checkpoint import load_checkpoint, load_policy
+from cyberdial.agents.dial import DialLearner, DialPolicy, dru
+from cyberdial.agents.rollout import run_episodes
+from cyberdial.agents.training import (
+    EVAL_SEED_OFFSET,
+    EpisodeBuffer,
+    TrainConfig,
+    collect_episodes,
+    field_docs,
+    prepare_scenario,
+    train,
+)
+from cyberdial.cli import main
+from cyberdial.range.errors import CheckpointMismatch
+from cyberdial.range.model import ActionKind, GameModel
+from cyberdial.range.scenario import load_scenario
+from cyberdial.range.sim import SimBatch
+
+torch.set_num_threads(1)
+
+
+def _config(tmp_path: Path, **changes: object) -> TrainConfig:
+    base = TrainConfig(runs_dir=str(tmp_path / "runs"), tensorboard=False, threads=1)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _learner_and_batch(tmp_path: Path, **changes: object) -> tuple[DialLearner, object]:
+    config = _config(tmp_path, scenario="signal", **changes)
+    torch.manual_seed(0)
+    model = GameModel(prepare_scenario(config))
+    learner = DialLearner(model, config)
+    buffer = EpisodeBuffer(model, 8)
+    buffer.add(collect_episodes(SimBatch(model, n_envs=8, seed=3), learner, epsilon=0.5, seed=3))
+    return learner, buffer.sample(8, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------ gradients
+
+
+@pytest.mark.timeout(60)
+def test_receiver_td_error_reaches_the_sender_message(tmp_path: Path) -> None:
+    learner, batch = _learner_and_batch(tmp_path)
+    terms = learner.losses(batch)  # type: ignore[arg-type]
+    keeper_loss = terms.td_error[..., 1].pow(2).mean()  # agent B = keeper
+    grads = torch.autograd.grad(keeper_loss, terms.unroll.step_logits, retain_graph=True,
+                                allow_unused=True)
+    # Agent A's (the watcher's) message logits get a gradient from B's TD error...
+    assert sum(float(g[:, 0].abs().sum()) for g in grads if g is not None) > 0
+    # ...and so do the message parameters (the head's message row) they come from.
+    head = learner.network.head[-1]
+    weight_grad = torch.autograd.grad(keeper_loss, head.weight)[0]
+    assert weight_grad[learner.network.max_actions :].abs().sum() > 0
+
+
+@pytest.mark.timeout(60)
+def test_no_comm_cuts_the_gradient_to_the_sender(tmp_path: Path) -> None:
+    learner, batch = _learner_and_batch(tmp_path, no_comm=True)
+    terms = learner.losses(batch)  # type: ignore[arg-type]
+    keeper_loss = terms.td_error[..., 1].pow(2).mean()
+    grads = torch.autograd.grad(keeper_loss, terms.unroll.step_logits, allow_unused=True,
+                                retain_graph=True)
+    assert all(g is None or g.abs().sum() == 0 for g in grads)
+    head = learner.network.head[-1]
+    weight_grad = torch.autograd.grad(keeper_loss, head.weight)[0]
+    assert weight_grad[learner.network.max_actions :].abs().sum() == 0
+    assert batch.messages.sum() == 0  # type: ignore[attr-defined]
+
+
+def test_dru_is_noisy_sigmoid_in_training_and_threshold_in_execution() -> None:
+    logits = torch.tensor([-3.0, -0.1, 0.2, 4.0])
+    assert torch.equal(dru(logits, 2.0, training=False), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    generator = torch.Generator().manual_seed(0)
+    soft = dru(logits, 2.0, training=True, generator=generator)
+    assert ((soft > 0) & (soft < 1)).all()
+    noise = torch.zeros(4)
+    assert torch.allclose(dru(logits, 2.0, training=True, noise=noise), torch.sigmoid(logits))
+
+
+# ------------------------------------------------------------------ SAU and the policy
+
+
+@pytest.mark.timeout(60)
+def test_masked_actions_are_never_chosen_nor_bootstrapped(tmp_path: Path) -> None:
+    learner, batch = _learner_and_batch(tmp_path)
+    with torch.no_grad():
+        # Make masked actions look best: they still must not win.
+        learner.network.head[-1].bias[: learner.network.max_actions] = 0.0
+    policy = learner.greedy_policy()
+    model = learner.model
+    sim = SimBatch(model, n_envs=16, seed=5)
+    observations, masks = sim.reset()
+    policy.reset(16)
+    for _ in range(model.scenario.episode_length):
+        actions, messages = policy.act(observations, masks)
+        chosen = np.take_along_axis(masks, actions[..., None], axis=2)[..., 0]
+        assert (chosen > 0).all()
+        result = sim.step(actions, messages)
+        observations, masks = result.observations, result.masks
+    terms = learner.losses(batch)  # type: ignore[arg-type]
+    assert torch.isfinite(terms.td_error).all()
+
+
+def test_policy_keeps_hidden_state_within_an_episode(tmp_path: Path) -> None:
+    learner, _ = _learner_and_batch(tmp_path)
+    policy = learner.greedy_policy()
+    assert isinstance(policy, DialPolicy)
+    model = learner.model
+    sim = SimBatch(model, n_envs=2, seed=1)
+    observations, masks = sim.reset()
+    policy.reset(2)
+    policy.act(observations, masks)
+    after_one = policy.hidden.clone()
+    assert after_one.abs().sum() > 0
+    policy.act(observations, masks)
+    assert not torch.equal(policy.hidden, after_one)
+    policy.reset(3)
+    assert policy.hidden.shape[0] == 3 and policy.hidden.abs().sum() == 0
+
+
+def test_ablation_switches_change_the_scenario(tmp_path: Path) -> None:
+    base = load_scenario("tiny")
+    assert prepare_scenario(_config(tmp_path, algo="dial-sau", scenario="tiny")) == base
+    no_sau = prepare_scenario(_config(tmp_path, algo="dial", scenario="tiny"))
+    assert base.blue.sau and not no_sau.blue.sau
+    assert no_sau.scenario_hash != base.scenario_hash
+    wide = prepare_scenario(_config(tmp_path, scenario="tiny", message_bits=2))
+    assert wide.blue.message_bits == 2
+    # A 2-bit DIAL trains end to end and its policy sends 2 bits per agent.
+    result = train(_config(tmp_path, scenario="tiny", message_bits=2, episodes=64, envs=16,
+                           batch_episodes=16, buffer_episodes=16, eval_every=64,
+                           eval_episodes=8))
+    policy, model, _ = load_policy(result.checkpoint)
+    assert model.message_bits == 2
+    observations, masks = SimBatch(model, n_envs=4, seed=0).reset()
+    policy.reset(4)
+    _, messages = policy.act(observations, masks)
+    assert messages.shape == (4, model.n_agents, 2)
+
+
+def test_every_config_field_has_help(tmp_path: Path) -> None:
+    docs = field_docs(TrainConfig)
+    names = [field.name for field in dataclasses.fields(TrainConfig)]
+    assert set(docs) == set(names)
+    assert all(docs[name] for name in names)
+
+
+# ------------------------------------------------------------------ learning
+
+
+def _best_clock_return(model: GameModel, episodes: int, seed: int) -> float:
+    """The best open-loop keeper: block the vault at a fixed step k (no message)."""
+    keeper = model.agents[1]
+    block = next(i for i, a in enumerate(keeper.actions) if a.kind == ActionKind.BLOCK)
+
+    class Clock:
+        def __init__(self, k: int) -> None:
+            self.k, self.t = k, 0
+
+        def reset(self, n_envs: int) -> None:
+            self.t = 0
+
+        def act(self, observations: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+            actions = np.zeros(observations.shape[:2], dtype=np.int64)
+            if self.t >= self.k:
+                actions[:, 1] = block
+            self.t += 1
+            return actions, np.zeros((*actions.shape, model.message_bits), dtype=np.uint8)
+
+    return max(
+        run_episodes(model, Clock(k), episodes, seed=seed).summary()["return_mean"]
+        for k in range(0, model.scenario.episode_length, 2)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_dial_sau_learns_to_signal(tmp_path: Path) -> None:
+    """On `signal`, only the watcher sees red coming and only the keeper can block.
+
+    Budget: 8 000 episodes each (about 25 s per run on one CPU thread).
+    """
+    budget = {"scenario": "signal", "episodes": 8_000, "eval_every": 8_000,
+              "eval_episodes": 200, "checkpoint_every": 8_000}
+    dial = train(_config(tmp_path, run_name="dial", **budget)).final_evaluation
+    silent = train(_config(tmp_path, run_name="silent", no_comm=True, **budget)).final_evaluation
+    model = GameModel(load_scenario("signal"))
+    clock = _best_clock_return(model, 200, seed=EVAL_SEED_OFFSET)
+    assert dial["bits_per_episode"] > 1.0, dial
+    # Clearly above the same learner without messages, and above every policy that
+    # can only count steps: the keeper acts on what the watcher tells it.
+    assert dial["return_mean"] > silent["return_mean"] + 10.0, (dial, silent)
+    assert dial["return_mean"] > clock + 10.0, (dial, clock)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_dial_sau_beats_the_rule_based_blue_on_tiny_and_round_trips(tmp_path: Path) -> None:
+    """Budget: 6 000 episodes on tiny (about 15 s on one CPU thread)."""
+    config = _config(tmp_path, scenario="tiny", episodes=6_000, eval_every=6_000,
+                     eval_episodes=200, checkpoint_every=6_000)
+    result = train(config)
+    learned = result.final_evaluation
+    model = GameModel(load_scenario("tiny"))
+    react = run_episodes(model, ReactPolicy(model), 200, seed=EVAL_SEED_OFFSET).summary()
+    assert learned["return_mean"] > react["return_mean"] + 10.0, (learned, react)
+
+    # The checkpoint plays exactly the greedy policy the run evaluated.
+    checkpoint = load_checkpoint(result.checkpoint)
+    assert checkpoint.episodes == 6_000 and checkpoint.layout == model.layout_signature()
+    policy, loaded_model, _ = load_policy(result.checkpoint, load_scenario("tiny"))
+    again = run_episodes(loaded_model, policy, 200, seed=EVAL_SEED_OFFSET).summary()
+    assert again["return_mean"] == pytest.approx(learned["return_mean"])
+    assert again["bits_per_episode"] == pytest.approx(learned["bits_per_episode"])
+
+
+# ------------------------------------------------------------------ checkpoints and CLI
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    result = train(_config(tmp_path, scenario="tiny", episodes=32, envs=16, batch_episodes=16,
+                           buffer_episodes=16, eval_every=32, eval_episodes=4))
+    return result.checkpoint
+
+
+def test_checkpoint_refuses_another_layout(tiny_checkpoint: Path) -> None:
+    with pytest.raises(CheckpointMismatch, match="trained on scenario 'tiny'"):
+        load_policy(tiny_checkpoint, load_scenario("small"))
+    tweaked = load_scenario("tiny").model_copy(update={"seed": 7})
+    with pytest.raises(CheckpointMismatch, match="ignore-scenario-hash"):
+        load_policy(tiny_checkpoint, tweaked)
+    policy, _, _ = load_policy(tiny_checkpoint, tweaked, allow_other_hash=True)
+    assert policy is not None
+
+
+def test_cli_evaluate_mismatch_is_one_line(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(tiny_checkpoint), "--scenario", "small", "--episodes", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+
+
+def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    code = main(["train", "--algo", "dial-sau", "--scenario", "tiny", "--seed", "3",
+                 "--episodes", "48", "--envs", "16", "--batch-episodes", "16",
+                 "--buffer-episodes", "16", "--eval-every", "32", "--eval-episodes", "4",
+                 "--runs-dir", str(runs)])
+    assert code == 0
+    (run,) = runs.iterdir()
+    assert run.name.startswith("tiny__dial-sau__3__")
+    assert (run / "checkpoint.pt").is_file()
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard log missing"
+    rows = (run / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("episodes,") and len(rows) == 3  # header, 32 and 48 episodes
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "checkpoint.pt"), "--scenario", "tiny",
+                 "--episodes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "return" in out and "±" in out and "bits sent" in out
