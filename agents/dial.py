@@ -67,6 +67,13 @@ class DialNetwork(nn.Module):
     zero-padded to `max_obs` and padding actions are always masked.
     """
 
+    # Index tables built from the layouts (buffers: they move and save with the weights).
+    keep: torch.Tensor
+    incoming_at: torch.Tensor
+    action_at: torch.Tensor
+    action_valid: torch.Tensor
+    peers: torch.Tensor
+
     def __init__(self, model: GameModel, hidden: int = 128) -> None:
         super().__init__()
         n_agents, bits = model.n_agents, model.message_bits

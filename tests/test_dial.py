@@ -16,6 +16,7 @@ from cyberdial.agents.dial import DialLearner, DialPolicy, dru
 from cyberdial.agents.rollout import run_episodes
 from cyberdial.agents.training import (
     EVAL_SEED_OFFSET,
+    EpisodeBatch,
     EpisodeBuffer,
     TrainConfig,
     collect_episodes,
@@ -34,10 +35,10 @@ torch.set_num_threads(1)
 
 def _config(tmp_path: Path, **changes: object) -> TrainConfig:
     base = TrainConfig(runs_dir=str(tmp_path / "runs"), tensorboard=False, threads=1)
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)
 
 
-def _learner_and_batch(tmp_path: Path, **changes: object) -> tuple[DialLearner, object]:
+def _learner_and_batch(tmp_path: Path, **changes: object) -> tuple[DialLearner, EpisodeBatch]:
     config = _config(tmp_path, scenario="signal", **changes)
     torch.manual_seed(0)
     model = GameModel(prepare_scenario(config))
@@ -53,7 +54,7 @@ def _learner_and_batch(tmp_path: Path, **changes: object) -> tuple[DialLearner, 
 @pytest.mark.timeout(60)
 def test_receiver_td_error_reaches_the_sender_message(tmp_path: Path) -> None:
     learner, batch = _learner_and_batch(tmp_path)
-    terms = learner.losses(batch)  # type: ignore[arg-type]
+    terms = learner.losses(batch)
     keeper_loss = terms.td_error[..., 1].pow(2).mean()  # agent B = keeper
     grads = torch.autograd.grad(keeper_loss, terms.unroll.step_logits, retain_graph=True,
                                 allow_unused=True)
@@ -68,7 +69,7 @@ def test_receiver_td_error_reaches_the_sender_message(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_no_comm_cuts_the_gradient_to_the_sender(tmp_path: Path) -> None:
     learner, batch = _learner_and_batch(tmp_path, no_comm=True)
-    terms = learner.losses(batch)  # type: ignore[arg-type]
+    terms = learner.losses(batch)
     keeper_loss = terms.td_error[..., 1].pow(2).mean()
     grads = torch.autograd.grad(keeper_loss, terms.unroll.step_logits, allow_unused=True,
                                 retain_graph=True)
@@ -76,7 +77,7 @@ def test_no_comm_cuts_the_gradient_to_the_sender(tmp_path: Path) -> None:
     head = learner.network.head[-1]
     weight_grad = torch.autograd.grad(keeper_loss, head.weight)[0]
     assert weight_grad[learner.network.max_actions :].abs().sum() == 0
-    assert batch.messages.sum() == 0  # type: ignore[attr-defined]
+    assert batch.messages.sum() == 0
 
 
 def test_dru_is_noisy_sigmoid_in_training_and_threshold_in_execution() -> None:
@@ -109,7 +110,7 @@ def test_masked_actions_are_never_chosen_nor_bootstrapped(tmp_path: Path) -> Non
         assert (chosen > 0).all()
         result = sim.step(actions, messages)
         observations, masks = result.observations, result.masks
-    terms = learner.losses(batch)  # type: ignore[arg-type]
+    terms = learner.losses(batch)
     assert torch.isfinite(terms.td_error).all()
 
 

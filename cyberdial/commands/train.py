@@ -24,7 +24,7 @@ from cyberdial.commands.common import console, progress_bar
 from cyberdial.range.scenario import load_scenario
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train learning blue agents (DIAL-SAU, DIAL) in the simulator",
