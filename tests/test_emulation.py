@@ -375,6 +375,46 @@ def test_nmap_from_a_red_host_raises_a_scan_alert(footprint: Footprint) -> None:
     assert_nothing_left(footprint, records)
 
 
+@root
+@mininet
+@pytest.mark.timeout(120)
+def test_green_work_fails_for_real_while_its_server_is_cut_off(footprint: Footprint) -> None:
+    scenario = fast("tiny")
+    busy = scenario.model_copy(update={"green": scenario.green.model_copy(
+        update={"work_rate": 1.0})})
+    emulated = Range(busy, programs=("services", "sensor", "actuator", "green"))
+    records = None
+    try:
+        emulated.up()
+        assert emulated.referee is not None
+        for _ in range(3):
+            emulated.wait_step()
+        before = emulated.referee.measure()
+        assert before["green_successes"] > 0 and before["green_failures"] == 0, before
+        result = emulated.execute(Command(command_id="b1", action="block", subnet="operational"))
+        assert result.ok, result
+        for _ in range(4):
+            emulated.wait_step()
+        cut = emulated.referee.measure()
+        assert cut["green_failures"] > 0, cut
+        assert cut["reward_terms"]["green"] == pytest.approx(
+            cut["green_failures"] * emulated.scenario.reward.green_failure)
+        assert emulated.execute(Command(command_id="u1", action="unblock",
+                                        subnet="operational")).ok
+        for _ in range(3):
+            emulated.wait_step()
+        emulated.referee.measure()
+        for _ in range(2):
+            emulated.wait_step()
+        after = emulated.referee.measure()
+        assert after["green_successes"] > 0 and after["green_failures"] == 0, after
+        records = records_of(emulated.run_id)
+    finally:
+        emulated.down()
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
 CRASHING_CONTROLLER = """
 import sys, time
 from cyberdial.range.emulation.emulator import Range
