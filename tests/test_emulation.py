@@ -469,6 +469,37 @@ def test_range_down_cleans_up_after_a_killed_controller(footprint: Footprint) ->
 
 @root
 @mininet
+@pytest.mark.timeout(120)
+def test_cli_up_shell_status_down(footprint: Footprint) -> None:
+    up = subprocess.run([*CLI, "range", "up", "tiny"], capture_output=True, text=True,
+                        timeout=90, cwd=REPO)
+    assert up.returncode == 0, up.stderr
+    run_id = next(line.split()[-1] for line in up.stdout.splitlines()
+                  if line.startswith("run id:"))
+    records = None
+    try:
+        records = records_of(run_id)
+        assert "opserver0" in up.stdout and "logs:" in up.stdout
+        ping = subprocess.run([*CLI, "range", "shell", run_id, "user1", "--", "ping", "-c", "1",
+                               "-W", "2", "10.0.2.2"], capture_output=True, text=True,
+                              timeout=30, cwd=REPO)
+        assert ping.returncode == 0 and "1 received" in ping.stdout, ping.stdout + ping.stderr
+        status = subprocess.run([*CLI, "range", "status"], capture_output=True, text=True,
+                                timeout=30, cwd=REPO)
+        assert run_id in status.stdout and "alive" in status.stdout
+        missing = subprocess.run([*CLI, "range", "shell", run_id, "nohost"], capture_output=True,
+                                 text=True, timeout=30, cwd=REPO)
+        assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    finally:
+        down = subprocess.run([*CLI, "range", "down", run_id], capture_output=True, text=True,
+                              timeout=90, cwd=REPO)
+    assert down.returncode == 0, down.stderr
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
+@root
+@mininet
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_small_comes_up_and_down(footprint: Footprint) -> None:

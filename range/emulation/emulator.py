@@ -267,7 +267,8 @@ class Range:
         self._save()
         hosts = {}
         for count, host in enumerate(plan.hosts, 1):
-            node = net.addHost(host.name)
+            # The node name shows in the shell's argv (`mininet:user0.a1b2c3`): ps tells runs apart.
+            node = net.addHost(f"{host.name}.{self.run_id}")
             hosts[host.name] = node
             state.shells.append(ProcessRecord.of(node.pid, "host", host.name))
             if count % SAVE_EVERY == 0:
