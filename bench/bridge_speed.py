@@ -27,6 +27,7 @@ from machine import describe_machine
 
 from cyberdial.agents.baselines import RandomPolicy
 from cyberdial.bridge.env import EmulatedRange
+from cyberdial.bridge.protocol import ActionBatch, encode
 from cyberdial.bridge.service import BridgeService, BridgeThread
 from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import ActuatorLink, HostHub, SensorLink
@@ -76,8 +77,12 @@ def _flood(endpoint: str, seconds: float, batch: int) -> None:
                 seq += 1
                 header = Header(version=PROTOCOL_VERSION, run_id=RUN, sender=link.sender,
                                 seq=seq, step=0, timestamp=time.time())
-                link.socket.send_multipart([kind.encode(), header.model_dump_json().encode(),
-                                            body])
+                try:
+                    # Never block: once the hub stops reading, a blocking send would hang.
+                    link.socket.send_multipart(
+                        [kind.encode(), header.model_dump_json().encode(), body], zmq.NOBLOCK)
+                except zmq.Again:
+                    time.sleep(0.001)
 
 
 def alert_throughput(folder: Path, seconds: float, batch: int) -> float:
@@ -224,6 +229,28 @@ def step_overhead(name: str, folder: Path, steps: int) -> tuple[list[float], lis
     return round_trips, server, commands
 
 
+def processing_per_step(name: str, folder: Path, steps: int) -> list[float]:
+    """The bridge's own work per step (encode, masks, state, serialise), no host traffic."""
+    scenario = load_scenario(name)
+    ctx: zmq.Context[Any] = zmq.Context()
+    hub = HostHub(RUN, f"ipc://{folder / (name + 'pa')}", f"ipc://{folder / (name + 'pc')}",
+                  context=ctx)
+    service = BridgeService(scenario, hub, NoTruth(), f"ipc://{folder / (name + 'pg')}",
+                            step_period_s=0, context=ctx)
+    samples: list[float] = []
+    with service:
+        service.reset()
+        for i in range(steps):
+            if service.step >= scenario.episode_length:
+                service.reset()
+            started = time.perf_counter()
+            batch = service.play(ActionBatch(step=service.step))
+            encode("observations", batch, run_id=RUN, sender="bridge", seq=i + 1)
+            samples.append(time.perf_counter() - started)
+    ctx.term()
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per throughput figure")
@@ -245,9 +272,13 @@ def main() -> None:
             print(f"alert -> observation at the agent (tiny, background {rate:,.0f} alerts/s):"
                   f" {percentiles(samples)}")
         for scenario in ("small", "large"):
+            print(f"bridge processing per step on {scenario} (all sleep, no host traffic):"
+                  f" {percentiles(processing_per_step(scenario, folder, args.steps))}")
+        for scenario in ("small", "large"):
             trips, server, commands = step_overhead(scenario, folder, args.steps)
-            print(f"step overhead on {scenario}: client round trip {percentiles(trips)};"
-                  f" bridge side {percentiles(server)}; {commands} agent-actions run as commands")
+            print(f"step overhead on {scenario} with simulated hosts in this process (random"
+                  f" legal actions): client round trip {percentiles(trips)}; bridge side"
+                  f" {percentiles(server)}; {commands} agent-actions run as commands")
 
 
 if __name__ == "__main__":
