@@ -6,6 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   iproute2 nftables iptables iputils-ping bridge-utils procps
+  net-tools # Mininet's Python code configures interfaces with ifconfig
   mininet   # for mnexec; installed without recommends (no Open vSwitch)
   nmap      # a real scanner that is not ours, for sensor tests
   docker.io # container hosts; its dockerd is started by us, without iptables
