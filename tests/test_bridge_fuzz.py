@@ -223,10 +223,11 @@ def test_fuzz_every_bridge_socket(context: zmq.Context[Any]) -> None:
             assert service.hub.commands_sent == 0 and executed == []
             assert service.steps_served == 0
             # The fuzzers' one valid heartbeat each got through; the agent's got a polite error.
-            assert {"fz-r1", "fz-r2"} <= set(service.hub.peers())
+            # (Read `_peers`, never `peers()`: the bridge thread owns the hub's sockets.)
+            assert {"fz-r1", "fz-r2"} <= set(service.hub._peers)
 
             # Still serving: a real client plays a step that runs one real command.
-            wait_for(lambda: "act-ops" in service.hub.peers())
+            wait_for(lambda: "act-ops" in service.hub._peers)
             env = EmulatedRange(scenario, ends.agents, run_id=RUN, context=context)
             try:
                 env.reset()
