@@ -243,8 +243,10 @@ mininet = pytest.mark.mininet
 @root
 @mininet
 @pytest.mark.timeout(120)
-def test_tiny_kill_chain_reaches_privileged_with_alerts_in_order(footprint: Footprint) -> None:
-    emulated = Range(fast("tiny"))
+def test_tiny_kill_chain_reaches_privileged_with_alerts_in_order(
+    footprint: Footprint, tmp_path: Path
+) -> None:
+    emulated = Range(fast("tiny"), logs_dir=tmp_path)
     records = None
     try:
         emulated.up()
@@ -278,8 +280,9 @@ def test_tiny_kill_chain_reaches_privileged_with_alerts_in_order(footprint: Foot
 @root
 @mininet
 @pytest.mark.timeout(150)
-def test_blue_actions_change_the_real_hosts(footprint: Footprint) -> None:
-    emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"))
+def test_blue_actions_change_the_real_hosts(footprint: Footprint, tmp_path: Path) -> None:
+    emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"),
+                     logs_dir=tmp_path)
     records = None
     try:
         emulated.up()
@@ -355,8 +358,9 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint) -> None:
 @root
 @mininet
 @pytest.mark.timeout(120)
-def test_nmap_from_a_red_host_raises_a_scan_alert(footprint: Footprint) -> None:
-    emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"))
+def test_nmap_from_a_red_host_raises_a_scan_alert(footprint: Footprint, tmp_path: Path) -> None:
+    emulated = Range(fast("tiny"), programs=("services", "sensor", "actuator"),
+                     logs_dir=tmp_path)
     records = None
     try:
         emulated.up()
@@ -378,11 +382,13 @@ def test_nmap_from_a_red_host_raises_a_scan_alert(footprint: Footprint) -> None:
 @root
 @mininet
 @pytest.mark.timeout(120)
-def test_green_work_fails_for_real_while_its_server_is_cut_off(footprint: Footprint) -> None:
+def test_green_work_fails_for_real_while_its_server_is_cut_off(
+    footprint: Footprint, tmp_path: Path
+) -> None:
     scenario = fast("tiny")
     busy = scenario.model_copy(update={"green": scenario.green.model_copy(
         update={"work_rate": 1.0})})
-    emulated = Range(busy, programs=("services", "sensor", "actuator", "green"))
+    emulated = Range(busy, programs=("services", "sensor", "actuator", "green"), logs_dir=tmp_path)
     records = None
     try:
         emulated.up()
@@ -502,8 +508,8 @@ def test_cli_up_shell_status_down(footprint: Footprint) -> None:
 @mininet
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_small_comes_up_and_down(footprint: Footprint) -> None:
-    emulated = Range(load_scenario("small"))
+def test_small_comes_up_and_down(footprint: Footprint, tmp_path: Path) -> None:
+    emulated = Range(load_scenario("small"), logs_dir=tmp_path)
     records = None
     try:
         emulated.up()
