@@ -459,3 +459,39 @@ def test_attach_reads_the_run_directory(tiny: Scenario, context: zmq.Context[Any
             assert env.ping() < 1.0
         finally:
             env.close()
+
+
+def _client_process(endpoint: str, server_key: bytes, public: bytes, secret: bytes) -> None:
+    """An agent in another process: plays a whole tiny episode over tcp with Curve."""
+    scenario = load_scenario("tiny")
+    env = EmulatedRange(scenario, endpoint, run_id=RUN, server_key=server_key,
+                        curve=CurveKeys(public, secret))
+    try:
+        observations, _ = env.reset(seed=0)
+        steps = 0
+        while env.agents:
+            actions = {a: int(np.flatnonzero(o["action_mask"])[-1])
+                       for a, o in observations.items()}
+            observations, _, _, _, _ = env.step(actions)
+            steps += 1
+    finally:
+        env.close()
+    raise SystemExit(0 if steps == scenario.episode_length else 3)
+
+
+@pytest.mark.slow
+def test_agent_in_another_process_over_curve(tiny: Scenario, context: zmq.Context[Any]) -> None:
+    import multiprocessing
+
+    server, client = CurveKeys.generate(), CurveKeys.generate()
+    with endpoints() as ends:
+        ends.agents = "tcp://127.0.0.1:*"
+        with bridge(tiny, ends, context, StaticReferee(), step_period_s=0, curve=server,
+                    allowed_clients=[client.public]) as service:
+            child = multiprocessing.get_context("spawn").Process(
+                target=_client_process,
+                args=(service.agent_endpoint, server.public, client.public, client.secret))
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0
+            assert service.steps_served == tiny.episode_length
