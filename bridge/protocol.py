@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from cyberdial.range.wire import (
     DROP_REASONS,
     HOST_PAYLOADS,
@@ -33,7 +35,6 @@ from cyberdial.range.wire import (
     decode,
     encode,
 )
-from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AGENT_REQUESTS",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+
 from cyberdial.range.hub import HEARTBEAT_INTERVAL_S, ActuatorLink, SensorLink
 from cyberdial.range.model import Activity, AlertKind, Compromise, GameModel
 from cyberdial.range.scenario import Scenario
