@@ -30,7 +30,13 @@ from typing import Any
 
 from cyberdial.range.emulation import state as run_state
 from cyberdial.range.emulation.netns import in_netns, listening_ports, netns_inode
-from cyberdial.range.emulation.plan import RangePlan, make_plan, new_run_id, nft_ruleset
+from cyberdial.range.emulation.plan import (
+    PlanError,
+    RangePlan,
+    make_plan,
+    new_run_id,
+    nft_ruleset,
+)
 from cyberdial.range.emulation.referee import Referee
 from cyberdial.range.emulation.state import ProcessRecord, RunState, teardown
 from cyberdial.range.errors import HostCommandError, NotRootError
@@ -75,6 +81,12 @@ class Range:
         unknown = set(programs) - set(PROGRAM_ROLES)
         if unknown:
             raise ValueError(f"unknown programs {sorted(unknown)}; choose from {PROGRAM_ROLES}")
+        docker = [h.name for h in scenario.all_hosts if h.backend != "namespace"]
+        if docker:
+            # Never silently emulate a container host as a bare namespace.
+            raise PlanError(
+                f"hosts {docker[:3]} ask for backend docker; this Mininet range builds namespace"
+                " hosts only: set `backend: namespace` in the scenario")
         self.scenario = scenario
         self.run_id = new_run_id()
         self.runs_root = runs_root or run_state.RUNS_ROOT
