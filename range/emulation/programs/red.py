@@ -55,6 +55,9 @@ class Red:
         self.implants: dict[int, int] = {}  # host index -> implant pid
         self.children: list[subprocess.Popen[bytes]] = []
         self.wait = self.scenario.red.start_delay
+        if self.scenario.red.start_jitter:
+            # As the simulator: an extra start delay drawn once per episode (run).
+            self.wait += int(self.rng.integers(0, self.scenario.red.start_jitter + 1))
         self.timer = 0
         self.step = 0
         red = self.scenario.red
