@@ -285,7 +285,12 @@ class BridgeService:
         sender, payload = result.header.sender, result.payload
         if isinstance(payload, AgentHello):
             self.replay.forget(sender)
-        elif self._clients.get(sender, identity) != identity:
+        elif sender not in self._clients:
+            # Answered, but not remembered: only clients that said hello cost us memory.
+            self._reply(identity, "error", ErrorReply(
+                code="not_ready", message="send agent_hello first (see docs/protocol.md)"))
+            return
+        elif self._clients[sender] != identity:
             self.drops.drop(Dropped("spoofed", f"{sender} from another connection"), logger)
             return
         if not self.replay.accept(result.header):
@@ -293,13 +298,11 @@ class BridgeService:
             return
         if isinstance(payload, AgentHello):
             self._on_hello(identity, sender, payload)
-        elif sender not in self._clients:
-            self._reply(identity, "error", ErrorReply(
-                code="not_ready", message="send agent_hello first (see docs/protocol.md)"))
         elif isinstance(payload, Heartbeat):
             self._reply(identity, "heartbeat", Heartbeat())
         elif isinstance(payload, Bye):
             del self._clients[sender]
+            self.replay.forget(sender)
         elif isinstance(payload, ResetRequest):
             reply = self.reset(payload.seed)
             self._last_reply = (self.step, self._reply(identity, "observations", reply))
@@ -313,10 +316,13 @@ class BridgeService:
                 code="scenario_mismatch",
                 message=f"this bridge serves {scenario.name} ({scenario.scenario_hash}), not"
                 f" {hello.scenario_hash}: load the scenario the range was started with"))
+            self.replay.forget(sender)
             return
         self._clients[sender] = identity
         while len(self._clients) > MAX_CLIENTS:  # forget the longest-known client
-            self._clients.pop(next(iter(self._clients)))
+            oldest = next(iter(self._clients))
+            del self._clients[oldest]
+            self.replay.forget(oldest)
         self._reply(identity, "welcome", self.welcome())
 
     def welcome(self) -> Welcome:

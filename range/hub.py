@@ -62,6 +62,8 @@ MAX_PENDING_ALERTS = 200_000
 # and the time one pump may spend handling (checked before every message).
 PUMP_BATCH = 1024
 PUMP_BUDGET_S = 0.02
+# Senders the hub tracks; beyond it, messages from new senders without a hello are dropped.
+MAX_PEERS = 4096
 # Results an actuator remembers to answer repeated command ids without re-running them.
 RESULT_CACHE = 4096
 # How long a link waits for queued messages (a final bye) when it closes.
@@ -374,6 +376,11 @@ class HostHub:
             self.drops.drop(result, logger)
             return
         sender = result.header.sender
+        if sender not in self._peers and not self._make_room(announced=isinstance(
+                result.payload, Hello)):
+            self.drops.drop(Dropped("overflow", f"over {MAX_PEERS} peers; {sender} ignored"),
+                            logger)
+            return
         if isinstance(result.payload, Hello):
             self.replay.forget(sender)
         elif identity is not None and self._identity.get(sender, identity) != identity:
@@ -383,6 +390,19 @@ class HostHub:
             self.drops.drop(Dropped("replayed", f"{sender} seq {result.header.seq}"), logger)
             return
         self._accept(result, identity)
+
+    def _make_room(self, *, announced: bool) -> bool:
+        """Keep the peer table bounded: a hello may push out a peer that never said hello."""
+        if len(self._peers) < MAX_PEERS:
+            return True
+        if not announced:
+            return False
+        for name, status in self._peers.items():
+            if not status.announced:
+                del self._peers[name]
+                self.replay.forget(name)
+                return True
+        return True  # announced programs are the range's own: never refuse one
 
     def _accept(self, envelope: Envelope, identity: bytes | None) -> None:
         sender, payload, now = envelope.header.sender, envelope.payload, time.monotonic()

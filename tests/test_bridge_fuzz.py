@@ -126,7 +126,7 @@ class FuzzPlan:
     """Frames to send at one socket and the drop counts they must cause."""
 
     def __init__(self, payloads: dict[str, Any], valid: dict[str, Any], sender: str,
-                 seed: int, replay: list[bytes]) -> None:
+                 seed: int, replay: list[list[bytes]]) -> None:
         rng = random.Random(seed)
         bases = templates(sender, valid, seq=1)
         self.frames: list[list[bytes]] = []
@@ -146,9 +146,9 @@ class FuzzPlan:
             big[2] = b" " * (MAX_FRAME_BYTES + 1)
             self.frames.append(big)
             self.expected["oversized"] += 1
-        # The first copy of `replay` is accepted (a heartbeat); every further copy is a replay.
-        self.frames.append(replay)
-        self.frames.extend([replay] * REPLAYS_PER_SOCKET)
+        # `replay` is valid messages; the last is then sent again: every copy is a replay.
+        self.frames.extend(replay)
+        self.frames.extend([replay[-1]] * REPLAYS_PER_SOCKET)
         self.expected["replayed"] += REPLAYS_PER_SOCKET
 
 
@@ -179,11 +179,13 @@ def test_fuzz_every_bridge_socket(context: zmq.Context[Any]) -> None:
                                           messages={"blue_user": (1,)}),
                    "heartbeat": Heartbeat(), "bye": Bye()}
     pull_plan = FuzzPlan(SENSOR_PAYLOADS, sensor_valid, "fz-sensor", 1,
-                         encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r1", seq=1))
+                         [encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r1", seq=1)])
     router_plan = FuzzPlan(ACTUATOR_PAYLOADS, actuator_valid, "fz-act", 2,
-                           encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r2", seq=1))
-    agent_plan = FuzzPlan(AGENT_REQUESTS, agent_valid, "fz-agent", 3,
-                          encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r3", seq=1))
+                           [encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r2", seq=1)])
+    # On the agent endpoint only clients that said hello are remembered, so replays too.
+    agent_plan = FuzzPlan(AGENT_REQUESTS, agent_valid, "fz-agent", 3, [
+        encode("agent_hello", AgentHello(client="fz-r3"), run_id=RUN, sender="fz-r3", seq=1),
+        encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r3", seq=2)])
     assert sum(len(p.frames) for p in (pull_plan, router_plan, agent_plan)) >= 10_000
 
     executed: list[Command] = []
@@ -222,7 +224,7 @@ def test_fuzz_every_bridge_socket(context: zmq.Context[Any]) -> None:
             assert service.drops.counts == agent_plan.expected
             assert service.hub.commands_sent == 0 and executed == []
             assert service.steps_served == 0
-            # The fuzzers' one valid heartbeat each got through; the agent's got a polite error.
+            # The fuzzers' one valid heartbeat each got through (tracked, unannounced peers).
             # (Read `_peers`, never `peers()`: the bridge thread owns the hub's sockets.)
             assert {"fz-r1", "fz-r2"} <= set(service.hub._peers)
 

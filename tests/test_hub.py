@@ -19,7 +19,7 @@ from cyberdial.range.hub import (
     SensorLink,
 )
 from cyberdial.range.model import AlertKind
-from cyberdial.range.wire import Alert, Command, CommandResult, encode
+from cyberdial.range.wire import Alert, Command, CommandResult, Heartbeat, Hello, encode
 
 RUN = "test-run"
 FAST_HEARTBEAT = 0.05
@@ -236,3 +236,24 @@ def test_unannounced_peer_is_tracked_not_reported(hub: HostHub, context: zmq.Con
         assert hub.dead_peers() == []
     finally:
         link.close(say_bye=False)
+
+
+def test_peer_table_is_bounded(hub: HostHub, context: zmq.Context[Any],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import cyberdial.range.hub as hub_module
+
+    monkeypatch.setattr(hub_module, "MAX_PEERS", 3)
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(hub.alert_endpoint)
+    try:
+        for name in ("s0", "s1", "s2", "s3"):  # heartbeats without hello: unannounced
+            push.send_multipart(encode("heartbeat", Heartbeat(), run_id=RUN, sender=name, seq=1))
+        push.send_multipart(encode("hello", Hello(role="sensor"), run_id=RUN, sender="real",
+                                   seq=0))
+        wait_for(lambda: hub.pump(0.01) >= 0 and "real" in hub._peers)
+    finally:
+        push.close()
+    assert hub.drops.counts["overflow"] == 1  # s3 had no room
+    assert len(hub._peers) == 3 and hub._peers["real"].announced
+    assert "s0" not in hub._peers  # the oldest unannounced peer made room for a hello
