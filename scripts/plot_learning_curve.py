@@ -51,7 +51,8 @@ def main() -> None:
         if not log:
             continue
         minutes = [seconds / 60 for seconds in log["seconds"]]
-        label = run.name.split("__")[1] if "__" in run.name else run.name
+        parts = run.name.split("__")
+        label = f"{parts[1]} seed {parts[2]}" if len(parts) >= 3 else run.name
         returns_axis.plot(minutes, log["return_mean"], marker=".", label=f"{label} (greedy)")
         lowest = min(lowest, *log["return_mean"])
         bits_axis.plot(minutes, log["bits_per_episode"], marker=".", label=label)
