@@ -429,6 +429,37 @@ def test_green_work_fails_for_real_while_its_server_is_cut_off(
     assert_nothing_left(footprint, records)
 
 
+@root
+@mininet
+@pytest.mark.timeout(120)
+def test_green_false_positives_raise_real_alerts(footprint: Footprint, tmp_path: Path) -> None:
+    tiny = fast("tiny")
+    noisy = tiny.model_copy(update={"green": tiny.green.model_copy(
+        update={"work_rate": 0.0, "fp_scan": 1.0, "fp_exploit": 1.0})})
+    emulated = Range(noisy, programs=("services", "sensor", "actuator", "green"),
+                     logs_dir=tmp_path)
+    records = None
+    try:
+        emulated.up()
+        users = {emulated.plan.host(h).ip for h in ("user0", "user1", "user2")}
+        seen = wait_for_alert(emulated, lambda a: a.kind == AlertKind.EXPLOIT
+                              and a.host == "opserver0" and "failed login" in a.evidence, 10,
+                              "a failed-login alert on opserver0")
+        seen += wait_for_alert(emulated, lambda a: a.kind == AlertKind.SCAN
+                               and a.source in users and a.host.startswith("user"), 10,
+                               "an admin's scan alert")
+        # No red runs: every alert here is green noise, and no host is compromised.
+        assert emulated.referee is not None
+        truth = emulated.referee.measure()
+        assert set(truth["compromise"].values()) == {"none"}
+        assert truth["green_successes"] == truth["green_failures"] == 0  # mistypes are noise
+        records = records_of(emulated.run_id)
+    finally:
+        emulated.down()
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
 CRASHING_CONTROLLER = """
 import sys, time
 from cyberdial.range.emulation.emulator import Range

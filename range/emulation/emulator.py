@@ -37,6 +37,7 @@ from cyberdial.range.emulation.plan import (
     new_run_id,
     nft_ruleset,
 )
+from cyberdial.range.emulation.programs.payloads import icmp_echo_request
 from cyberdial.range.emulation.referee import Referee
 from cyberdial.range.emulation.state import ProcessRecord, RunState, teardown
 from cyberdial.range.errors import HostCommandError, NotRootError
@@ -461,10 +462,11 @@ class Range:
             rounds = 0
             while len(answered) < len(targets) and time.monotonic() < deadline and rounds < 200:
                 rounds += 1
+                probe = icmp_echo_request(ident, rounds, b"cyberdial-ready")
                 for ip in targets:
                     if ip not in answered:
                         try:
-                            sock.sendto(_echo_request(ident, rounds), (ip, 0))
+                            sock.sendto(probe, (ip, 0))
                         except OSError as error:
                             if error.errno not in (errno.EHOSTUNREACH, errno.ENETUNREACH):
                                 raise
@@ -509,19 +511,3 @@ def ipaddress_prefix(cidr: str) -> int:
 def service_data(host: str, service: str) -> str:
     """A service's data file in its golden state (what green reads, what impact destroys)."""
     return f"{host} {service} golden data\n" + "record\n" * 32
-
-
-def _echo_request(ident: int, seq: int) -> bytes:
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
-    payload = b"cyberdial-ready"
-    checksum = _checksum(header + payload)
-    return struct.pack("!BBHHH", 8, 0, checksum, ident, seq & 0xFFFF) + payload
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF

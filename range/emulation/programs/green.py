@@ -4,7 +4,8 @@ Every step each user host, with the scenario's `work_rate`, logs in to a server 
 may reach (same subnet or an allowed flow) and reads its data; the outcome goes to
 `green/<name>.jsonl`, which the referee counts. With `fp_exploit` a user mistypes
 the password (the service answers LOGIN FAILED, which sensors flag); with
-`fp_scan` an admin connect-scans a neighbour (sensors see a port scan). All
+`fp_scan` an admin ping-sweeps its subnet and connect-scans a neighbour (sensors
+see a port scan; the sweep only where they detect sweeps). All
 requests of a step run concurrently, each from a socket made inside its user's
 network namespace.
 """
@@ -13,13 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sys
 import time
 
-from cyberdial.range.emulation.netns import socket_in
+from cyberdial.range.emulation.netns import in_netns, socket_in
 from cyberdial.range.emulation.plan import GREEN_PASSWORD, HostPlan
 from cyberdial.range.emulation.programs.common import Program
-from cyberdial.range.emulation.programs.payloads import login_ok, login_request
+from cyberdial.range.emulation.programs.payloads import (
+    icmp_echo_request,
+    login_ok,
+    login_request,
+)
 
 ADMIN_SCAN_PORTS = 8
 MAX_REPLY = 65536
@@ -79,10 +86,24 @@ class Green:
             "ok": None if mistype else ok, "mistyped": mistype, "error": error[:120],
         })
 
+    def admin_sweep(self, admin: HostPlan, others: list[HostPlan]) -> None:
+        """An admin's ping sweep of its subnet (sensors flag it if they detect sweeps)."""
+        with in_netns(self.plan.host_pids[admin.name]):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        with sock:
+            sock.setblocking(False)
+            for seq, host in enumerate(others):
+                try:
+                    sock.sendto(icmp_echo_request(os.getpid(), seq, b"admin-sweep"),
+                                (host.ip, 0))
+                except OSError:
+                    break  # the admin's own link is down (restore): the sweep fails
+
     async def admin_scan(self, admin: HostPlan) -> None:
         others = [h for h in self.neighbours if h.name != admin.name]
         if not others:
             return
+        self.admin_sweep(admin, others)
         target = self.program.rng.choice(others)
         ports = self.plan.scan_ports[:ADMIN_SCAN_PORTS]
 

@@ -9,6 +9,8 @@ also flags: the false positives.
 
 from __future__ import annotations
 
+import struct
+
 NOP_SLED = b"\x90" * 24
 SHELL_PATH = b"/bin/sh"
 # The offset a vulnerable handler needs; red sends a wrong one when its exploit misfires.
@@ -51,3 +53,19 @@ def login_ok(protocol: str, reply: bytes) -> bool:
     if protocol == "http":
         return reply.startswith(b"HTTP/1.0 200") and b"golden data" in reply
     return b"LOGIN OK" in reply and b"golden data" in reply
+
+
+def icmp_echo_request(ident: int, seq: int, payload: bytes = b"cyberdial") -> bytes:
+    """An ICMP echo request (header and payload) for a raw IPPROTO_ICMP socket."""
+    header = struct.pack("!BBHHH", 8, 0, 0, ident & 0xFFFF, seq & 0xFFFF)
+    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident & 0xFFFF,
+                       seq & 0xFFFF) + payload
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF

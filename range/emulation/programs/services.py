@@ -131,10 +131,12 @@ class Services:
             return (b"HTTP/1.0 200 OK\r\n\r\n" if http else b"") + text.encode()
         data = self.plan.data_file(host.name, service.name).read_bytes()
         if http:
-            authorised = f"Authorization: {GREEN_USER}:{GREEN_PASSWORD}".encode() in request
-            if request.startswith(b"GET /data") and authorised:
-                return b"HTTP/1.0 200 OK\r\n\r\n" + data
-            if b"Authorization:" in request:
+            credentials = [line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                           if line.lower().startswith(b"authorization:")]
+            if credentials:
+                if request.startswith(b"GET /data") and credentials[0] == (
+                        f"{GREEN_USER}:{GREEN_PASSWORD}".encode()):
+                    return b"HTTP/1.0 200 OK\r\n\r\n" + data
                 return b"HTTP/1.0 401 Unauthorized\r\n\r\n" + LOGIN_FAILED + b"\n"
             return b"HTTP/1.0 200 OK\r\n\r\n" + service.name.encode() + b"\n"
         words = request.split()
