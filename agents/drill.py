@@ -7,11 +7,14 @@ view, and can seat a person in one agent's place (`HumanSeat`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import numpy as np
@@ -93,6 +96,131 @@ class SimDrillRange:
             ground_truth=GroundTruth(**truth),
             executed=[int(x) for x in result.executed[0]],
             done=result.done,
+        )
+
+
+class EmulatedDrillRange:
+    """The emulated range as a drill range: real hosts, the bridge, an `EmulatedRange` client.
+
+    A context manager that brings the range up and always tears it down. The agents
+    talk to the bridge like any remote client; the recording's alerts, command
+    results and ground truth come from the bridge's host side (`StepLog`), never
+    from what the agents are shown.
+    """
+
+    kind = "emulated"
+    PEERS_WAIT_S = 20.0
+    LOG_WAIT_S = 10.0
+
+    def __init__(self, model: GameModel, workdir: Path) -> None:
+        self.model = model
+        self.workdir = workdir
+        self._logs: queue.Queue[Any] = queue.Queue()
+        self._stack = contextlib.ExitStack()
+        self.run_id = ""
+
+    def __enter__(self) -> EmulatedDrillRange:
+        # Imported here: the emulator needs root and Mininet; sim drills need neither.
+        from cyberdial.bridge.env import EmulatedRange
+        from cyberdial.bridge.service import BridgeService, BridgeThread
+        from cyberdial.range.emulation.emulator import Range
+        from cyberdial.range.hub import HostHub
+
+        scenario = self.model.scenario
+        try:
+            emulated = self._stack.enter_context(Range(scenario, hub=False))
+            self.run_id = emulated.run_id
+            hub = HostHub(emulated.run_id, emulated.alert_endpoint, emulated.command_endpoint)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            endpoint = f"ipc://{self.workdir.resolve() / f'agents-{emulated.run_id}.sock'}"
+            service = BridgeService(scenario, hub, emulated.referee, endpoint)
+            service.step_log = self._logs.put
+            self._stack.enter_context(BridgeThread(service))
+            self._wait_for_peers(hub, 2 * len(scenario.subnets))
+            self.env = EmulatedRange(scenario, endpoint, run_id=emulated.run_id)
+            self._stack.callback(self.env.close)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _wait_for_peers(self, hub: Any, count: int) -> None:
+        deadline = time.monotonic() + self.PEERS_WAIT_S
+        while time.monotonic() < deadline:
+            if sum(1 for status in hub.peers().values() if status.alive) >= count:
+                return
+            time.sleep(0.1)
+        logger.warning("only %d of %d sensors/actuators reached the bridge",
+                       sum(1 for s in hub.peers().values() if s.alive), count)
+
+    def _arrays(self, observations: dict[str, Any]) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+        m = self.model
+        obs = np.zeros((1, m.n_agents, m.max_obs), dtype=np.float32)
+        masks = np.zeros((1, m.n_agents, m.max_actions), dtype=np.int8)
+        for layout in m.agents:
+            seen = observations.get(layout.name)
+            if seen is not None:
+                obs[0, layout.index, : layout.obs_size] = seen["observation"]
+                masks[0, layout.index, : layout.n_actions] = seen["action_mask"]
+        return obs, masks
+
+    def reset(self, seed: int) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+        while not self._logs.empty():
+            self._logs.get_nowait()
+        observations, _ = self.env.reset(seed=seed)
+        return self._arrays(observations)
+
+    def step(self, actions: NDArray[np.int64], messages: NDArray[np.uint8]) -> DrillStep:
+        m = self.model
+        observations, rewards, _, truncations, infos = self.env.step(
+            {layout.name: int(actions[0, layout.index]) for layout in m.agents},
+            {layout.name: messages[0, layout.index] for layout in m.agents},
+        )
+        log = self._logs.get(timeout=self.LOG_WAIT_S)
+        obs, masks = self._arrays(observations)
+        measurement = log.measurement
+        compromise = {host.name: "clean" for host in m.scenario.all_hosts}
+        for name, level in measurement.compromise.items():
+            compromise[name] = "clean" if level in ("none", "clean") else level
+        extra = measurement.model_extra or {}
+        executed = []
+        for layout in m.agents:
+            label = infos.get(layout.name, {}).get("executed", "sleep")
+            labels = [action.label for action in layout.actions]
+            executed.append(labels.index(label) if label in labels else 0)
+        first = m.agent_names[0]
+        return DrillStep(
+            observations=obs,
+            masks=masks,
+            reward=float(rewards.get(first, log.terms.get("total", 0.0))),
+            terms={k: v for k, v in log.terms.items() if k != "total"},
+            alerts=[
+                AlertRecord(host=a.host, kind=str(a.kind), evidence=a.evidence, at=a.observed_at)
+                for a in log.alerts
+            ],
+            commands=[
+                CommandRecord(agent=agent, action=action.label, ok=result.ok,
+                              detail=result.detail, compromise=result.compromise)
+                for agent, action, result in log.commands
+            ],
+            ground_truth=GroundTruth(
+                compromise=compromise,
+                impacted=list(measurement.impacted),
+                blocked=list(extra.get("blocked", [])),
+                red_action=str(extra.get("red_action", "")),
+            ),
+            executed=executed,
+            done=bool(truncations.get(first, True)),
+            infos={
+                "dead_peers": list(infos.get(first, {}).get("dead_peers", ())),
+                "failed_commands": [
+                    f for info in infos.values() for f in info.get("failed_commands", ())
+                ],
+                "run_id": self.run_id,
+            },
         )
 
 

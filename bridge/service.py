@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -109,8 +109,23 @@ class _AllowedClients:
         return key in self.keys
 
 
+@dataclass(frozen=True)
+class StepLog:
+    """Everything one step did on the host side, for recordings (never sent to agents)."""
+
+    episode: int
+    step: int
+    alerts: tuple[Alert, ...]
+    commands: tuple[tuple[str, BlueAction, CommandResult], ...]  # (agent, action, result)
+    measurement: Measurement
+    terms: dict[str, float]
+
+
 class BridgeService:
     """Serves one scenario's agents from a running range; a context manager.
+
+    `step_log`, if set, is called in the serving thread with a `StepLog` after
+    every step and before its reply is sent (drills record ground truth with it).
 
     `step_period_s` defaults to the scenario's; 0 means "do not wait": each step
     uses whatever alerts arrived (benchmarks and fast tests). Commands get
@@ -162,6 +177,8 @@ class BridgeService:
         self.step_seconds: deque[float] = deque(maxlen=100_000)
         self._started = False
         self._last_reply: tuple[int, list[bytes]] | None = None
+        self._last_commands: list[tuple[str, BlueAction, CommandResult]] = []
+        self.step_log: Callable[[StepLog], None] | None = None
         self._reset_state()
 
     # ------------------------------------------------------------ lifecycle
@@ -411,6 +428,9 @@ class BridgeService:
         bits_sent = int(sent.sum())
         self.measurement = self._measure()
         terms = self._reward_terms(restores, bits_sent)
+        if self.step_log is not None:
+            self.step_log(StepLog(self.episode, self.step, tuple(alerts),
+                                  tuple(self._last_commands), self.measurement, terms))
         self.step += 1
         self.hub.step = self.step
         self.steps_served += 1
@@ -440,6 +460,7 @@ class BridgeService:
     def _execute(self, finished: list[tuple[int, BlueAction]]) -> tuple[dict[int, list[str]], int]:
         """Run the finished actions on the hosts; their results update what blue knows."""
         failed: dict[int, list[str]] = {}
+        self._last_commands = []
         if not finished:
             return failed, 0
         commands = [
@@ -451,6 +472,7 @@ class BridgeService:
         results = self.hub.execute_many(commands, self.command_timeout_s)
         restores = 0
         for (index, action), result in zip(finished, results, strict=True):
+            self._last_commands.append((self.model.agents[index].name, action, result))
             if not result.ok:
                 failed.setdefault(index, []).append(f"{action.label}: {result.detail}"[:512])
                 continue

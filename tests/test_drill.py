@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +42,9 @@ def _cli(
 
 def test_drill_records_reports_and_replays(tmp_path: Path) -> None:
     out = tmp_path / "drill"
-    result = _cli("drill", "tiny", "--policy", "react", "--episodes", "2", "--out", str(out))
+    result = _cli(
+        "drill", "tiny", "--range", "sim", "--policy", "react", "--episodes", "2", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     recording = load_recording(out)
     assert recording.header.scenario == "tiny" and recording.header.range == "sim"
@@ -74,7 +78,17 @@ def test_human_seat_takes_typed_actions_and_sleeps_on_nonsense(tmp_path: Path) -
     # blue_user: block its subnet at step 1, then type nonsense, then nothing at all.
     typed = "block user\nrestore nowhere\n99\n"
     result = _cli(
-        "drill", "tiny", "--policy", "sleep", "--human", "blue_user", "--out", str(out), stdin=typed
+        "drill",
+        "tiny",
+        "--range",
+        "sim",
+        "--policy",
+        "sleep",
+        "--human",
+        "blue_user",
+        "--out",
+        str(out),
+        stdin=typed,
     )
     assert result.returncode == 0, result.stderr
     assert "you are blue_user" in result.stdout
@@ -86,7 +100,9 @@ def test_human_seat_takes_typed_actions_and_sleeps_on_nonsense(tmp_path: Path) -
 
 
 def test_unknown_human_agent_is_one_line_error(tmp_path: Path) -> None:
-    result = _cli("drill", "tiny", "--human", "nobody", "--out", str(tmp_path / "x"))
+    result = _cli(
+        "drill", "tiny", "--range", "sim", "--human", "nobody", "--out", str(tmp_path / "x")
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --human nobody: no such agent; choose one of blue_user, blue_ops"
@@ -135,3 +151,29 @@ def test_corrupt_recording_is_a_placed_error(tmp_path: Path) -> None:
         load_recording(path)
     with pytest.raises(CyberdialError, match="no recording found"):
         load_recording(tmp_path / "missing")
+
+
+def test_emulated_drill_as_non_root_says_how(tmp_path: Path) -> None:
+    """As root (CI) the check runs with privileges really dropped by setpriv."""
+    argv = [sys.executable, "-m", "cyberdial", "drill", "tiny", "--out", str(tmp_path / "x")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) to drop root")
+        tmp_path.chmod(0o777)
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    env = {**os.environ, "HOME": str(tmp_path), "MPLCONFIGDIR": str(tmp_path)}
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: a drill on the emulated range needs root: run with sudo or use --range sim"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_policy_that_is_neither_baseline_nor_file(tmp_path: Path) -> None:
+    result = _cli("drill", "tiny", "--range", "sim", "--policy", str(tmp_path / "nope.pt"))
+    assert result.returncode == 2
+    assert "neither a baseline" in result.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -10,10 +13,18 @@ from pathlib import Path
 from rich.live import Live
 
 from cyberdial.agents.baselines import BASELINES, BatchPolicy, make_baseline
-from cyberdial.agents.drill import HumanSeat, SimDrillRange, run_drill
+from cyberdial.agents.checkpoint import load_policy
+from cyberdial.agents.drill import (
+    DrillRange,
+    EmulatedDrillRange,
+    HumanSeat,
+    SimDrillRange,
+    run_drill,
+)
 from cyberdial.agents.liveview import LiveView
 from cyberdial.agents.recording import (
     RECORDING_NAME,
+    EpisodeEnd,
     Recorder,
     StepRecord,
     header_for,
@@ -21,9 +32,9 @@ from cyberdial.agents.recording import (
 )
 from cyberdial.agents.report import write_report
 from cyberdial.commands.common import console
-from cyberdial.range.errors import CyberdialError
+from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.model import GameModel
-from cyberdial.range.scenario import load_scenario
+from cyberdial.range.scenario import Scenario, load_scenario
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,9 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     drill.add_argument(
         "--range",
         dest="range_kind",
-        choices=["sim"],
-        default="sim",
-        help="where the drill runs (default: sim)",
+        choices=["emulated", "sim"],
+        default="emulated",
+        help="emulated: real hosts, red and green (needs root); sim: the simulator"
+        " (default: emulated)",
     )
     drill.add_argument("--human", metavar="AGENT", help="seat yourself in this blue agent's place")
     drill.add_argument("--out", type=Path, help="run directory (default: runs/drills/<name>)")
@@ -51,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--pace",
         type=float,
         default=None,
-        help="seconds per simulated step for watching (default: 0 without a"
+        help="seconds per simulated step, for watching a sim drill (default: 0 without a"
         " terminal, the scenario's step period with one)",
     )
     drill.add_argument("--no-live", action="store_true", help="no live view, just the summary")
@@ -73,62 +85,73 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     replay.set_defaults(func=replay_command)
 
 
-def resolve_policy(name: str, model: GameModel, seed: int) -> BatchPolicy:
+def resolve_policy(name: str, scenario: Scenario, seed: int) -> tuple[BatchPolicy, GameModel]:
+    """A baseline by name, or a trained checkpoint (its model carries its training switches)."""
     if name in BASELINES:
-        return make_baseline(name, model, seed=seed)
-    raise CyberdialError(f"--policy {name}: not a baseline ({', '.join(sorted(BASELINES))})")
+        model = GameModel(scenario)
+        return make_baseline(name, model, seed=seed), model
+    if not Path(name).is_file():
+        raise CyberdialError(
+            f"--policy {name}: neither a baseline ({', '.join(sorted(BASELINES))}) nor a"
+            " checkpoint file"
+        )
+    policy, model, _ = load_policy(name, scenario)
+    return policy, model
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def drill_command(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise CyberdialError("--episodes must be at least 1")
+    if args.range_kind == "emulated" and os.geteuid() != 0:
+        raise NotRootError("a drill on the emulated range")
     scenario = load_scenario(args.scenario)
-    model = GameModel(scenario)
-    policy = resolve_policy(args.policy, model, args.seed)
+    policy, model = resolve_policy(args.policy, scenario, args.seed)
     interactive = sys.stdout.isatty() and not args.no_live
     pace = args.pace if args.pace is not None else (scenario.step_period if interactive else 0.0)
+    if args.range_kind == "emulated":
+        pace = 0.0  # the bridge keeps the scenario's step period itself
     human = None
     if args.human:
         human = HumanSeat(model, args.human, scenario.step_period, sys.stdin, sys.stdout)
     name = f"{scenario.name}__{Path(args.policy).stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     out = args.out or Path("runs") / "drills" / name
-    drill_range = SimDrillRange(model)
-    header = header_for(model, range_kind=drill_range.kind, policy=args.policy, seed=args.seed)
-    view = LiveView(header)
-    with Recorder(out / RECORDING_NAME, header) as recorder:
-        if interactive and human is None:
-            with Live(view.render(), console=console, refresh_per_second=8) as live:
-
-                def show(step: StepRecord) -> None:
-                    view.update(step)
-                    live.update(view.render())
-
-                ends = run_drill(
-                    drill_range,
-                    policy,
-                    args.episodes,
-                    args.seed,
-                    recorder,
-                    on_step=show,
-                    pace_s=pace,
-                )
-        else:
-
-            def show_plain(step: StepRecord) -> None:
-                view.update(step)
-                if human is not None:
-                    console.print(view.render())
-
-            ends = run_drill(
-                drill_range,
-                policy,
-                args.episodes,
-                args.seed,
-                recorder,
-                on_step=show_plain,
-                human=human,
-                pace_s=pace,
+    # Ctrl-C and SIGTERM end the drill the same way: the range comes down, the
+    # recording keeps what was played and is reported.
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        with contextlib.ExitStack() as stack:
+            drill_range: DrillRange
+            if args.range_kind == "emulated":
+                console.print(f"bringing up {scenario.name} on real hosts...")
+                emulated = stack.enter_context(EmulatedDrillRange(model, out))
+                console.print(f"range {emulated.run_id} is up; the drill starts")
+                drill_range = emulated
+            else:
+                drill_range = SimDrillRange(model)
+            header = header_for(
+                model,
+                range_kind=args.range_kind,
+                policy=args.policy,
+                seed=args.seed,
+                run_id=getattr(drill_range, "run_id", None),
             )
+            recorder = stack.enter_context(Recorder(out / RECORDING_NAME, header))
+            view = LiveView(header)
+            ends = _play(drill_range, policy, args, recorder, view, human, interactive, pace)
+    except KeyboardInterrupt:
+        if (out / RECORDING_NAME).is_file():
+            report = write_report(load_recording(out), out)
+            console.print(
+                f"interrupted; the range is down.\nrecording: {out / RECORDING_NAME}\n"
+                f"report: {report}"
+            )
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for end in ends:
         console.print(
             f"episode {end.episode}: return {end.episode_return:.2f},"
@@ -137,6 +160,44 @@ def drill_command(args: argparse.Namespace) -> int:
     report = write_report(load_recording(out), out)
     console.print(f"recording: {out / RECORDING_NAME}\nreport: {report}")
     return 0
+
+
+def _play(
+    drill_range: DrillRange,
+    policy: BatchPolicy,
+    args: argparse.Namespace,
+    recorder: Recorder,
+    view: LiveView,
+    human: HumanSeat | None,
+    interactive: bool,
+    pace: float,
+) -> list[EpisodeEnd]:
+    if interactive and human is None:
+        with Live(view.render(), console=console, refresh_per_second=8) as live:
+
+            def show(step: StepRecord) -> None:
+                view.update(step)
+                live.update(view.render())
+
+            return run_drill(
+                drill_range, policy, args.episodes, args.seed, recorder, on_step=show, pace_s=pace
+            )
+
+    def show_plain(step: StepRecord) -> None:
+        view.update(step)
+        if human is not None:
+            console.print(view.render())
+
+    return run_drill(
+        drill_range,
+        policy,
+        args.episodes,
+        args.seed,
+        recorder,
+        on_step=show_plain,
+        human=human,
+        pace_s=pace,
+    )
 
 
 def report_command(args: argparse.Namespace) -> int:
