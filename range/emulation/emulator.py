@@ -29,7 +29,12 @@ from types import TracebackType
 from typing import Any
 
 from cyberdial.range.emulation import state as run_state
-from cyberdial.range.emulation.netns import in_netns, listening_ports, netns_inode
+from cyberdial.range.emulation.netns import (
+    in_netns,
+    listening_ports,
+    netns_inode,
+    processes_in,
+)
 from cyberdial.range.emulation.plan import (
     PlanError,
     RangePlan,
@@ -39,7 +44,7 @@ from cyberdial.range.emulation.plan import (
 )
 from cyberdial.range.emulation.programs.payloads import icmp_echo_request
 from cyberdial.range.emulation.referee import Referee
-from cyberdial.range.emulation.state import ProcessRecord, RunState, teardown
+from cyberdial.range.emulation.state import KILL_WAIT_S, ProcessRecord, RunState, kill_all, teardown
 from cyberdial.range.errors import HostCommandError, NotRootError
 from cyberdial.range.hub import HostHub
 from cyberdial.range.scenario import Scenario
@@ -161,7 +166,7 @@ class Range:
                 self.hub.open()
             self._start_programs()
             self._wait_ready()
-            self.referee = Referee(self.plan, self.scenario)
+            self.referee = Referee(self.plan, self.scenario, on_reset=self.reset_episode)
             self.t0 = time.time()
             self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
             self.state.status = "up"
@@ -482,6 +487,89 @@ class Range:
         finally:
             sock.close()
         return sorted(targets[ip] for ip in targets if ip not in answered)
+
+    # ---------------------------------------------------------- episodes
+
+    def reset_episode(self, seed: int | None = None) -> float:
+        """Put the range back at step 0 for a new episode; returns the seconds it took.
+
+        Red is stopped (by PID); every host goes back to its golden state: its guest
+        processes are killed (implants, and any shell a person opened there), its
+        files reset, its services restarted and its link up; the router's blocked set
+        is emptied and the actuators drop their decoys. Then the step clock starts
+        again and a new red (seeded with `seed`) begins the kill chain from its entry
+        host. Returns once every service listens again, like `up()`.
+        """
+        if self.state is None or not self.t0:
+            raise RuntimeError("the range is not up")
+        started = time.monotonic()
+        self._stop_red()
+        self._restore_all_hosts()
+        self.plan.episode_file.write_text(f"{time.time()!r}\n", encoding="utf-8")
+        self._wait_services(time.monotonic() + READY_TIMEOUT_S)
+        self.t0 = time.time()
+        self.step = 0
+        self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
+        if "red" in self._roles:
+            episode_seed = self.seed if seed is None else seed
+            self._start("red", "red", ["--seed", str(episode_seed)])
+            self._save()
+            self._wait_program_ready("red", time.monotonic() + READY_TIMEOUT_S)
+        took = time.monotonic() - started
+        logger.info("range %s reset for a new episode in %.1f s", self.run_id, took)
+        return took
+
+    def _stop_red(self) -> None:
+        assert self.state is not None
+        reds = [p for p in self.state.programs if p.role == "red"]
+        kill_all(reds)
+        for index in reversed(range(len(self._program_names))):
+            if self._program_names[index] == "red":
+                self._popens[index].wait(timeout=KILL_WAIT_S)
+                del self._popens[index], self._program_names[index]
+        self.state.programs = [p for p in self.state.programs if p.role != "red"]
+        (self.run_dir / "ready" / "red").unlink(missing_ok=True)
+
+    def _restore_all_hosts(self) -> None:
+        shells = {self.plan.host_pids[h.name] for h in self.plan.hosts}
+        inodes = {netns_inode(pid): pid for pid in shells}
+        guests = [
+            pid
+            for inode, pids in processes_in([i for i in inodes if i is not None]).items()
+            for pid in pids
+            if pid != inodes[inode]
+        ]
+        kill_all([ProcessRecord.of(pid, "guest") for pid in guests])
+        for host in self.plan.hosts:
+            shutil.rmtree(self.plan.host_dir(host.name), ignore_errors=True)
+            shutil.copytree(self.plan.golden_dir(host.name), self.plan.host_dir(host.name))
+            self.plan.restart_request(host.name).write_text("reset\n", encoding="utf-8")
+        batch = "".join(f"link set {host.veth} up\n" for host in self.plan.hosts)
+        subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True,
+                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["mnexec", "-a", str(self.plan.router_pid), "nft", "flush", "set", "inet",
+             self.plan.nft_table, "blocked"],
+            check=True, capture_output=True, timeout=30,
+        )
+
+    def _wait_services(self, deadline: float) -> None:
+        while deaf := self._services_not_listening():
+            if time.monotonic() > deadline:
+                raise HostCommandError(f"services did not come back after the reset: {deaf[:5]}")
+            time.sleep(0.05)
+
+    def _wait_program_ready(self, name: str, deadline: float) -> None:
+        index = self._program_names.index(name)
+        while not (self.run_dir / "ready" / name).exists():
+            popen = self._popens[index]
+            if popen.poll() is not None:
+                raise HostCommandError(
+                    f"program {name} exited with status {popen.returncode}: see"
+                    f" {self.logs_dir / (name + '.log')}")
+            if time.monotonic() > deadline:
+                raise HostCommandError(f"{name} not ready after the reset")
+            time.sleep(0.05)
 
     def _close_mininet(self) -> None:
         """Release the Mininet objects' ptys and reap their shells (already killed by PID)."""

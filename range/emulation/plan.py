@@ -161,6 +161,11 @@ class RangePlan:
         """Written when the range is up: the wall-clock time of step 0."""
         return self.root / "clock"
 
+    @property
+    def episode_file(self) -> Path:
+        """Rewritten at each episode reset; actuators then drop their decoys."""
+        return self.root / "ctl" / "episode"
+
     # ---------------------------------------------------- serialisation
 
     def to_json(self) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +119,25 @@ class _Tail:
 class Referee:
     """Measures the run's true state each step; `measure()` returns it with reward terms."""
 
-    def __init__(self, plan: RangePlan, scenario: Scenario) -> None:
+    def __init__(
+        self, plan: RangePlan, scenario: Scenario,
+        on_reset: Callable[[int | None], object] | None = None,
+    ) -> None:
         self.plan = plan
         self.model = GameModel(scenario)
         self._green = _Tail(plan.root / "green")
         self._actions = _Tail(plan.root / "actions")
+        self._on_reset = on_reset
         self.measurements = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode: the range returns to step 0 (when this referee's range can do
+        that, i.e. it runs in the range's controller), and earlier green outcomes and
+        restores no longer count."""
+        if self._on_reset is not None:
+            self._on_reset(seed)
+        self._green.read()
+        self._actions.read()
 
     def measure(self, bits_sent: int = 0) -> dict[str, Any]:
         """Per-host compromise, impacted hosts, blocked subnets, green outcomes and restores

@@ -195,6 +195,12 @@ class Actuator:
 
     # ------------------------------------------------------------- loop
 
+    def episode_stamp(self) -> float:
+        try:
+            return self.plan.episode_file.stat().st_mtime
+        except OSError:
+            return 0.0
+
     def bring_links_up(self) -> None:
         now = time.monotonic()
         for name, when in list(self.link_up_at.items()):
@@ -217,10 +223,17 @@ class Actuator:
                           hosts=list(self.hosts), subnet=self.subnet.name,
                           handler=self.handle) as link:
             self.program.ready()
+            episode = self.episode_stamp()
             while self.program.running():
                 link.serve_once(0.05)
                 self.accept_decoys()
                 self.bring_links_up()
+                if (stamp := self.episode_stamp()) != episode:
+                    # A new episode: the controller reset every host; decoys go too.
+                    episode = stamp
+                    for name in list(self.decoys):
+                        self.drop_decoy(self.hosts[name])
+                    self.link_up_at.clear()
         for name in list(self.decoys):
             self.drop_decoy(self.hosts[name])
 

@@ -1,0 +1,61 @@
+"""Episode reset on real hosts: after red's progress and blue's block, step 0 again."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cyberdial.range.emulation.netns import listening_ports
+from cyberdial.range.emulation.referee import blocked_subnets, implants_by_host
+from cyberdial.range.scenario import load_scenario
+from cyberdial.range.wire import Command
+
+
+def _wait(condition: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.root
+@pytest.mark.mininet
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_reset_episode_returns_every_host_to_step_zero() -> None:
+    from cyberdial.range.emulation.emulator import Range
+
+    scenario = load_scenario("tiny")
+    with Range(scenario) as emulated:
+        plan = emulated.plan
+        assert emulated.referee is not None
+        # Red lands on its entry host and spreads; blue blocks the user subnet.
+        assert _wait(lambda: sum(map(len, implants_by_host(plan).values())) >= 2, 60)
+        result = emulated.execute(Command(command_id="b1", action="block", subnet="user"))
+        assert result.ok, result.detail
+        assert blocked_subnets(plan) == ["user"]
+        first_red = [p.pid for p in emulated.state.programs if p.role == "red"]  # type: ignore[union-attr]
+        old_implants = {pid for pids in implants_by_host(plan).values() for pid in pids}
+
+        started = time.monotonic()
+        emulated.referee.reset(7)  # what the bridge calls at each episode start
+        took = time.monotonic() - started
+        truth = emulated.referee.measure()
+        assert took < 30
+        # Only the new red's phishing foothold may exist, on its entry host.
+        others = {h: c for h, c in truth["compromise"].items() if h != scenario.red.entry}
+        assert set(others.values()) == {"none"}, truth["compromise"]
+        assert truth["compromise"][scenario.red.entry] in ("none", "user")
+        now = {pid for pids in truth["implants"].values() for pid in pids}
+        assert not now & old_implants
+        assert truth["impacted"] == [] and truth["blocked"] == []
+        for host in plan.hosts:
+            ports = listening_ports(plan.host_pids[host.name])
+            assert {s.port for s in host.services} <= ports, host.name
+        reds = [p for p in emulated.state.programs if p.role == "red"]  # type: ignore[union-attr]
+        assert len(reds) == 1 and reds[0].pid not in first_red and reds[0].alive()
+        # The new red starts the kill chain again from its entry host.
+        assert _wait(lambda: bool(implants_by_host(plan)[scenario.red.entry]), 30)
