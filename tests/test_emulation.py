@@ -33,7 +33,6 @@ from cyberdial.range.emulation.netns import (
 from cyberdial.range.emulation.plan import (
     IFNAME_MAX,
     IMPLANT_PORT,
-    PlanError,
     RangePlan,
     check_run_id,
     make_plan,
@@ -91,13 +90,6 @@ def test_run_ids_are_checked() -> None:
     for bad in ("", "xyz", "0a1b2c3", "../etc"):
         with pytest.raises(CyberdialError):
             check_run_id(bad)
-
-
-def test_container_hosts_are_refused_not_emulated_as_namespaces() -> None:
-    tiny = load_scenario("tiny")
-    docker = tiny.hosts[0].model_copy(update={"backend": "docker", "image": "local/host"})
-    with pytest.raises(PlanError, match="backend: namespace"):
-        Range(tiny.model_copy(update={"hosts": (docker, *tiny.hosts[1:])}))
 
 
 def test_not_root_is_one_line_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ OWN_ENGINE_DATA = Path(os.environ.get("CYBERDIAL_DOCKER_DATA", "/var/lib/cyberdi
 ENGINE_START_S = 30.0
 ENGINE_STOP_S = 15.0
 PING_TIMEOUT_S = 3
+# Containers are started and removed by a few threads at once: the engine does the
+# work in parallel, and one at a time 50 containers would take ~10 s each way.
+PARALLEL_REQUESTS = 8
 # Folders bind-mounted read-only into the host image, so the venv's Python and the
 # project run inside containers exactly as outside; the image itself is empty.
 SYSTEM_MOUNTS = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")
@@ -75,18 +79,29 @@ def candidate_urls() -> list[str]:
 
 def connect() -> Any:
     """A client of the first engine that answers; `EngineUnavailable` names the fix."""
+    return connect_url()[0]
+
+
+def connect_url(urls: list[str] | None = None) -> tuple[Any, str]:
+    """(client, URL) of the first engine that answers among `urls` (default: candidates).
+
+    The URL is what a run records, so `range down` reaches the same engine later.
+    """
     tried = []
-    for url in candidate_urls():
+    for url in urls if urls is not None else candidate_urls():
         tried.append(url)
         path = url.removeprefix("unix://")
         if url.startswith("unix://") and not Path(path).exists():
             continue
+        client = None
         try:
             client = _client(url)
             client.ping()
-            return client
+            return client, url
         except Exception as error:  # the SDK raises several kinds; any means "not this one"
             logger.debug("engine at %s does not answer: %s", url, error)
+            if client is not None:
+                client.close()
     raise EngineUnavailable(tried)
 
 
@@ -249,6 +264,11 @@ def build_host_image(client: Any, run_id: str) -> str:
     return tag
 
 
+def container_name(run_id: str, host: str) -> str:
+    """A container's name carries the run id (removal still goes by label, never by name)."""
+    return f"cd-{run_id}-{host}"
+
+
 def run_host_container(client: Any, image: str, run_id: str, host: str, *,
                        ours: bool) -> tuple[str, int]:
     """Start one host's container with no network of Docker's; returns (id, PID).
@@ -260,7 +280,7 @@ def run_host_container(client: Any, image: str, run_id: str, host: str, *,
     container = client.containers.run(
         image,
         command=["/bin/sleep", "infinity"] if ours else None,
-        name=f"cd-{run_id}-{host}",
+        name=container_name(run_id, host),
         hostname=host,
         labels={LABEL_RUN: run_id, LABEL_HOST: host, LABEL_MANAGED: "1"},
         network_mode="none",
@@ -279,15 +299,38 @@ def run_host_container(client: Any, image: str, run_id: str, host: str, *,
 class RemovalReport:
     containers: int = 0
     images: int = 0
+    networks: int = 0
+
+
+def run_objects(client: Any, run_id: str) -> dict[str, list[str]]:
+    """This run's containers, images and networks on the engine (ids), by label."""
+    selector = {"label": f"{LABEL_RUN}={run_id}"}
+    return {
+        "containers": [c.id for c in client.containers.list(all=True, filters=selector)],
+        "images": [i.id for i in client.images.list(filters=selector)],
+        "networks": [n.id for n in client.networks.list(filters=selector)],
+    }
 
 
 def remove_run(client: Any, run_id: str) -> RemovalReport:
-    """Remove this run's containers and the images it built, found by label only."""
+    """Remove this run's containers, networks and the images it built, found by label only.
+
+    The range makes no Docker networks (its containers have `network_mode: none` and
+    join the range's own bridges), but any labelled with the run id go too.
+    """
     report = RemovalReport()
     selector = {"label": f"{LABEL_RUN}={run_id}"}
-    for container in client.containers.list(all=True, filters=selector):
+    containers = client.containers.list(all=True, filters=selector)
+
+    def remove(container: Any) -> None:
         container.remove(force=True)
-        report.containers += 1
+
+    with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
+        list(pool.map(remove, containers))  # list(): re-raise the first failure
+    report.containers = len(containers)
+    for network in client.networks.list(filters=selector):
+        network.remove()
+        report.networks += 1
     for image in client.images.list(filters=selector):
         client.images.remove(image.id, force=True)
         report.images += 1

@@ -1,7 +1,8 @@
 """The emulated range's controller: builds a scenario on Mininet and runs its programs.
 
 `Range(scenario)` is a context manager. `up()` builds one Mininet host per
-scenario host (a network namespace held by a shell), one `LinuxBridge` per
+scenario host (a network namespace held by a shell) or, for `backend: docker`
+hosts, one Docker container (see docker_hosts.py), one `LinuxBridge` per
 subnet (no controller: Open vSwitch cannot run here), and a router namespace
 whose nftables enforce the scenario's flows; then starts per subnet one services,
 one sensor, one actuator and one green process, plus one red process, and
@@ -29,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from cyberdial.range.emulation import state as run_state
+from cyberdial.range.emulation.docker_hosts import DockerHost, DockerHosts
 from cyberdial.range.emulation.netns import (
     in_netns,
     listening_ports,
@@ -36,7 +38,6 @@ from cyberdial.range.emulation.netns import (
     processes_in,
 )
 from cyberdial.range.emulation.plan import (
-    PlanError,
     RangePlan,
     make_plan,
     new_run_id,
@@ -87,12 +88,6 @@ class Range:
         unknown = set(programs) - set(PROGRAM_ROLES)
         if unknown:
             raise ValueError(f"unknown programs {sorted(unknown)}; choose from {PROGRAM_ROLES}")
-        docker = [h.name for h in scenario.all_hosts if h.backend != "namespace"]
-        if docker:
-            # Never silently emulate a container host as a bare namespace.
-            raise PlanError(
-                f"hosts {docker[:3]} ask for backend docker; this Mininet range builds namespace"
-                " hosts only: set `backend: namespace` in the scenario")
         self.scenario = scenario
         self.run_id = new_run_id()
         self.runs_root = runs_root or run_state.RUNS_ROOT
@@ -106,6 +101,7 @@ class Range:
         self.referee: Referee | None = None
         self.state: RunState | None = None
         self.net: Any = None
+        self.docker: DockerHosts | None = None  # the engine of the container hosts, if any
         self._popens: list[subprocess.Popen[bytes]] = []
         self._program_names: list[str] = []
         self.t0 = 0.0
@@ -123,7 +119,7 @@ class Range:
         return self.plan.command_endpoint
 
     def host_pid(self, host: str) -> int:
-        """PID of the shell that holds `host`'s network namespace (for `mnexec -a`)."""
+        """PID that holds `host`'s network namespace: its Mininet shell or container's init."""
         return self.plan.host_pids[host]
 
     @property
@@ -195,6 +191,9 @@ class Range:
         self._popens.clear()
         self.timings["down_reaped_s"] = time.monotonic() - started
         self._close_mininet()
+        if self.docker is not None:
+            self.docker.close()
+            self.docker = None
         self.state = None
         self.timings["down_s"] = time.monotonic() - started
         if report.links_left:
@@ -238,7 +237,7 @@ class Range:
     def run_in(self, host: str, argv: Sequence[str], timeout_s: float = 60.0
                ) -> subprocess.CompletedProcess[str]:
         """Run a program inside `host`'s namespace to completion (drills, tests: nmap, ping)."""
-        return subprocess.run(["mnexec", "-a", str(self.host_pid(host)), *argv],
+        return subprocess.run([*self.plan.exec_prefix(host), *argv],
                               capture_output=True, text=True, timeout=timeout_s, check=False)
 
     def _require_hub(self) -> HostHub:
@@ -283,8 +282,9 @@ class Range:
             state.shells.append(ProcessRecord.of(switch.pid, "bridge-shell", subnet.bridge))
             switches[subnet.name] = switch
         self._save()
-        hosts = {}
-        for count, host in enumerate(plan.hosts, 1):
+        hosts: dict[str, Any] = {}
+        namespace_hosts = [h for h in plan.hosts if h.backend != "docker"]
+        for count, host in enumerate(namespace_hosts, 1):
             # The node name shows in the shell's argv (`mininet:user0.a1b2c3`): ps tells runs apart.
             node = net.addHost(f"{host.name}.{self.run_id}")
             hosts[host.name] = node
@@ -294,7 +294,10 @@ class Range:
         self._save()
         self.timings["hosts_s"] = time.monotonic() - t
         t = time.monotonic()
-        for host in plan.hosts:
+        containers = self._start_containers()
+        self.timings["containers_s"] = time.monotonic() - t
+        t = time.monotonic()
+        for host in namespace_hosts:
             net.addLink(hosts[host.name], switches[host.subnet], intfName1="eth0",
                         intfName2=host.veth)
         for subnet in plan.subnets:
@@ -302,20 +305,55 @@ class Range:
                         intfName2=subnet.router_veth)
         for switch in switches.values():
             switch.start([])
+        if self.docker is not None:
+            # After the switches start: Mininet creates the bridges only then.
+            self.docker.attach(plan, containers)
         self.timings["links_s"] = time.monotonic() - t
         t = time.monotonic()
         plan.host_pids.update({name: node.pid for name, node in hosts.items()})
+        plan.host_pids.update({c.name: c.pid for c in containers})
         object.__setattr__(plan, "router_pid", router.pid)
         state.netns = {name: netns_inode(pid) or 0 for name, pid in plan.host_pids.items()}
         self._save()
         self._configure_addresses()
         self._configure_router()
+        if self.docker is not None:
+            plan.baseline_pids.update(self.docker.baselines(containers))
+            # An engine with default settings loads br_netfilter and switches bridged
+            # frames through the root namespace's iptables (whose FORWARD it sets to
+            # DROP): turn that off again now that the containers exist.
+            self._disable_bridge_netfilter()
         self.timings["config_s"] = time.monotonic() - t
+
+    def _start_containers(self) -> list[DockerHost]:
+        """Start the container hosts, each recorded (engine, id, init PID) as it starts."""
+        assert self.state is not None
+        wanted = [h for h in self.plan.hosts if h.backend == "docker"]
+        if not wanted:
+            return []
+        state = self.state
+        self.docker = DockerHosts.open(self.run_id)
+        # The engine first: a crash from here on still lets `range down` remove by label.
+        state.engine_url = self.docker.url
+        self._save()
+
+        def record(container: DockerHost) -> None:
+            state.containers[container.container_name] = container.container_id
+            state.shells.append(ProcessRecord.of(container.pid, "container", container.name))
+            if len(state.containers) % SAVE_EVERY == 0:
+                self._save()
+
+        try:
+            return self.docker.start(wanted, on_started=record)
+        finally:
+            self._save()
 
     def _configure_addresses(self) -> None:
         plan = self.plan
         jobs: list[tuple[int, str]] = []
+        enter: dict[int, list[str]] = {plan.router_pid: ["mnexec", "-a", str(plan.router_pid)]}
         for host in plan.hosts:
+            enter[plan.host_pids[host.name]] = plan.exec_prefix(host.name)
             jobs.append((plan.host_pids[host.name], (
                 "link set lo up\n"
                 f"addr add {host.ip}/{host.prefix} dev eth0\n"
@@ -345,7 +383,7 @@ class Range:
                     failures.append(f"pid {pid}: {err.strip()}")
 
         for pid, batch in jobs:
-            popen = subprocess.Popen(["mnexec", "-a", str(pid), "ip", "-batch", "-"],
+            popen = subprocess.Popen([*enter[pid], "ip", "-batch", "-"],
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
             assert popen.stdin is not None

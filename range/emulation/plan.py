@@ -70,6 +70,10 @@ class HostPlan:
     user: bool
     value: str
     decoy_port: int
+    # "namespace" (a Mininet host) or "docker" (a container host, see docker_hosts.py);
+    # `image` is the container's image, HOST_IMAGE for the range's own.
+    backend: str = "namespace"
+    image: str = ""
 
     @property
     def vulnerable_ports(self) -> tuple[int, ...]:
@@ -102,6 +106,9 @@ class RangePlan:
     step_period: float
     host_pids: dict[str, int] = field(default_factory=dict)
     router_pid: int = 0
+    # Processes a container host's image runs besides its holder (a user image's own
+    # daemons): part of the host, never "new" to the sensor, spared by Restore.
+    baseline_pids: dict[str, list[int]] = field(default_factory=dict)
 
     # ----------------------------------------------------------- lookups
 
@@ -113,6 +120,23 @@ class RangePlan:
 
     def _host_index(self) -> dict[str, int]:
         return {h.name: i for i, h in enumerate(self.hosts)}
+
+    def baseline(self, host: str) -> set[int]:
+        """The processes that make up `host` itself: its namespace holder (a Mininet
+        shell or a container's init) and a container image's own processes."""
+        return {self.host_pids[host], *self.baseline_pids.get(host, ())}
+
+    def exec_prefix(self, host: str) -> list[str]:
+        """argv prefix that runs a program of this machine in `host`'s network namespace.
+
+        `mnexec -a` also joins the holder's mount namespace: harmless for a Mininet
+        host (it shares ours), but inside a container it would hide the run directory
+        and our Python, so container hosts are entered for their network only.
+        """
+        pid = self.host_pids[host]
+        if self.host(host).backend == "docker":
+            return ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
+        return ["mnexec", "-a", str(pid)]
 
     def hosts_in(self, subnet: str) -> tuple[HostPlan, ...]:
         return tuple(h for h in self.hosts if h.subnet == subnet)
@@ -218,6 +242,7 @@ def make_plan(scenario: Scenario, run_id: str, run_dir: str | Path) -> RangePlan
                 mission=host.mission, user=host.user, value=host.value,
                 decoy_port=next((p for p in DECOY_PORTS if p not in used and p != IMPLANT_PORT),
                                 0),
+                backend=host.backend, image=host.image or "",
             ))
         subnets.append(SubnetPlan(
             name=subnet.name, index=k, cidr=subnet.cidr, bridge=bridge, router_ip=router_ip,

@@ -4,7 +4,9 @@ Every run has a directory `RUNS_ROOT/<run_id>/` holding `state.json` (bridges,
 veths, namespaces' holder processes, program PIDs, each PID with its start time
 so a recycled PID is never killed) and `pids/*.pids` (processes host programs
 started, e.g. implants). `teardown_run` reads them back, so `cyberdial range down
-RUN_ID` works after the controller died. Nothing is ever matched by pattern.
+RUN_ID` works after the controller died. Container hosts are recorded with the
+engine's URL and removed through it by the run's label. Nothing is ever matched
+by pattern.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ RUNS_ROOT = Path(os.environ.get("CYBERDIAL_RUNS", "/run/cyberdial"))
 STATE_FILE = "state.json"
 KILL_WAIT_S = 5.0
 LINK_WAIT_S = 30.0
-# Shells that hold a namespace of their own (a bridge's shell runs in the root namespace).
-NAMESPACE_ROLES = ("host", "router")
+# Processes that hold a namespace of their own (a bridge's shell runs in the root
+# namespace): Mininet shells, and the init of each container host.
+NAMESPACE_ROLES = ("host", "router", "container")
 
 
 class RunNotFound(CyberdialError):
@@ -84,6 +87,10 @@ class RunState:
     netns: dict[str, int] = field(default_factory=dict)  # host -> netns inode
     endpoints: dict[str, str] = field(default_factory=dict)
     hosts: int = 0
+    # Container hosts: the engine they run on, and container name -> id. Their inits
+    # are in `shells` (role "container"), so a dead engine still cannot keep them.
+    engine_url: str = ""
+    containers: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -192,6 +199,8 @@ class TeardownReport:
     killed: int = 0
     links_deleted: int = 0
     links_left: list[str] = field(default_factory=list)
+    containers_removed: int = 0
+    containers_left: list[str] = field(default_factory=list)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -223,6 +232,9 @@ def teardown(state: RunState, *, keep_controller: bool = True) -> TeardownReport
     ]
     report.killed += kill_all(state.programs + recorded_pids(state.run_dir) + inside)
     report.phases["processes_s"] = time.monotonic() - started
+    if state.engine_url:
+        _remove_containers(state, report)
+        report.phases["containers_s"] = time.monotonic() - started
     report.killed += kill_all(state.shells)
     report.phases["shells_s"] = time.monotonic() - started
     links = existing_links()
@@ -242,10 +254,40 @@ def teardown(state: RunState, *, keep_controller: bool = True) -> TeardownReport
     report.phases["links_gone_s"] = time.monotonic() - started
     if report.links_left:
         logger.warning("links left after teardown of %s: %s", state.run_id, report.links_left)
+    elif report.containers_left:
+        # Keep state.json: it is how `range down RUN_ID` finds the engine next time.
+        logger.warning("containers of %s left on %s (engine unreachable?): %s; run"
+                       " `cyberdial range down %s` again once the engine answers",
+                       state.run_id, state.engine_url, report.containers_left, state.run_id)
     else:
         shutil.rmtree(state.run_dir, ignore_errors=True)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _remove_containers(state: RunState, report: TeardownReport) -> None:
+    """Remove the run's containers, networks and built images by its label, on the engine
+    the run recorded (or, if that one moved, the first that answers)."""
+    from cyberdial.range.emulation import docker_engine  # only container runs need the SDK
+
+    try:
+        urls = list(dict.fromkeys([state.engine_url, *docker_engine.candidate_urls()]))
+        client, url = docker_engine.connect_url(urls)
+    except CyberdialError as error:
+        report.containers_left = sorted(state.containers)
+        logger.warning("cannot reach the engine of run %s: %s", state.run_id, error)
+        return
+    try:
+        removal = docker_engine.remove_run(client, state.run_id)
+        report.containers_removed = removal.containers
+        left = docker_engine.run_objects(client, state.run_id)
+        report.containers_left = sorted(left["containers"] + left["images"] + left["networks"])
+    except Exception as error:  # the SDK raises several kinds: report, keep the state
+        report.containers_left = sorted(state.containers)
+        logger.warning("removing the containers of %s on %s failed: %s", state.run_id, url,
+                       error)
+    finally:
+        client.close()
 
 
 def teardown_run(run_id: str, runs_root: Path | None = None) -> TeardownReport:

@@ -61,12 +61,13 @@ class Actuator:
                              **extra)
 
     def guests(self, host: HostPlan) -> list[int]:
-        """Processes in the host's namespace besides the shell that holds it."""
-        shell = self.plan.host_pids[host.name]
-        inode = netns_inode(shell)
+        """Processes in the host's namespace besides the host's own (its holder shell or
+        container init, and a container image's own daemons)."""
+        own = self.plan.baseline(host.name)
+        inode = netns_inode(self.plan.host_pids[host.name])
         if inode is None:
             return []
-        return [pid for pid in processes_in([inode])[inode] if pid != shell]
+        return [pid for pid in processes_in([inode])[inode] if pid not in own]
 
     def implants(self, host: HostPlan) -> list[int]:
         return [pid for pid in self.guests(host) if IMPLANT_MODULE in cmdline(pid)]

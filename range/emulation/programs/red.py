@@ -131,7 +131,7 @@ class Red:
         entry = self.model.entry_host
         host = self.host(entry)
         child = subprocess.Popen(
-            ["mnexec", "-a", str(self.pid_of(entry)), sys.executable, "-m", IMPLANT_MODULE,
+            [*self.plan.exec_prefix(host.name), sys.executable, "-m", IMPLANT_MODULE,
              "--run-dir", str(self.plan.root), "--host", host.name],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
         )

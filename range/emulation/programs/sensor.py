@@ -60,7 +60,8 @@ class Sensor:
         self.last_alert: dict[tuple[str, str, str], float] = {}
         # Host state baselines for the watchers.
         self.inode_host = {netns_inode(plan.host_pids[h.name]): h.name for h in self.hosts}
-        self.baseline_pids = {plan.host_pids[h.name] for h in self.hosts}
+        # A host's own processes: its holder, and a container image's daemons.
+        self.baseline_pids = {pid for h in self.hosts for pid in plan.baseline(h.name)}
         self.seen_pids: set[int] = set()
         self.files = {h.name: self.file_signature(h.name) for h in self.hosts}
         self.down: set[tuple[str, int]] = set()

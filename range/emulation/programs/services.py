@@ -149,7 +149,7 @@ class Services:
     async def start_implant(self, host: HostPlan) -> int:
         """Start the marker implant inside `host`; its PID once it is listening, else 0."""
         process = await asyncio.create_subprocess_exec(
-            "mnexec", "-a", str(self.plan.host_pids[host.name]), sys.executable, "-m",
+            *self.plan.exec_prefix(host.name), sys.executable, "-m",
             IMPLANT_MODULE, "--run-dir", str(self.plan.root), "--host", host.name,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             start_new_session=True,
