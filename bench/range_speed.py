@@ -3,9 +3,17 @@
 For each scenario: time to `Range.up()` (every host answers, every service
 listens, every program is ready), a few steps of red and green running, then time
 to `down()`. Memory: the machine's peak drop in MemAvailable while the range was
-up, and the summed PSS of the run's processes (host shells, programs, implants).
-Needs root. Usage: sudo .venv/bin/python bench/range_speed.py [tiny small large] [--steps N]
-Figures are printed, never asserted.
+up, and the summed PSS of the run's processes (host shells, programs, implants;
+not the Docker engine's own processes).
+
+Container hosts: a name `SCENARIO@docker` runs every host of the scenario in a
+container, `SCENARIO@dockerN` its leading host groups that make exactly N hosts
+(`small@docker50`: small's 48 users and 2 web servers); the engine is the
+machine's or our own dockerd, started and stopped by the bench. Per host, the
+table gives the time to create one host (Mininet's shell, or the container) and,
+at down, to remove one container (its share of the removal phase).
+Needs root. Usage: sudo .venv/bin/python bench/range_speed.py [tiny small large
+tiny@docker small@docker50] [--steps N]. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import describe_machine
 
+from cyberdial.range.emulation.docker_engine import EngineUnavailable, OwnEngine, connect
+from cyberdial.range.emulation.docker_hosts import HOST_IMAGE
 from cyberdial.range.emulation.emulator import Range
 from cyberdial.range.emulation.state import RunState, recorded_pids
-from cyberdial.range.scenario import load_scenario
+from cyberdial.range.scenario import Scenario, load_scenario
 
 GIB = 2**30
 
@@ -61,8 +71,34 @@ class MemoryWatch(threading.Thread):
             self.peak_used = max(self.peak_used, self.baseline - mem_available())
 
 
-def bench(name: str, steps: int) -> dict[str, float]:
+def with_containers(scenario: Scenario, count: int | None) -> Scenario:
+    """The scenario with its leading host groups (all if `count` is None) in containers."""
+    data = scenario.model_dump()
+    hosts = 0
+    for group in data["hosts"]:
+        if count is not None and hosts >= count:
+            break
+        group["backend"], group["image"] = "docker", HOST_IMAGE
+        hosts += group["count"]
+    if count is not None and hosts != count:
+        raise SystemExit(f"{scenario.name}'s leading host groups make {hosts} hosts, not"
+                         f" {count}: pick a count at a group boundary")
+    return Scenario.model_validate(data)
+
+
+def load(spec: str) -> Scenario:
+    """`tiny`, `tiny@docker` (every host a container), `small@docker50` (the first 50)."""
+    name, _, variant = spec.partition("@")
     scenario = load_scenario(name)
+    if not variant:
+        return scenario
+    if not variant.startswith("docker"):
+        raise SystemExit(f"unknown variant {variant!r}: use NAME@docker or NAME@dockerN")
+    return with_containers(scenario, int(variant[6:]) if variant[6:] else None)
+
+
+def bench(spec: str, steps: int) -> dict[str, float]:
+    scenario = load(spec)
     watch = MemoryWatch()
     watch.start()
     emulated = Range(scenario)
@@ -87,8 +123,18 @@ def bench(name: str, steps: int) -> dict[str, float]:
         down_s = time.monotonic() - down_started
         watch.stop.set()
         watch.join()
+    containers = sum(1 for h in scenario.all_hosts if h.backend == "docker")
+    namespaces = len(scenario.all_hosts) - containers
+    timings = emulated.timings
+    removal_s = timings.get("down_containers_s", 0.0) - timings.get("down_processes_s", 0.0)
     return {
-        "hosts": len(scenario.all_hosts), "up_s": up_s, "down_s": down_s,
+        "hosts": len(scenario.all_hosts), "containers": containers, "up_s": up_s,
+        "down_s": down_s,
+        "namespace_host_ms": 1000 * timings.get("hosts_s", 0.0) / namespaces if namespaces
+        else float("nan"),
+        "container_host_ms": 1000 * timings.get("containers_s", 0.0) / containers if containers
+        else float("nan"),
+        "container_down_ms": 1000 * removal_s / containers if containers else float("nan"),
         "network_s": emulated.timings.get("network_s", 0.0),
         "programs_s": emulated.timings.get("programs_s", 0.0),
         "measure_s": measure_s, "peak_gib": watch.peak_used / GIB, "pss_gib": run_pss / GIB,
@@ -99,17 +145,31 @@ def bench(name: str, steps: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenarios", nargs="*", default=["tiny", "small", "large"])
+    parser.add_argument("scenarios", nargs="*", default=["tiny", "small", "large"],
+                        help="shipped names, or NAME@docker / NAME@dockerN for container hosts")
     parser.add_argument("--steps", type=int, default=5, help="steps to run while up (default 5)")
     args = parser.parse_args()
+    engine: OwnEngine | None = None
+    if any("@" in spec for spec in args.scenarios):
+        try:
+            connect().close()
+        except EngineUnavailable:
+            engine = OwnEngine.start_engine()
     print(f"machine: {describe_machine()}")
-    print(f"{'scenario':<9}{'hosts':>6}{'up s':>8}{'(net s':>8}{'progs s)':>9}{'down s':>8}"
-          f"{'peak GiB':>10}{'PSS GiB':>9}{'referee s':>10}")
-    for name in args.scenarios:
-        r = bench(name, args.steps)
-        print(f"{name:<9}{r['hosts']:>6.0f}{r['up_s']:>8.2f}{r['network_s']:>8.2f}"
-              f"{r['programs_s']:>9.2f}{r['down_s']:>8.2f}{r['peak_gib']:>10.2f}"
-              f"{r['pss_gib']:>9.2f}{r['measure_s']:>10.3f}", flush=True)
+    print(f"{'scenario':<16}{'hosts':>6}{'ctrs':>5}{'up s':>7}{'(net s':>8}{'progs s)':>9}"
+          f"{'down s':>8}{'ns host ms':>11}{'ctr up ms':>10}{'ctr down ms':>12}"
+          f"{'peak GiB':>9}{'PSS GiB':>8}{'referee s':>10}")
+    try:
+        for spec in args.scenarios:
+            r = bench(spec, args.steps)
+            print(f"{spec:<16}{r['hosts']:>6.0f}{r['containers']:>5.0f}{r['up_s']:>7.2f}"
+                  f"{r['network_s']:>8.2f}{r['programs_s']:>9.2f}{r['down_s']:>8.2f}"
+                  f"{r['namespace_host_ms']:>11.1f}{r['container_host_ms']:>10.1f}"
+                  f"{r['container_down_ms']:>12.1f}{r['peak_gib']:>9.2f}{r['pss_gib']:>8.2f}"
+                  f"{r['measure_s']:>10.3f}", flush=True)
+    finally:
+        if engine is not None:
+            engine.stop()
     return 0
 
 
