@@ -475,8 +475,14 @@ def test_range_down_removes_containers_after_a_killed_controller(
         assert sorted(state.containers) == sorted(f"cd-{run_id}-{h}" for h in CONTAINER_HOSTS)
         assert sorted(r.name for r in state.shells if r.role == "container") == sorted(
             CONTAINER_HOSTS)
+        plan = RangePlan.load(state.run_dir)
+        # `range shell` works in a container host (our image has the machine's tools).
+        ping = subprocess.run([*CLI, "range", "shell", run_id, "defender", "--", "ping", "-c",
+                               "1", "-W", "2", plan.host("user1").ip], capture_output=True,
+                              text=True, timeout=30, cwd=REPO)
+        assert ping.returncode == 0 and "1 received" in ping.stdout, ping.stdout + ping.stderr
         # A process started inside a container host, left behind by the crash.
-        implant = exploit(RangePlan.load(state.run_dir), "user0", "ophost0")
+        implant = exploit(plan, "user0", "ophost0")
         records = records_of(run_id)
         assert any(r.pid == implant for r in records.processes)
         controller.send_signal(signal.SIGKILL)
