@@ -58,7 +58,10 @@ class Red:
         if self.scenario.red.start_jitter:
             # As the simulator: an extra start delay drawn once per episode (run).
             self.wait += int(self.rng.integers(0, self.scenario.red.start_jitter + 1))
+        # The action under way and the steps until it takes effect, as in the simulator:
+        # chosen at step t, a d-step action acts at step t + d - 1.
         self.timer = 0
+        self.pending: tuple[RedActionKind, int] | None = None
         self.step = 0
         red = self.scenario.red
         self.durations = {
@@ -270,10 +273,14 @@ class Red:
 
     def act(self) -> None:
         self.refresh()
-        if self.timer > 0:
+        if self.pending is not None:
             self.timer -= 1
             if self.timer > 0:
                 return
+            kind, target = self.pending
+            self.pending = None
+            self.carry_out(kind, target)
+            return
         if not self.implants:
             if self.wait <= 0:
                 self.enter()
@@ -289,12 +296,19 @@ class Red:
         kind, target = RedActionKind(int(kinds[0])), int(targets[0])
         if kind == RedActionKind.NONE:
             return
+        if self.durations[kind] <= 1:
+            self.carry_out(kind, target)
+        else:
+            self.pending = (kind, target)
+            self.timer = self.durations[kind] - 1
+
+    def carry_out(self, kind: RedActionKind, target: int) -> None:
+        """Do it now; each action checks again that it still can (as the simulator does)."""
         {
             RedActionKind.SWEEP: self.sweep, RedActionKind.SCAN: self.scan,
             RedActionKind.EXPLOIT: self.exploit, RedActionKind.ESCALATE: self.escalate,
             RedActionKind.IMPACT: self.impact,
         }[kind](target)
-        self.timer = self.durations[kind]
 
     def run(self) -> None:
         self.program.ready()
