@@ -80,6 +80,8 @@ class GroundTruth(_Record):
     impacted: list[str]
     blocked: list[str]
     red_action: str = ""
+    # What red did this step that reached its target: "scan opserver0", "sweep user"...
+    red_actions: list[str] = []
 
 
 class StepRecord(_Record):

@@ -13,6 +13,9 @@ from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
+from numpy.typing import NDArray
+from pettingzoo import ParallelEnv
+
 from cyberdial.range.model import (
     ACTIVITY_BITS,
     COMPROMISE_BITS,
@@ -24,8 +27,6 @@ from cyberdial.range.model import (
     RedActionKind,
 )
 from cyberdial.range.scenario import Scenario, load_scenario
-from numpy.typing import NDArray
-from pettingzoo import ParallelEnv
 
 
 @dataclass
@@ -96,6 +97,10 @@ class SimBatch:
         self.red_kind = np.zeros(b, dtype=np.int64)
         self.red_target = np.zeros(b, dtype=np.int64)
         self.red_timer = np.zeros(b, dtype=np.int64)
+        # What red completed this step and whether it reached its target (recordings).
+        self.red_done_kind = np.zeros(b, dtype=np.int64)
+        self.red_done_target = np.zeros(b, dtype=np.int64)
+        self.red_done_reached = np.zeros(b, dtype=bool)
         self.red_wait = np.full(b, self.scenario.red.start_delay, dtype=np.int64)
         if self.scenario.red.start_jitter:
             # Drawn only when asked for, so scenarios without jitter keep their seeds' episodes.
@@ -227,12 +232,22 @@ class SimBatch:
             self.red_timer[index] = self._red_durations[kinds]
         self.red_timer = np.maximum(self.red_timer - 1, 0)
         complete = (self.red_timer == 0) & (self.red_kind != RedActionKind.NONE)
+        self.red_done_kind[:] = RedActionKind.NONE
         if not complete.any():
             return
         reach = m.red_reach(self.compromise, self.blocked)
         kind, target = self.red_kind, self.red_target
         envs = np.arange(b)
         host_reach = reach[envs, m.host_subnet[np.minimum(target, m.n_hosts - 1)]]
+        self.red_done_kind[complete] = kind[complete]
+        self.red_done_target[complete] = target[complete]
+        self.red_done_reached[:] = np.where(
+            kind == RedActionKind.SWEEP,
+            reach[envs, np.minimum(target, m.n_subnets - 1)],
+            np.where(
+                (kind == RedActionKind.SCAN) | (kind == RedActionKind.EXPLOIT), host_reach, True
+            ),
+        )
         sensors = self.scenario.sensors
 
         sel = (
@@ -352,7 +367,21 @@ class SimBatch:
                 s.name for i, s in enumerate(self.scenario.subnets) if self.blocked[env, i]
             ],
             "red_action": RedActionKind(int(self.red_kind[env])).name.lower(),
+            "red_actions": self.red_actions_done(env),
         }
+
+    def red_actions_done(self, env: int = 0) -> list[str]:
+        """What red completed this step against what it reached, e.g. ["scan opserver0"]."""
+        kind = RedActionKind(int(self.red_done_kind[env]))
+        if kind == RedActionKind.NONE or not self.red_done_reached[env]:
+            return []
+        target = int(self.red_done_target[env])
+        name = (
+            self.scenario.subnets[target].name
+            if kind == RedActionKind.SWEEP
+            else self.scenario.all_hosts[target].name
+        )
+        return [f"{kind.name.lower()} {name}"]
 
 
 # ------------------------------------------------------------------- PettingZoo

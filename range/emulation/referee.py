@@ -127,6 +127,7 @@ class Referee:
         self.model = GameModel(scenario)
         self._green = _Tail(plan.root / "green")
         self._actions = _Tail(plan.root / "actions")
+        self._red = _Tail(plan.root / "red")
         self._on_reset = on_reset
         self.measurements = 0
 
@@ -138,6 +139,7 @@ class Referee:
             self._on_reset(seed)
         self._green.read()
         self._actions.read()
+        self._red.read()
 
     def measure(self, bits_sent: int = 0) -> dict[str, Any]:
         """Per-host compromise, impacted hosts, blocked subnets, green outcomes and restores
@@ -158,6 +160,12 @@ class Referee:
         failures = sum(1 for r in green if r.get("ok") is False)
         restores = sum(1 for r in self._actions.read()
                        if r.get("action") == "restore" and r.get("ok"))
+        # Red's own log says what it tried; only what sent traffic from a foothold (or
+        # succeeded on one) counts, for comparing detection with the simulator's sensors.
+        red_actions = [
+            f"{r.get('action')} {r.get('target')}" for r in self._red.read()
+            if r.get("source") or (r.get("ok") and r.get("action") in ("escalate", "impact"))
+        ]
         terms = model.reward_terms(
             compromise, impacted, np.array([failures], dtype=np.int64),
             np.array([restores], dtype=np.int64), np.array([bits_sent], dtype=np.int64),
@@ -172,6 +180,7 @@ class Referee:
             "green_successes": successes,
             "green_failures": failures,
             "restores": restores,
+            "red_actions": red_actions,
             "reward_terms": {k: float(v[0]) for k, v in terms.items()},
             "reward": float(terms["total"][0]),
         }

@@ -1,0 +1,363 @@
+"""Sim-to-emulation validation: the same policy and seeds in both ranges, compared.
+
+`compare_recordings` reads a simulator recording and an emulated one (same
+policy, same seeds) and measures, identically on both: returns (with the gap and
+a bootstrap confidence interval), reward terms, action distributions, and how the
+sensors did against what red really did each step — scan, exploit and
+compromise detection rates, false-positive alerts, and the per-bit agreement of
+the activity bits with what the simulator's sensor model would have shown.
+`write_validation` turns that into validation.md and PNGs with a one-line verdict.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cyberdial.agents.recording import Recording, StepRecord
+from cyberdial.agents.report import TERMS
+
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+# Alert kinds as activity levels (as the bridge encodes them): 1 scan, 2 exploit.
+ALERT_LEVEL = {"scan": 1, "exploit": 2, "decoy_touched": 2}
+ACTIVITY_BITS = {0: (0, 0), 1: (1, 0), 2: (1, 1)}
+
+
+@dataclass
+class SensorFigures:
+    """How a range's sensors did against red's real actions (rates are NaN when unseen)."""
+
+    red_scans: int = 0
+    scans_detected: int = 0
+    red_exploits: int = 0
+    exploits_detected: int = 0
+    compromises: int = 0
+    compromises_detected: int = 0
+    activity_alerts: int = 0
+    false_positive_alerts: int = 0
+    cells: int = 0
+    bit_agreement: list[int] = field(default_factory=lambda: [0, 0])
+    touched_cells: int = 0
+    touched_bit_agreement: list[int] = field(default_factory=lambda: [0, 0])
+    episodes: int = 0
+
+    @staticmethod
+    def _rate(hits: int, total: int) -> float:
+        return hits / total if total else float("nan")
+
+    def rates(self) -> dict[str, float]:
+        return {
+            "scan detection rate": self._rate(self.scans_detected, self.red_scans),
+            "exploit detection rate": self._rate(self.exploits_detected, self.red_exploits),
+            "compromise detection rate": self._rate(self.compromises_detected, self.compromises),
+            "false-positive alerts per episode": self._rate(
+                self.false_positive_alerts, self.episodes
+            ),
+            "share of alerts that are false positives": self._rate(
+                self.false_positive_alerts, self.activity_alerts
+            ),
+            "activity bit 1 agreement, all host-steps": self._rate(
+                self.bit_agreement[0], self.cells
+            ),
+            "activity bit 2 agreement, all host-steps": self._rate(
+                self.bit_agreement[1], self.cells
+            ),
+            "activity bit 1 agreement, host-steps red touched": self._rate(
+                self.touched_bit_agreement[0], self.touched_cells
+            ),
+            "activity bit 2 agreement, host-steps red touched": self._rate(
+                self.touched_bit_agreement[1], self.touched_cells
+            ),
+        }
+
+
+def _levels(step: StepRecord) -> dict[str, int]:
+    levels: dict[str, int] = {}
+    for alert in step.alerts:
+        level = ALERT_LEVEL.get(alert.kind, 0)
+        if level > levels.get(alert.host, 0):
+            levels[alert.host] = level
+    return levels
+
+
+def _red(
+    step: StepRecord, hosts_of_subnet: dict[str, list[str]]
+) -> tuple[dict[str, int], set[str]]:
+    """Red's expected activity level per host this step, and every host it touched."""
+    expected: dict[str, int] = {}
+    touched: set[str] = set()
+    for action in step.ground_truth.red_actions:
+        verb, _, target = action.partition(" ")
+        if verb == "sweep":
+            touched.update(hosts_of_subnet.get(target, []))
+        elif verb in ("scan", "exploit"):
+            level = 1 if verb == "scan" else 2
+            expected[target] = max(expected.get(target, 0), level)
+            touched.add(target)
+        else:
+            touched.add(target)
+    return expected, touched
+
+
+def sensor_figures(recording: Recording) -> SensorFigures:
+    figures = SensorFigures()
+    hosts = [h.name for h in recording.header.hosts]
+    hosts_of_subnet: dict[str, list[str]] = {}
+    for host in recording.header.hosts:
+        hosts_of_subnet.setdefault(host.subnet, []).append(host.name)
+    entry_hosts: set[str] = set()
+    for episode in recording.episodes():
+        figures.episodes += 1
+        steps = recording.steps_of(episode)
+        levels = [_levels(step) for step in steps]
+        reds = [_red(step, hosts_of_subnet) for step in steps]
+        if steps:
+            # Red's phishing foothold raises no network alert in either range.
+            first = steps[0].ground_truth.compromise
+            entry_hosts |= {h for h, c in first.items() if c != "clean"}
+        for t, step in enumerate(steps):
+            expected, touched = reds[t]
+            now, later = levels[t], levels[t + 1] if t + 1 < len(steps) else {}
+            before_touched = reds[t - 1][1] if t > 0 else set()
+            for host, level in expected.items():
+                seen = max(now.get(host, 0), later.get(host, 0))
+                if level == 1:
+                    figures.red_scans += 1
+                    figures.scans_detected += seen >= 1
+                else:
+                    figures.red_exploits += 1
+                    figures.exploits_detected += seen >= 2
+            for host, level in now.items():
+                if level:
+                    figures.activity_alerts += 1
+                    if host not in touched and host not in before_touched:
+                        figures.false_positive_alerts += 1
+            if t > 0:
+                was = steps[t - 1].ground_truth.compromise
+                for host, state in step.ground_truth.compromise.items():
+                    if state != "clean" and was.get(host) == "clean" and host not in entry_hosts:
+                        figures.compromises += 1
+                        before = levels[t - 1].get(host, 0)
+                        figures.compromises_detected += max(now.get(host, 0), before) >= 2
+            for host in hosts:
+                want = ACTIVITY_BITS[expected.get(host, 0)]
+                got = ACTIVITY_BITS[now.get(host, 0)]
+                figures.cells += 1
+                agree = [int(want[i] == got[i]) for i in range(2)]
+                figures.bit_agreement = [
+                    a + b for a, b in zip(figures.bit_agreement, agree, strict=True)
+                ]
+                if host in touched:
+                    figures.touched_cells += 1
+                    figures.touched_bit_agreement = [
+                        a + b for a, b in zip(figures.touched_bit_agreement, agree, strict=True)
+                    ]
+    return figures
+
+
+def episode_returns(recording: Recording) -> np.ndarray:
+    return np.array([sum(s.reward for s in recording.steps_of(e)) for e in recording.episodes()])
+
+
+def bootstrap_gap(sim: np.ndarray, emulated: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for mean(emulated) - mean(sim)."""
+    rng = np.random.default_rng(seed)
+    a = rng.choice(sim, size=(BOOTSTRAP_RESAMPLES, len(sim))).mean(axis=1)
+    b = rng.choice(emulated, size=(BOOTSTRAP_RESAMPLES, len(emulated))).mean(axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(b - a, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def action_shares(recording: Recording) -> dict[str, float]:
+    counts: Counter[str] = Counter()
+    for step in recording.steps:
+        for label in step.actions.values():
+            counts[label.split(" ")[0]] += 1
+    total = sum(counts.values()) or 1
+    return {verb: n / total for verb, n in counts.items()}
+
+
+def term_means(recording: Recording) -> dict[str, float]:
+    return {
+        term: float(
+            np.mean(
+                [
+                    sum(s.reward_terms.get(term, 0.0) for s in recording.steps_of(e))
+                    for e in recording.episodes()
+                ]
+            )
+        )
+        for term in TERMS
+    }
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    gap: float
+    allowed: float
+    line: str
+
+
+def verdict(sim: np.ndarray, emulated: np.ndarray, tolerance: float) -> Verdict:
+    """Pass when |mean gap| <= tolerance × max(|sim mean|, 1)."""
+    gap = float(emulated.mean() - sim.mean())
+    allowed = tolerance * max(abs(float(sim.mean())), 1.0)
+    passed = abs(gap) <= allowed
+    line = (
+        f"{'PASS' if passed else 'FAIL'}: emulated return {emulated.mean():.2f} vs simulated"
+        f" {sim.mean():.2f}, gap {gap:+.2f}; allowed ±{allowed:.2f}"
+        f" (tolerance {tolerance:g} × max(|sim mean|, 1))"
+    )
+    return Verdict(passed, gap, allowed, line)
+
+
+def _bar_pair(
+    path: Path, title: str, labels: list[str], sim: list[float], emu: list[float], ylabel: str
+) -> None:
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 3), 4))
+    x = np.arange(len(labels))
+    axis.bar(x - 0.2, sim, width=0.4, label="simulated")
+    axis.bar(x + 0.2, emu, width=0.4, label="emulated")
+    axis.set_xticks(x)
+    axis.set_xticklabels(labels, rotation=20, ha="right")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.2f}"
+
+
+def write_validation(
+    sim: Recording, emulated: Recording, out_dir: Path, tolerance: float, command: str = ""
+) -> Verdict:
+    """Write validation.md and its PNGs into `out_dir`; return the verdict."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim_returns, emu_returns = episode_returns(sim), episode_returns(emulated)
+    result = verdict(sim_returns, emu_returns, tolerance)
+    low, high = bootstrap_gap(sim_returns, emu_returns)
+    header = sim.header
+    lines = [
+        f"# Validation: {header.scenario}, policy `{header.policy}`",
+        "",
+        f"{len(sim_returns)} simulated and {len(emu_returns)} emulated episodes with the same"
+        f" seeds (first seed {header.seed}); scenario hash `{header.scenario_hash}`"
+        + (f"; emulated run `{emulated.header.run_id}`" if emulated.header.run_id else "")
+        + ".",
+    ]
+    if command:
+        lines += ["", f"Command: `{command}`"]
+    lines += [
+        "",
+        "## Return",
+        "",
+        "| range | mean ± std | episodes |",
+        "|---|---|---|",
+        f"| simulated | {sim_returns.mean():.2f} ± {sim_returns.std():.2f} | {len(sim_returns)} |",
+        f"| emulated | {emu_returns.mean():.2f} ± {emu_returns.std():.2f} | {len(emu_returns)} |",
+        "",
+        f"Gap (emulated − simulated): {result.gap:+.2f}, {CONFIDENCE:.0%} bootstrap interval"
+        f" [{low:+.2f}, {high:+.2f}].",
+        "",
+        "## Reward terms (mean cost per episode)",
+        "",
+        "| term | simulated | emulated |",
+        "|---|---|---|",
+    ]
+    sim_terms, emu_terms = term_means(sim), term_means(emulated)
+    lines += [f"| {t} | {sim_terms[t]:.2f} | {emu_terms[t]:.2f} |" for t in TERMS]
+    sim_actions, emu_actions = action_shares(sim), action_shares(emulated)
+    verbs = sorted(set(sim_actions) | set(emu_actions))
+    lines += [
+        "",
+        "## Actions (share of all agent-steps)",
+        "",
+        "| action | simulated | emulated |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {v} | {sim_actions.get(v, 0.0):.2%} | {emu_actions.get(v, 0.0):.2%} |" for v in verbs
+    ]
+    sim_sensors, emu_sensors = sensor_figures(sim), sensor_figures(emulated)
+    sim_rates, emu_rates = sim_sensors.rates(), emu_sensors.rates()
+    lines += [
+        "",
+        "## Sensors against red's real actions",
+        "",
+        "Detection counts an alert on the host in the step of red's action or the next;"
+        " a false positive is an alert on a host red did not touch that step or the one"
+        " before; bit agreement compares each host-step's activity bits with what the"
+        " simulator's sensor model would show for red's actions (every scan seen as 10,"
+        " every exploit as 11, nothing else).",
+        "",
+        "| figure | simulated | emulated |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {_fmt(sim_rates[name])} | {_fmt(emu_rates[name])} |" for name in sim_rates
+    ]
+    lines += [
+        f"| red scans / exploits / compromises seen | {sim_sensors.red_scans} /"
+        f" {sim_sensors.red_exploits} / {sim_sensors.compromises} | {emu_sensors.red_scans} /"
+        f" {emu_sensors.red_exploits} / {emu_sensors.compromises} |",
+        "",
+        "![returns](returns.png)",
+        "![reward terms](terms.png)",
+        "![actions](actions.png)",
+        "![sensors](sensors.png)",
+        "",
+        "## Verdict",
+        "",
+        result.line,
+        "",
+    ]
+    figure, axis = plt.subplots(figsize=(5, 4))
+    axis.boxplot([sim_returns, emu_returns])
+    axis.set_xticks([1, 2])
+    axis.set_xticklabels(["simulated", "emulated"])
+    axis.set_ylabel("episode return")
+    axis.set_title("returns, same seeds")
+    figure.tight_layout()
+    figure.savefig(out_dir / "returns.png", dpi=100)
+    plt.close(figure)
+    _bar_pair(
+        out_dir / "terms.png",
+        "reward terms",
+        list(TERMS),
+        [sim_terms[t] for t in TERMS],
+        [emu_terms[t] for t in TERMS],
+        "mean cost / episode",
+    )
+    _bar_pair(
+        out_dir / "actions.png",
+        "actions",
+        verbs,
+        [sim_actions.get(v, 0.0) for v in verbs],
+        [emu_actions.get(v, 0.0) for v in verbs],
+        "share of agent-steps",
+    )
+    names = [n for n in sim_rates if "rate" in n or "agreement" in n]
+    _bar_pair(
+        out_dir / "sensors.png",
+        "sensors",
+        [n.replace(", ", "\n") for n in names],
+        [np.nan_to_num(sim_rates[n]) for n in names],
+        [np.nan_to_num(emu_rates[n]) for n in names],
+        "rate",
+    )
+    (out_dir / "validation.md").write_text("\n".join(lines), encoding="utf-8")
+    return result
