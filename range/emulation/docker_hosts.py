@@ -91,11 +91,11 @@ class DockerHosts:
 
     # -------------------------------------------------------- containers
 
-    def start(self, hosts: Sequence[HostPlan],
+    def start(self, hosts: Sequence[HostPlan], images: dict[str, tuple[str, bool]],
               on_started: Callable[[DockerHost], None] | None = None) -> list[DockerHost]:
-        """Start one container per host (a few at a time); `on_started` runs in this thread
-        after each, so the caller can record it before the next failure could strike."""
-        images = self.resolve_images(hosts)
+        """Start one container per host (a few at a time) from `resolve_images`' answer;
+        `on_started` runs in this thread after each, so the caller can record it before
+        the next failure could strike."""
         started: list[DockerHost] = []
 
         def run(host: HostPlan) -> DockerHost:

@@ -344,7 +344,10 @@ class Range:
                 self._save()
 
         try:
-            return self.docker.start(wanted, on_started=record)
+            t = time.monotonic()
+            images = self.docker.resolve_images(wanted)
+            self.timings["image_s"] = time.monotonic() - t
+            return self.docker.start(wanted, images, on_started=record)
         finally:
             self._save()
 
