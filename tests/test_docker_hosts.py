@@ -52,7 +52,7 @@ from cyberdial.range.emulation.docker_hosts import HOST_IMAGE
 from cyberdial.range.emulation.emulator import Range
 from cyberdial.range.emulation.netns import all_pids, listening_ports
 from cyberdial.range.emulation.plan import RangePlan, check_run_id, make_plan
-from cyberdial.range.emulation.state import RUNS_ROOT, ProcessRecord, RunState
+from cyberdial.range.emulation.state import RUNS_ROOT, ProcessRecord, RunState, teardown
 from cyberdial.range.errors import HostCommandError
 from cyberdial.range.model import AlertKind
 from cyberdial.range.scenario import Scenario, load_scenario, resolve_scenario_path
@@ -505,3 +505,22 @@ def test_range_down_removes_containers_after_a_killed_controller(
     assert records is not None
     assert_nothing_left(footprint, records)
     assert_no_docker_left(engine, records)
+
+
+def test_teardown_keeps_the_run_while_its_engine_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No engine answers: the containers are reported and state.json stays for a retry."""
+    monkeypatch.setattr(docker_engine, "candidate_urls", lambda: [])
+    run_dir = tmp_path / "a1b2c3"
+    run_dir.mkdir()
+    state = RunState(
+        run_id="a1b2c3", scenario="tiny_docker", run_dir=str(run_dir), logs_dir=str(tmp_path),
+        created=time.time(), controller=ProcessRecord(pid=os.getpid(), start=0, role="controller"),
+        engine_url=f"unix://{tmp_path}/gone.sock", containers={"cd-a1b2c3-opserver0": "f00d"},
+    )
+    state.save()
+    report = teardown(RunState.load("a1b2c3", tmp_path))
+    assert report.containers_left == ["cd-a1b2c3-opserver0"]
+    assert (run_dir / "state.json").exists()
+    assert RunState.load("a1b2c3", tmp_path).containers == state.containers

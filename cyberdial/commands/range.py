@@ -127,6 +127,10 @@ def down_command(args: argparse.Namespace) -> int:
         return 0
     if report.links_left:
         raise HostCommandError(f"links left: {report.links_left}; run the command again")
+    if report.containers_left:
+        raise HostCommandError(
+            f"containers left on {state.engine_url}: {report.containers_left[:3]}; once that"
+            " Docker engine answers, run the command again")
     console.print(f"run {args.run_id} is down: {report.killed} processes killed,"
                   f" {report.links_deleted} links deleted, {report.seconds:.1f} s")
     return 0

@@ -183,6 +183,7 @@ class Range:
         if self.hub is not None:
             self.hub.close()
             self.hub = None
+        engine_url = self.state.engine_url
         report = teardown(self.state)
         self.timings.update({f"down_{k}": v for k, v in report.phases.items()})
         # Reap our own children so no zombie or ResourceWarning is left behind.
@@ -201,6 +202,11 @@ class Range:
                 f"links left after down of {self.run_id}: {report.links_left}; run"
                 f" `cyberdial range down {self.run_id}` again"
             )
+        if report.containers_left:
+            raise HostCommandError(
+                f"containers of {self.run_id} left on {engine_url}:"
+                f" {report.containers_left[:3]}; once the engine answers, run"
+                f" `cyberdial range down {self.run_id}` again")
 
     # ------------------------------------------------------------- API
 
