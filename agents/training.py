@@ -4,12 +4,13 @@
 with an ε-greedy behaviour policy, stores them in an `EpisodeBuffer` (observations,
 masks, actions, messages, rewards, global state), hands sampled batches to the
 algorithm's `Learner`, evaluates greedily now and then, logs to TensorBoard and
-writes checkpoints. Algorithms (DIAL, DIAL-SAU; later QMIX, IQL) plug in through
+writes checkpoints. Algorithms (DIAL, DIAL-SAU, QMIX, IQL) plug in through
 `ALGORITHMS`; they share this loop, the buffer and the checkpoint format.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import csv
 import importlib
@@ -19,7 +20,7 @@ import logging
 import textwrap
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,11 +51,28 @@ class AlgorithmSpec:
     """`module:Class` of the learner, imported on first use (no import cycles)."""
     sau: bool | None
     """force strategic action unmasking on or off; None keeps the scenario's setting"""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """the algorithm's reference settings: `TrainConfig` fields it changes unless given"""
 
+
+# pymarl/epymarl's QMIX and IQL settings (RNN hidden 64, 32 episodes per batch, target
+# network every 200 episodes). Their buffer holds 5000 episodes; here 1000, because
+# large's global state alone would take 6 GB per run at 5000.
+PYMARL_DEFAULTS: Mapping[str, Any] = {
+    "hidden": 64,
+    "batch_episodes": 32,
+    "buffer_episodes": 1000,
+    "target_update_episodes": 200,
+}
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "dial": AlgorithmSpec("cyberdial.agents.dial:DialLearner", sau=False),
     "dial-sau": AlgorithmSpec("cyberdial.agents.dial:DialLearner", sau=True),
+    # No learned messages; the scenario's masks (SAU) as DIAL-SAU sees them.
+    "qmix": AlgorithmSpec("cyberdial.agents.qmix:QmixLearner", sau=None,
+                          defaults=PYMARL_DEFAULTS),
+    "iql": AlgorithmSpec("cyberdial.agents.qmix:IqlLearner", sau=None,
+                         defaults=PYMARL_DEFAULTS),
 }
 
 
@@ -63,8 +81,9 @@ class TrainConfig:
     """Settings of one training run; every field is a `cyberdial train` option."""
 
     algo: str = "dial-sau"
-    """learning algorithm: dial (DIAL, every action legal) or dial-sau (DIAL with
-    strategic action unmasking)"""
+    """learning algorithm: dial (DIAL, every action legal), dial-sau (DIAL with
+    strategic action unmasking), qmix (DRQN agents and a monotonic mixer, no messages)
+    or iql (independent DRQN agents, no messages)"""
     scenario: str = "small"
     """scenario file, or a shipped name (tiny, small, large, signal)"""
     seed: int = 0
@@ -186,7 +205,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_config_arguments(parser: Any, cls: type = TrainConfig) -> None:
-    """One `--option` per dataclass field; its docstring is the help text."""
+    """One `--option` per dataclass field; its docstring is the help text.
+
+    Options not given stay out of the parsed namespace (`argparse.SUPPRESS`), so
+    `config_from_args` can tell them apart and fill in the algorithm's own defaults.
+    """
     docs = field_docs(cls)
     defaults = cls()
     for item in fields(cls):
@@ -197,9 +220,11 @@ def add_config_arguments(parser: Any, cls: type = TrainConfig) -> None:
         if kind == "bool":
             if default:
                 parser.add_argument(f"--no-{item.name.replace('_', '-')}", dest=item.name,
-                                    action="store_false", help=help_text)
+                                    action="store_false", default=argparse.SUPPRESS,
+                                    help=help_text)
             else:
-                parser.add_argument(option, dest=item.name, action="store_true", help=help_text)
+                parser.add_argument(option, dest=item.name, action="store_true",
+                                    default=argparse.SUPPRESS, help=help_text)
             continue
         if kind.startswith("int"):
             converter: Callable[[str], Any] = int
@@ -210,13 +235,30 @@ def add_config_arguments(parser: Any, cls: type = TrainConfig) -> None:
         extra: dict[str, Any] = {}
         if item.name == "algo":
             extra["choices"] = sorted(ALGORITHMS)
-        shown = "the scenario's" if default is None else default
-        parser.add_argument(option, dest=item.name, type=converter, default=default,
+        shown = "the scenario's" if default is None else str(default)
+        if cls is TrainConfig:
+            own = [f"{name}: {spec.defaults[item.name]}" for name, spec in ALGORITHMS.items()
+                   if item.name in spec.defaults]
+            shown = "; ".join([shown, *own])
+        parser.add_argument(option, dest=item.name, type=converter, default=argparse.SUPPRESS,
                             help=f"{help_text} (default: {shown})", **extra)
 
 
 def config_from_args(args: Any, cls: type = TrainConfig) -> Any:
-    return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+    """The config the options ask for; options not given take the algorithm's defaults."""
+    given = {item.name: getattr(args, item.name) for item in fields(cls)
+             if hasattr(args, item.name)}
+    if cls is TrainConfig:
+        return config_for(given.pop("algo", TrainConfig.algo), **given)
+    return cls(**given)
+
+
+def config_for(algo: str, **settings: Any) -> TrainConfig:
+    """A config for `algo`: `TrainConfig`'s defaults, the algorithm's own over them, then
+    `settings` over both."""
+    spec = ALGORITHMS.get(algo)
+    defaults = dict(spec.defaults) if spec is not None else {}
+    return TrainConfig(algo=algo, **{**defaults, **settings})
 
 
 # ------------------------------------------------------------------ scenario

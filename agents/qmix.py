@@ -1,0 +1,284 @@
+"""QMIX and IQL: recurrent Q-learning blue agents without learned messages.
+
+The yardsticks DIAL-SAU is compared with (Rashid et al. 2018; pymarl/epymarl's
+reference settings). Reads top to bottom: the DRQN agent network shared by all
+blue agents, QMIX's monotonic hypernetwork mixer over the simulator's global
+`state()`, the greedy `DrqnPolicy` that drives a range, and the learners the
+shared training loop (`agents/training.py`) calls: `QmixLearner` mixes the
+agents' chosen Q-values into one Q_tot and learns it from the team reward;
+`IqlLearner` is the same network with no mixer (every agent learns the team
+reward on its own Q, the TD errors summed).
+
+Neither sends messages: every bit is 0, so a peer's message never unmasks
+Analyse under strategic action unmasking. They see the same observations and
+the same action masks as DIAL-SAU, and play in the same batched simulator.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from cyberdial.agents.training import EpisodeBatch, Learner, TrainConfig
+from cyberdial.range.model import GameModel
+
+logger = logging.getLogger(__name__)
+
+# pymarl's qmix.yaml: mixing_embed_dim 32, hypernet_layers 2, hypernet_embed 64.
+MIXING_EMBED = 32
+HYPERNET_EMBED = 64
+# pymarl's RMSprop: alpha 0.99, eps 1e-5 (no momentum).
+RMSPROP_ALPHA = 0.99
+RMSPROP_EPS = 1e-5
+
+
+# ------------------------------------------------------------------ the agents
+
+
+class DrqnNetwork(nn.Module):
+    """pymarl's RNN agent: Linear -> ReLU -> GRU cell -> Linear, shared by every agent.
+
+    Input per agent: its observation (zero-padded to `max_obs`; it already holds the
+    agent's last action one-hot and the peers' message bits, which are 0 here) and a
+    one-hot agent index, so shared weights can still act differently per agent.
+    Output: Q-values over `max_actions` slots; padding slots are always masked.
+    """
+
+    agent_ids: torch.Tensor
+
+    def __init__(self, model: GameModel, hidden: int = 64) -> None:
+        super().__init__()
+        self.n_agents, self.hidden_size = model.n_agents, hidden
+        self.register_buffer("agent_ids", torch.eye(model.n_agents))
+        self.fc1 = nn.Linear(model.max_obs + model.n_agents, hidden)
+        self.rnn = nn.GRUCell(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, model.max_actions)
+
+    def initial_hidden(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, self.n_agents, self.hidden_size)
+
+    def forward(
+        self, observations: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step for all agents: (Q (B, A, max_actions), hidden (B, A, H))."""
+        batch = observations.shape[0]
+        ids = self.agent_ids.expand(batch, -1, -1)
+        x = torch.relu(self.fc1(torch.cat([observations, ids], dim=2)))
+        hidden = self.rnn(
+            x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
+        ).reshape(batch, self.n_agents, -1)
+        return self.fc2(hidden), hidden
+
+
+def greedy_actions(q: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Highest legal Q per agent: masked actions get −∞, so they are never chosen."""
+    return q.masked_fill(~masks, -torch.inf).argmax(dim=-1)
+
+
+# ------------------------------------------------------------------ the mixer
+
+
+class QMixer(nn.Module):
+    """Q_tot(s, Q_1..Q_A): a one-hidden-layer network whose weights come from the state.
+
+    Hypernetworks map the global state to the mixing weights; their absolute value
+    keeps every weight non-negative, so ∂Q_tot/∂Q_a ≥ 0 (monotonic): each agent's
+    greedy action is then also the team's. ELU hidden, state-dependent bias V(s).
+    """
+
+    def __init__(self, n_agents: int, state_size: int, embed: int = MIXING_EMBED,
+                 hypernet_embed: int = HYPERNET_EMBED) -> None:
+        super().__init__()
+        self.n_agents, self.embed = n_agents, embed
+        self.hyper_w1 = nn.Sequential(
+            nn.Linear(state_size, hypernet_embed), nn.ReLU(),
+            nn.Linear(hypernet_embed, embed * n_agents),
+        )
+        self.hyper_w_final = nn.Sequential(
+            nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, embed)
+        )
+        self.hyper_b1 = nn.Linear(state_size, embed)
+        self.value = nn.Sequential(nn.Linear(state_size, embed), nn.ReLU(), nn.Linear(embed, 1))
+
+    def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """Mix (..., A) chosen Q-values with (..., state_size) states into (...) Q_tot."""
+        lead = agent_qs.shape[:-1]
+        qs = agent_qs.reshape(-1, 1, self.n_agents)
+        s = states.reshape(-1, states.shape[-1])
+        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed)
+        b1 = self.hyper_b1(s).view(-1, 1, self.embed)
+        hidden = nn.functional.elu(torch.bmm(qs, w1) + b1)
+        w_final = self.hyper_w_final(s).abs().view(-1, self.embed, 1)
+        v = self.value(s).view(-1, 1, 1)
+        return (torch.bmm(hidden, w_final) + v).reshape(lead)
+
+
+# ------------------------------------------------------------------ execution
+
+
+class DrqnPolicy:
+    """The trained agents, greedy, as a `BatchPolicy`: (observations, masks) in, no messages out.
+
+    Keeps each env's GRU state between calls within an episode; `reset(n_envs)` clears it.
+    """
+
+    def __init__(self, network: DrqnNetwork, message_bits: int) -> None:
+        self.network = network
+        self.message_bits = message_bits
+        self.hidden = network.initial_hidden(1)
+
+    def reset(self, n_envs: int) -> None:
+        self.hidden = self.network.initial_hidden(n_envs)
+
+    @torch.no_grad()
+    def act(
+        self, observations: NDArray[np.float32], masks: NDArray[np.int8]
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+        obs = torch.as_tensor(observations, dtype=torch.float32)
+        if self.hidden.shape[0] != obs.shape[0]:
+            self.reset(obs.shape[0])
+        q, self.hidden = self.network(obs, self.hidden)
+        actions = greedy_actions(q, torch.as_tensor(masks) > 0).numpy().astype(np.int64)
+        silence = np.zeros((*actions.shape, self.message_bits), dtype=np.uint8)
+        return actions, silence
+
+
+# ------------------------------------------------------------------ learning
+
+
+class DrqnLearner(Learner):
+    """Double-Q recurrent Q-learning over whole episodes; QMIX or IQL by `use_mixer`."""
+
+    use_mixer: ClassVar[bool] = True
+
+    def __init__(self, model: GameModel, config: TrainConfig) -> None:
+        super().__init__(model, config)
+        self.network = DrqnNetwork(model, config.hidden)
+        self.mixer = QMixer(model.n_agents, model.state_size) if self.use_mixer else None
+        self.target = copy.deepcopy(self.network).requires_grad_(False)
+        self.target_mixer = (
+            copy.deepcopy(self.mixer).requires_grad_(False) if self.mixer is not None else None
+        )
+        self.trainable = list(self.network.parameters())
+        if self.mixer is not None:
+            self.trainable += list(self.mixer.parameters())
+        self.optimiser = torch.optim.RMSprop(
+            self.trainable, lr=config.lr, alpha=RMSPROP_ALPHA, eps=RMSPROP_EPS
+        )
+        self.rng = np.random.default_rng(config.seed)
+        self.reset(1)
+
+    # --------------------------------------------------------- behaviour
+
+    def reset(self, n_envs: int) -> None:
+        self.hidden = self.network.initial_hidden(n_envs)
+
+    @torch.no_grad()
+    def act(
+        self, observations: NDArray[np.float32], masks: NDArray[np.int8], epsilon: float
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+        q, self.hidden = self.network(torch.as_tensor(observations, dtype=torch.float32),
+                                      self.hidden)
+        legal = masks > 0
+        actions = greedy_actions(q, torch.as_tensor(legal)).numpy().astype(np.int64)
+        # ε-random among the legal actions only (pymarl's EpsilonGreedyActionSelector).
+        random_actions = np.where(legal, self.rng.random(legal.shape), -1.0).argmax(axis=2)
+        explore = self.rng.random(actions.shape) < epsilon
+        actions = np.where(explore, random_actions, actions)
+        silence = np.zeros((*actions.shape, self.model.message_bits), dtype=np.uint8)
+        return actions, silence
+
+    # --------------------------------------------------------- learning
+
+    @staticmethod
+    def unroll(network: DrqnNetwork, observations: torch.Tensor) -> torch.Tensor:
+        """Q-values over whole episodes (B, T+1, A, max_actions), the GRU carried along."""
+        hidden = network.initial_hidden(observations.shape[0])
+        qs = []
+        for t in range(observations.shape[1]):
+            q, hidden = network(observations[:, t], hidden)
+            qs.append(q)
+        return torch.stack(qs, dim=1)
+
+    def td_errors(self, batch: EpisodeBatch) -> torch.Tensor:
+        """Double-Q TD errors: (B, T) of Q_tot with the mixer, (B, T, A) without."""
+        config = self.config
+        q = self.unroll(self.network, batch.observations)
+        with torch.no_grad():
+            target_q = self.unroll(self.target, batch.observations)
+            # Double Q: the online network picks the next action among the legal ones,
+            # the target network values it; a masked action is never bootstrapped.
+            best_next = greedy_actions(q[:, 1:].detach(), batch.masks[:, 1:])
+            next_value = target_q[:, 1:].gather(3, best_next.unsqueeze(3)).squeeze(3)
+        q_taken = q[:, :-1].gather(3, batch.actions.unsqueeze(3)).squeeze(3)  # (B, T, A)
+        # Episodes end at the time limit; the last step bootstraps from nothing.
+        not_last = torch.ones(batch.steps)
+        not_last[-1] = 0.0
+        reward = batch.rewards * config.reward_scale  # (B, T)
+        if self.mixer is not None and self.target_mixer is not None:
+            q_tot = self.mixer(q_taken, batch.states[:, :-1])
+            with torch.no_grad():
+                next_tot = self.target_mixer(next_value, batch.states[:, 1:])
+            return q_tot - (reward + config.gamma * not_last * next_tot)
+        target = reward.unsqueeze(2) + config.gamma * not_last[None, :, None] * next_value
+        return q_taken - target
+
+    def update(self, batch: EpisodeBatch) -> dict[str, float]:
+        td_error = self.td_errors(batch)
+        loss = td_error.pow(2).mean()
+        self.optimiser.zero_grad()
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        self.optimiser.step()
+        return {
+            "losses/td_loss": float(loss.detach()),
+            "losses/grad_norm": float(grad_norm),
+        }
+
+    def update_target(self) -> None:
+        self.target.load_state_dict(self.network.state_dict())
+        if self.mixer is not None and self.target_mixer is not None:
+            self.target_mixer.load_state_dict(self.mixer.state_dict())
+
+    # --------------------------------------------------------- policy and state
+
+    def greedy_policy(self) -> DrqnPolicy:
+        return DrqnPolicy(self.network, self.model.message_bits)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "network": self.network.state_dict(),
+            "target": self.target.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+        }
+        if self.mixer is not None and self.target_mixer is not None:
+            state["mixer"] = self.mixer.state_dict()
+            state["target_mixer"] = self.target_mixer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.target.load_state_dict(state.get("target", state["network"]))
+        if self.mixer is not None and self.target_mixer is not None:
+            self.mixer.load_state_dict(state["mixer"])
+            self.target_mixer.load_state_dict(state.get("target_mixer", state["mixer"]))
+        if "optimiser" in state:
+            self.optimiser.load_state_dict(state["optimiser"])
+
+
+class QmixLearner(DrqnLearner):
+    """QMIX: the agents' chosen Q-values mixed monotonically by a state-conditioned mixer."""
+
+    use_mixer = True
+
+
+class IqlLearner(DrqnLearner):
+    """IQL: independent DRQN agents (shared weights), each learning the team reward."""
+
+    use_mixer = False
