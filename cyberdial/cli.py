@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "cyberdial.commands.drill",
     "cyberdial.commands.validate",
     "cyberdial.commands.train",
+    "cyberdial.commands.compare",
     "cyberdial.commands.bridge",
     "cyberdial.commands.range",
 )

@@ -11,6 +11,7 @@ import argparse
 from rich.progress import TextColumn
 from rich.table import Table
 
+from cyberdial.agents.baselines import BASELINES, BatchPolicy, make_baseline
 from cyberdial.agents.checkpoint import load_policy
 from cyberdial.agents.rollout import run_episodes
 from cyberdial.agents.training import (
@@ -21,13 +22,14 @@ from cyberdial.agents.training import (
     train,
 )
 from cyberdial.commands.common import console, progress_bar
+from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train learning blue agents (DIAL-SAU, DIAL) in the simulator",
+        help="train learning blue agents (DIAL-SAU, DIAL, QMIX, IQL) in the simulator",
         description="Train blue agents on the simulated range. Writes TensorBoard logs, an"
         " evaluation log (eval.csv) and a checkpoint under"
         " runs/{scenario}__{algo}__{seed}__{time}.",
@@ -36,11 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=train_command)
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="play greedy episodes of a trained checkpoint and print its scores"
+        "evaluate", help="play greedy episodes of a trained checkpoint (or a hand-written blue)"
+        " and print its scores"
     )
-    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (.pt)")
+    evaluate.add_argument("checkpoint", metavar="POLICY",
+                          help="checkpoint file (.pt), or a hand-written blue:"
+                          f" {', '.join(BASELINES)}")
     evaluate.add_argument("--scenario", default=None,
-                          help="scenario file or shipped name (default: the one it was trained on)")
+                          help="scenario file or shipped name (default: the one it was trained"
+                          " on; small for a hand-written blue)")
     evaluate.add_argument("--episodes", type=_positive, default=100,
                           help="episodes (default: 100)")
     evaluate.add_argument("--seed", type=int, default=0, help="first episode seed (default: 0)")
@@ -96,16 +102,25 @@ def train_command(args: argparse.Namespace) -> int:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario) if args.scenario else None
-    policy, model, checkpoint = load_policy(args.checkpoint, scenario, args.ignore_scenario_hash)
+    policy: BatchPolicy
+    if args.checkpoint in BASELINES:
+        # A hand-written blue needs no file; it is scored exactly as a checkpoint is.
+        model = GameModel(scenario if scenario is not None else load_scenario("small"))
+        policy, name = make_baseline(args.checkpoint, model, seed=args.seed), args.checkpoint
+        trained = ""
+    else:
+        policy, model, checkpoint = load_policy(args.checkpoint, scenario,
+                                                args.ignore_scenario_hash)
+        name = checkpoint.config.variant
+        trained = f" ({checkpoint.episodes} training episodes)"
     with progress_bar() as bar:
-        task = bar.add_task(f"{model.scenario.name} / {checkpoint.config.variant}",
-                            total=args.episodes)
+        task = bar.add_task(f"{model.scenario.name} / {name}", total=args.episodes)
         stats = run_episodes(model, policy, args.episodes, seed=args.seed,
                              on_episodes_done=lambda n: bar.advance(task, n))
     summary = stats.summary()
     table = Table(
-        title=f"{model.scenario.name}: {checkpoint.config.variant} ({checkpoint.episodes} training"
-        f" episodes), {args.episodes} episodes, seed {args.seed}"
+        title=f"{model.scenario.name}: {name}{trained}, {args.episodes} episodes,"
+        f" seed {args.seed}"
     )
     table.add_column("figure")
     table.add_column("per episode", justify="right")

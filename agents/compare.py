@@ -1,0 +1,439 @@
+"""`cyberdial compare`'s engine: train and score algorithms over scenarios and seeds, report.
+
+Each (scenario, algorithm, seed) is one *run*: a learner trained by the shared
+loop (`agents/training.py`) and then scored greedily on held-out episodes, or a
+hand-written blue (react, random, sleep) scored on the same episodes. Runs go
+to a pool of worker processes (one torch thread each); each finished run leaves
+`final/<run>.json` (its learning curve and held-out figures), so a cut
+comparison resumes where it stopped. `write_report` turns those files into
+`report.md` (mean ± std over seeds) and one PNG of learning curves per scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cyberdial.agents.baselines import BASELINES, make_baseline
+from cyberdial.agents.rollout import run_episodes
+from cyberdial.agents.training import ALGORITHMS, config_for
+from cyberdial.range.errors import CyberdialError
+from cyberdial.range.model import GameModel
+from cyberdial.range.scenario import load_scenario
+
+logger = logging.getLogger(__name__)
+
+# Held-out evaluation episodes: far from training seeds (seed·7919 + iteration) and from
+# the loop's own greedy evaluations (seed + 1 000 000). Every algorithm and seed is scored
+# on the very same episodes, so differences are the policies', not the dice's.
+HELD_OUT_SEED = 2_000_000
+NO_COMM_SUFFIX = "-nocomm"
+MANIFEST = "compare.json"
+# Two-sided 95 % Student-t quantiles by degrees of freedom (for the curves' bands).
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
+
+
+class CompareError(CyberdialError):
+    """A comparison that cannot run as asked."""
+
+
+# ------------------------------------------------------------------ what to run
+
+
+@dataclass
+class CompareConfig:
+    """One comparison: every algorithm on every scenario with every seed."""
+
+    name: str = "compare"
+    scenarios: list[str] = field(default_factory=lambda: ["small", "large"])
+    algos: list[str] = field(default_factory=lambda: ["dial-sau", "qmix", "iql", "react"])
+    seeds: int = 5
+    episodes: dict[str, int] = field(default_factory=dict)
+    """training episodes per scenario"""
+    eval_points: int = 10
+    """greedy evaluations during training (the learning curve's points)"""
+    eval_episodes: int = 100
+    """episodes per greedy evaluation during training"""
+    final_episodes: int = 500
+    """held-out episodes each finished run is scored on"""
+    workers: int = 2
+    results_dir: str = "results"
+    command: str = ""
+    """the command line that started the comparison, quoted in the report"""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.results_dir) / self.name
+
+    def settings(self) -> dict[str, Any]:
+        """What must not change when a comparison is resumed (its runs depend on it)."""
+        return {"episodes": self.episodes, "eval_points": self.eval_points,
+                "eval_episodes": self.eval_episodes, "final_episodes": self.final_episodes}
+
+    def validate(self) -> None:
+        for token in self.algos:
+            parse_algo(token)
+        for scenario in self.scenarios:
+            load_scenario(scenario)  # a ScenarioError names the file and the problem
+            if scenario not in self.episodes and any(not is_baseline(a) for a in self.algos):
+                raise CompareError(f"no episode budget for scenario {scenario!r}: pass"
+                                   f" --episodes N or --episodes {scenario}=N")
+        if self.seeds < 1 or self.workers < 1 or self.final_episodes < 1:
+            raise CompareError("--seeds, --workers and --final-episodes must be at least 1")
+        if self.eval_points < 1 or self.eval_episodes < 1:
+            raise CompareError("--eval-points and --eval-episodes must be at least 1")
+
+
+def is_baseline(token: str) -> bool:
+    return token in BASELINES
+
+
+def parse_algo(token: str) -> tuple[str, dict[str, Any]]:
+    """An algorithm as compare names it -> (registry name, config changes).
+
+    `dial-sau-nocomm` is `dial-sau` with `--no-comm`; baselines map to themselves.
+    """
+    if is_baseline(token) or token in ALGORITHMS:
+        return token, {}
+    if token.endswith(NO_COMM_SUFFIX) and token.removesuffix(NO_COMM_SUFFIX) in ALGORITHMS:
+        return token.removesuffix(NO_COMM_SUFFIX), {"no_comm": True}
+    known = [*ALGORITHMS, *(f"{a}{NO_COMM_SUFFIX}" for a in ALGORITHMS if "dial" in a),
+             *BASELINES]
+    raise CompareError(f"unknown algorithm {token!r}: choose from {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class Job:
+    scenario: str
+    algo: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}__{self.algo}__{self.seed}"
+
+
+def plan(config: CompareConfig) -> list[Job]:
+    """Every run, the most expensive first (bigger scenarios, learners) so workers finish
+    together rather than one straggling with a large run at the end."""
+    jobs = [Job(s, a, seed) for s in config.scenarios for a in config.algos
+            for seed in range(config.seeds)]
+
+    def cost(job: Job) -> float:
+        if is_baseline(job.algo):
+            return 0.0
+        scenario = load_scenario(job.scenario)
+        return config.episodes[job.scenario] * len(scenario.all_hosts) * scenario.episode_length
+
+    return sorted(jobs, key=cost, reverse=True)
+
+
+def result_path(config: CompareConfig, job: Job) -> Path:
+    return config.out_dir / "final" / f"{job.key}.json"
+
+
+def pending(config: CompareConfig) -> list[Job]:
+    """The runs without a result file yet (a finished run is never redone)."""
+    return [job for job in plan(config) if not result_path(config, job).is_file()]
+
+
+# ------------------------------------------------------------------ one run (in a worker)
+
+
+def every_step_bits(model: GameModel) -> int:
+    """Bits per episode of a blue that sends a 1 on every bit, every step."""
+    return model.n_agents * model.message_bits * model.scenario.episode_length
+
+
+def run_job(job: Job, config: CompareConfig) -> dict[str, Any]:
+    """Train (or not) and score one run; writes and returns its result record."""
+    import torch
+
+    from cyberdial.agents.checkpoint import load_policy
+    from cyberdial.agents.training import train
+
+    torch.set_num_threads(1)  # workers share the cores; extra threads only spin
+    started = time.perf_counter()
+    curve: list[dict[str, float]] = []
+    episodes = 0
+    if is_baseline(job.algo):
+        model = GameModel(load_scenario(job.scenario))
+        policy = make_baseline(job.algo, model, seed=job.seed)
+    else:
+        algo, changes = parse_algo(job.algo)
+        episodes = config.episodes[job.scenario]
+        settings = config_for(
+            algo, scenario=job.scenario, seed=job.seed, episodes=episodes,
+            eval_every=max(1, episodes // config.eval_points),
+            eval_episodes=config.eval_episodes, checkpoint_every=episodes,
+            runs_dir=str(config.out_dir / "runs"), run_name=job.key, threads=1, **changes,
+        )
+        result = train(settings)
+        curve = result.evaluations
+        policy, model, _ = load_policy(result.checkpoint)
+    train_seconds = time.perf_counter() - started
+    stats = run_episodes(model, policy, config.final_episodes, seed=HELD_OUT_SEED)
+    record = {
+        "scenario": job.scenario,
+        "algo": job.algo,
+        "seed": job.seed,
+        "episodes": episodes,
+        "train_seconds": train_seconds,
+        "curve": curve,
+        "final": stats.summary(),
+        "every_step_bits": every_step_bits(model),
+        "comm_cost": model.scenario.blue.comm_cost,
+    }
+    path = result_path(config, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    partial.replace(path)  # a result file is whole or absent: resuming trusts it
+    return record
+
+
+# ------------------------------------------------------------------ the pool
+
+
+def check_manifest(config: CompareConfig) -> None:
+    """Refuse to resume a comparison whose runs were made with other settings."""
+    manifest = config.out_dir / MANIFEST
+    if manifest.is_file():
+        saved = json.loads(manifest.read_text(encoding="utf-8"))
+        if saved.get("settings") != config.settings():
+            raise CompareError(
+                f"{config.out_dir} holds runs made with {saved.get('settings')}, not"
+                f" {config.settings()}: use another --name, or the same settings to resume"
+            )
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"settings": config.settings(), "command": config.command,
+              "config": asdict(config)}
+    manifest.write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def run_comparison(
+    config: CompareConfig,
+    on_done: Callable[[Job, dict[str, Any] | None, int, int], None] | None = None,
+) -> list[tuple[Job, str]]:
+    """Run every pending run in `config.workers` processes; returns the runs that failed.
+
+    `on_done(job, record or None, done, total)` is called as each run ends.
+    """
+    config.validate()
+    check_manifest(config)
+    jobs = pending(config)
+    total = len(jobs)
+    failures: list[tuple[Job, str]] = []
+    if not jobs:
+        return failures
+    logger.info("%d runs to do in %d workers", total, config.workers)
+    # spawn, not fork: a forked child would inherit torch's thread pools and locks.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
+        futures: dict[Future[dict[str, Any]], Job] = {
+            pool.submit(run_job, job, config): job for job in jobs
+        }
+        done_count = 0
+        remaining = set(futures)
+        try:
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = futures[future]
+                    done_count += 1
+                    record: dict[str, Any] | None = None
+                    try:
+                        record = future.result()
+                    except Exception as error:  # one broken run must not stop the others
+                        logger.error("run %s failed: %s", job.key, error)
+                        failures.append((job, f"{type(error).__name__}: {error}"))
+                    if on_done is not None:
+                        on_done(job, record, done_count, total)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return failures
+
+
+# ------------------------------------------------------------------ the report
+
+
+def load_results(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text(encoding="utf-8"))
+            for path in sorted((out_dir / "final").glob("*.json"))]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def t_quantile(n: int) -> float:
+    """Two-sided 95 % quantile of Student's t for the mean of `n` values."""
+    df = n - 1
+    if df < 1:
+        return float("nan")
+    return T_95[df - 1] if df <= len(T_95) else 1.96
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (scenario, algorithm): means and spreads over seeds of the held-out figures."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in results:
+        groups.setdefault((record["scenario"], record["algo"]), []).append(record)
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, records in groups.items():
+        finals = [r["final"] for r in records]
+        row: dict[str, Any] = {"seeds": len(records)}
+        for name in ("return_mean", "bits_per_episode", "green_failures", "red_impacted",
+                     "red_reached_target", "cost_comm", "return_std"):
+            row[name] = _mean_std([f[name] for f in finals])
+        row["train_minutes"] = float(np.mean([r["train_seconds"] for r in records])) / 60
+        row["episodes"] = records[0]["episodes"]
+        row["every_step_bits"] = records[0]["every_step_bits"]
+        row["comm_cost"] = records[0]["comm_cost"]
+        table[key] = row
+    return table
+
+
+def _order(config: CompareConfig, names: Sequence[str]) -> list[str]:
+    first = [a for a in config.algos if a in names]
+    return first + sorted(set(names) - set(first))
+
+
+def plot_curves(scenario: str, results: list[dict[str, Any]],
+                summary: dict[tuple[str, str], dict[str, Any]], order: list[str],
+                path: Path) -> None:
+    """Greedy return and bits against training episodes: mean over seeds, 95 % band."""
+    figure, (returns_axis, bits_axis) = plt.subplots(
+        2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
+    )
+    for i, algo in enumerate(order):
+        records = [r for r in results if r["scenario"] == scenario and r["algo"] == algo]
+        if not records:
+            continue
+        colour = f"C{i}"
+        if not records[0]["curve"]:  # a hand-written blue: its held-out mean as a line
+            mean = summary[(scenario, algo)]["return_mean"][0]
+            returns_axis.axhline(mean, color=colour, linestyle="--",
+                                 label=f"{algo} ({mean:.1f}, held-out)")
+            continue
+        length = min(len(r["curve"]) for r in records)
+        x = np.array([p["episodes"] for p in records[0]["curve"][:length]])
+        for axis, key in ((returns_axis, "return_mean"), (bits_axis, "bits_per_episode")):
+            values = np.array([[p[key] for p in r["curve"][:length]] for r in records])
+            mean = values.mean(axis=0)
+            axis.plot(x, mean, color=colour, marker=".",
+                      label=f"{algo} ({len(records)} seeds)")
+            if len(records) > 1:
+                half = t_quantile(len(records)) * values.std(axis=0, ddof=1) / math.sqrt(
+                    len(records))
+                axis.fill_between(x, mean - half, mean + half, color=colour, alpha=0.2)
+    returns_axis.set_ylabel("greedy return per episode")
+    returns_axis.set_title(f"{scenario}: greedy evaluation during training"
+                           " (mean over seeds, 95 % band)")
+    returns_axis.legend(fontsize=8, loc="lower right")
+    returns_axis.grid(alpha=0.3)
+    bits_axis.set_ylabel("bits / episode")
+    bits_axis.set_xlabel("training episodes")
+    bits_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def _cell(pair: tuple[float, float], digits: int = 2, percent: bool = False) -> str:
+    mean, std = pair
+    if percent:
+        return f"{100 * mean:.0f} ± {100 * std:.0f} %"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_report(config: CompareConfig) -> Path:
+    """report.md and curves_<scenario>.png from the result files present now."""
+    out_dir = config.out_dir
+    results = load_results(out_dir)
+    summary = summarise(results)
+    expected = {(s, a) for s in config.scenarios for a in config.algos}
+    lines = [
+        f"# Comparison `{config.name}`",
+        "",
+        f"Command: `{config.command}`" if config.command else "",
+        "",
+        f"Each learner was trained for the episode budget below with its own default"
+        f" settings, then scored greedily on the same {config.final_episodes} held-out"
+        f" episodes (simulator seeds from {HELD_OUT_SEED}); hand-written blues were scored"
+        " on the same episodes. Figures are mean ± sample std **over seeds** of each run's"
+        " held-out mean; `episode std` is the spread of single episodes within a run.",
+        "",
+    ]
+    for scenario in config.scenarios:
+        rows = [a for a in _order(config, [k[1] for k in summary if k[0] == scenario])]
+        model = GameModel(load_scenario(scenario))
+        every = every_step_bits(model)
+        budget = config.episodes.get(scenario)
+        lines += [
+            f"## {scenario} ({len(model.scenario.all_hosts)} hosts, {model.n_agents} blue"
+            f" agents, {model.scenario.episode_length} steps"
+            + (f"; {budget} training episodes per run)" if budget else ")"),
+            "",
+            "| algorithm | seeds | return | episode std | bits / episode | comm cost |"
+            " green failures | red impacted | red privileged on a target | train min |",
+            "|-|-|-|-|-|-|-|-|-|-|",
+        ]
+        for algo in rows:
+            row = summary[(scenario, algo)]
+            minutes = f"{row['train_minutes']:.1f}" if row["episodes"] else "-"
+            lines.append(
+                f"| {algo} | {row['seeds']} | {_cell(row['return_mean'])} |"
+                f" {row['return_std'][0]:.1f} | {_cell(row['bits_per_episode'], 1)} |"
+                f" {_cell(row['cost_comm'])} | {_cell(row['green_failures'], 1)} |"
+                f" {_cell(row['red_impacted'], percent=True)} |"
+                f" {_cell(row['red_reached_target'], percent=True)} |"
+                f" {minutes} |"
+            )
+        lines.append(
+            f"| *send every step* (reference) | - | - | - | {every} |"
+            f" {every * model.scenario.blue.comm_cost:.2f} | - | - | - | - |"
+        )
+        missing = sorted(a for s, a in expected if s == scenario and (s, a) not in summary)
+        if missing:
+            lines += ["", f"Not finished yet: {', '.join(missing)}."]
+        picture = f"curves_{scenario}.png"
+        if any(r["scenario"] == scenario for r in results):
+            plot_curves(scenario, results, summary, _order(config, rows), out_dir / picture)
+            lines += ["", f"![learning curves on {scenario}]({picture})"]
+        lines.append("")
+    lines += [
+        "Columns: *return* is the team reward per episode (higher is better); *bits* are"
+        " message bits sent (1s); *comm cost* is the reward spent on them;"
+        " *green failures* are users' requests that failed per episode; *red impacted* and"
+        " *red privileged on a target* are the shares of episodes where red impacted a"
+        " mission host or got privileged on one of its targets; *train min* is wall-clock"
+        " training time per run (shared CPU). The *send every step* row is what a blue that"
+        " sends a 1 on every bit of every step would send and pay.",
+        "",
+    ]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))

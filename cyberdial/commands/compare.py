@@ -1,0 +1,154 @@
+"""`cyberdial compare`: train and score algorithms over scenarios and seeds, write a report.
+
+The work happens in `cyberdial.agents.compare`; this module parses the options,
+shows progress and prints where the report is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+from cyberdial.agents.compare import (
+    MANIFEST,
+    CompareConfig,
+    CompareError,
+    Job,
+    default_workers,
+    pending,
+    run_comparison,
+    write_report,
+)
+from cyberdial.commands.common import console, progress_bar
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="train and score algorithms over scenarios and seeds; write a report",
+        description="Train each (algorithm, scenario, seed) in the simulator, score it greedily"
+        " on held-out episodes, and write results/NAME/report.md (mean ± std over seeds, bits"
+        " sent, green failures, red impact) with learning-curve PNGs. Runs go to parallel"
+        " worker processes; a finished run is never redone, so an interrupted comparison"
+        " resumes when the same command is run again.",
+    )
+    parser.add_argument("--name", default="compare",
+                        help="results/NAME holds the runs and the report (default: compare)")
+    parser.add_argument("--scenarios", nargs="+", default=["small", "large"],
+                        help="scenario files or shipped names (default: small large)")
+    parser.add_argument("--algos", nargs="+", default=["dial-sau", "qmix", "iql", "react"],
+                        help="learners (dial, dial-sau, dial-sau-nocomm, qmix, iql) and"
+                        " hand-written blues (react, random, sleep)"
+                        " (default: dial-sau qmix iql react)")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="seeds per learner: 0..N-1 (default: 5)")
+    parser.add_argument("--episodes", nargs="+", default=[], metavar="[SCENARIO=]N",
+                        help="training episodes per run: N for every scenario, or"
+                        " SCENARIO=N per scenario (e.g. small=10000 large=3000)")
+    parser.add_argument("--eval-points", type=int, default=10,
+                        help="greedy evaluations during training, the curves' points"
+                        " (default: 10)")
+    parser.add_argument("--eval-episodes", type=int, default=100,
+                        help="episodes per evaluation during training (default: 100)")
+    parser.add_argument("--final-episodes", type=int, default=500,
+                        help="held-out episodes each run is scored on (default: 500)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="parallel worker processes, one torch thread each"
+                        f" (default: {default_workers()})")
+    parser.add_argument("--results-dir", default="results", help="(default: results)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the runs finished so far; train nothing")
+    parser.set_defaults(func=compare_command)
+
+
+def parse_episodes(values: list[str], scenarios: list[str]) -> dict[str, int]:
+    """`N` (every scenario) and `SCENARIO=N` items -> {scenario: N}."""
+    budget: dict[str, int] = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            episodes = int(number)
+        except ValueError:
+            raise CompareError(f"--episodes {value!r}: expected N or SCENARIO=N") from None
+        if episodes < 1:
+            raise CompareError(f"--episodes {value!r}: must be at least 1")
+        if name:
+            budget[name] = episodes
+        else:
+            budget.update({scenario: episodes for scenario in scenarios})
+    return budget
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    config = CompareConfig(
+        name=args.name,
+        scenarios=list(args.scenarios),
+        algos=list(args.algos),
+        seeds=args.seeds,
+        episodes=parse_episodes(args.episodes, list(args.scenarios)),
+        eval_points=args.eval_points,
+        eval_episodes=args.eval_episodes,
+        final_episodes=args.final_episodes,
+        workers=args.workers,
+        results_dir=args.results_dir,
+    )
+    config.command = _command_line(config)
+    if args.report_only:
+        config = _saved_command(config)
+        report = write_report(config)
+        console.print(f"report: {report}", soft_wrap=True)
+        return 0
+    config.validate()
+    todo = pending(config)
+    console.print(f"{config.out_dir}: {len(todo)} runs to do"
+                  f" ({config.seeds} seeds × {len(config.algos)} algorithms ×"
+                  f" {len(config.scenarios)} scenarios, finished ones kept),"
+                  f" {config.workers} workers", soft_wrap=True)
+    with progress_bar() as bar:
+        task = bar.add_task("runs", total=len(todo))
+
+        def done(job: Job, record: dict[str, object] | None, count: int, total: int) -> None:
+            bar.update(task, completed=count)
+            if record is None:
+                console.print(f"[{count}/{total}] {job.key}: failed", soft_wrap=True)
+                return
+            final = record["final"]
+            assert isinstance(final, dict)
+            console.print(f"[{count}/{total}] {job.key}: held-out return"
+                          f" {final['return_mean']:.2f}, {final['bits_per_episode']:.1f} bits,"
+                          f" {record['train_seconds']:.0f} s", soft_wrap=True)
+
+        failures = run_comparison(config, on_done=done)
+    report = write_report(config)
+    console.print(f"report: {report}", soft_wrap=True)
+    if failures:
+        raise CompareError(
+            f"{len(failures)} run(s) failed ({', '.join(job.key for job, _ in failures)};"
+            f" first: {failures[0][1]}): fix the cause and run the same command again to"
+            " redo only those"
+        )
+    return 0
+
+
+def _command_line(config: CompareConfig) -> str:
+    """The full command that makes this comparison, every setting spelled out."""
+    words = ["cyberdial", "compare", "--name", config.name, "--scenarios", *config.scenarios,
+             "--algos", *config.algos, "--seeds", str(config.seeds)]
+    if config.episodes:
+        words += ["--episodes", *(f"{s}={n}" for s, n in config.episodes.items())]
+    words += ["--eval-points", str(config.eval_points), "--eval-episodes",
+              str(config.eval_episodes), "--final-episodes", str(config.final_episodes),
+              "--workers", str(config.workers)]
+    if config.results_dir != "results":
+        words += ["--results-dir", config.results_dir]
+    return shlex.join(words)
+
+
+def _saved_command(config: CompareConfig) -> CompareConfig:
+    """With --report-only, the comparison as it was started (its manifest), if any."""
+    manifest = config.out_dir / MANIFEST
+    if not manifest.is_file():
+        return config
+    saved = json.loads(manifest.read_text(encoding="utf-8"))["config"]
+    return CompareConfig(**{**saved, "name": config.name, "results_dir": config.results_dir})

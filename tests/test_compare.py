@@ -1,0 +1,130 @@
+"""`cyberdial compare` end to end on tiny: every algorithm trained briefly through the CLI,
+a report whose table has every row with finite numbers, curves, resuming without
+redoing finished runs, and refusal to mix runs made with other settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from cyberdial.agents.compare import (
+    CompareConfig,
+    CompareError,
+    every_step_bits,
+    parse_algo,
+    pending,
+    t_quantile,
+)
+from cyberdial.cli import main
+from cyberdial.commands.compare import parse_episodes
+from cyberdial.range.model import GameModel
+from cyberdial.range.scenario import load_scenario
+
+ALGOS = ["dial-sau", "dial", "dial-sau-nocomm", "qmix", "iql", "react", "random", "sleep"]
+NUMBER = re.compile(r"-?(?:\d+\.?\d*|nan|inf)")
+
+
+def _table_rows(report: str, scenario: str) -> dict[str, list[str]]:
+    """The algorithm rows of one scenario's table: name -> its other cells."""
+    section = report.split(f"## {scenario} ", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith("| algorithm"):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _compare(results: Path, *extra: str) -> int:
+    return main(["compare", "--name", "t", "--results-dir", str(results), "--scenarios", "tiny",
+                 "--algos", *ALGOS, "--seeds", "2", "--episodes", "32", "--eval-points", "2",
+                 "--eval-episodes", "4", "--final-episodes", "8", "--workers", "2", *extra])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compare_cli_on_tiny_reports_every_algorithm_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Budget: 16 runs of 32 episodes (about 15 s alone on 2 cores), then three resumes."""
+    results = tmp_path / "results"
+    assert _compare(results) == 0
+    out_dir = results / "t"
+    report = (out_dir / "report.md").read_text()
+    assert "cyberdial compare --name t" in report  # the exact command is quoted
+    rows = _table_rows(report, "tiny")
+    reference = rows.pop("*send every step* (reference)")
+    assert set(rows) == set(ALGOS)
+    for algo, cells in rows.items():
+        seeds, numbers = cells[0], [c for c in cells[1:] if c != "-"]
+        assert seeds == "2", (algo, cells)
+        values = [float(v) for cell in numbers for v in NUMBER.findall(cell)]
+        assert len(values) >= 12 and all(math.isfinite(v) for v in values), (algo, cells)
+    model = GameModel(load_scenario("tiny"))
+    assert reference[3] == str(every_step_bits(model)) == "60"  # 2 agents × 1 bit × 30 steps
+    assert rows["sleep"][3].startswith("0.0 ")  # sleep sends nothing
+    assert (out_dir / "curves_tiny.png").stat().st_size > 1000
+    finished = sorted((out_dir / "final").glob("*.json"))
+    assert len(finished) == len(ALGOS) * 2
+    record = json.loads(finished[0].read_text())
+    assert {"curve", "final", "train_seconds", "every_step_bits"} <= set(record)
+
+    # Resume: nothing finished is redone; a lost result is redone alone.
+    stamps = {path: path.stat().st_mtime_ns for path in finished}
+    capsys.readouterr()
+    assert _compare(results) == 0
+    assert "0 runs to do" in " ".join(capsys.readouterr().out.split())
+    assert {path: path.stat().st_mtime_ns for path in finished} == stamps
+    lost = out_dir / "final" / "tiny__qmix__1.json"
+    lost.unlink()
+    assert _compare(results) == 0
+    assert "1 runs to do" in " ".join(capsys.readouterr().out.split()) and lost.is_file()
+
+    # Other settings under the same name would mix incomparable runs: refused, one line.
+    assert main(["compare", "--name", "t", "--results-dir", str(results), "--scenarios", "tiny",
+                 "--algos", "qmix", "--episodes", "64", "--eval-points", "2",
+                 "--eval-episodes", "4", "--final-episodes", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use another --name" in err[0]
+
+    # --report-only rewrites the report from the saved runs and the saved command.
+    (out_dir / "report.md").unlink()
+    assert main(["compare", "--name", "t", "--results-dir", str(results), "--report-only"]) == 0
+    assert set(_table_rows((out_dir / "report.md").read_text(), "tiny")) == {
+        *ALGOS, "*send every step* (reference)"}
+
+
+def test_algorithm_names_and_budgets() -> None:
+    assert parse_algo("dial-sau-nocomm") == ("dial-sau", {"no_comm": True})
+    assert parse_algo("qmix") == ("qmix", {})
+    assert parse_algo("react") == ("react", {})
+    with pytest.raises(CompareError, match="choose from"):
+        parse_algo("vdn")
+    assert parse_episodes(["100", "large=7"], ["small", "large"]) == {"small": 100, "large": 7}
+    with pytest.raises(CompareError, match="SCENARIO=N"):
+        parse_episodes(["small=many"], ["small"])
+    with pytest.raises(CompareError, match="no episode budget"):
+        CompareConfig(scenarios=["tiny"], algos=["qmix"]).validate()
+    # Hand-written blues need no budget.
+    CompareConfig(scenarios=["tiny"], algos=["react"]).validate()
+
+
+def test_jobs_run_largest_first_and_bands_use_student_t(tmp_path: Path) -> None:
+    config = CompareConfig(scenarios=["tiny", "small"], algos=["react", "qmix"], seeds=2,
+                           episodes={"tiny": 10, "small": 10}, results_dir=str(tmp_path))
+    jobs = pending(config)
+    assert len(jobs) == 8
+    assert (jobs[0].scenario, jobs[0].algo) == ("small", "qmix")
+    assert t_quantile(5) == pytest.approx(2.776)
+    assert math.isnan(t_quantile(1))
+
+
+def test_cli_evaluate_scores_a_hand_written_blue(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "react", "--scenario", "tiny", "--episodes", "4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tiny: react, 4 episodes" in out and "bits sent" in out
