@@ -22,8 +22,18 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest
 
+# The main job: a DIAL-SAU policy trained in simulation (shipped, see
+# scenarios/policies/README.md) defends tiny on real hosts, as root; otherwise
+# in the simulator. Prints where the drill's report is.
+POLICY := scenarios/policies/tiny_dial_sau.pt
 demo: setup
-	$(BIN)/cyberdial simulate tiny --blue react --episodes 20
+	$(BIN)/cyberdial evaluate $(POLICY) --scenario tiny --episodes 200
+	@if [ "$$(id -u)" -eq 0 ]; then \
+	  $(BIN)/cyberdial drill tiny --policy $(POLICY) --episodes 1 --range emulated; \
+	else \
+	  echo "not root: the drill runs in the simulator (sudo make demo runs it on real hosts)"; \
+	  $(BIN)/cyberdial drill tiny --policy $(POLICY) --episodes 1 --range sim; \
+	fi
 
 bench: setup
 	$(BIN)/python bench/sim_speed.py
