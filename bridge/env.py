@@ -43,6 +43,7 @@ from cyberdial.range.errors import BridgeTimeout, CyberdialError
 from cyberdial.range.hub import configure_socket
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.sim import agent_spaces
 
 logger = logging.getLogger(__name__)
 
@@ -93,18 +94,7 @@ class EmulatedRange(ParallelEnv):
         self.render_mode = render_mode
         self.possible_agents = list(self.model.agent_names)
         self.agents: list[str] = []
-        self._observation_spaces = {
-            layout.name: gymnasium.spaces.Dict(
-                {
-                    "observation": gymnasium.spaces.Box(0.0, 1.0, (layout.obs_size,), np.float32),
-                    "action_mask": gymnasium.spaces.Box(0, 1, (layout.n_actions,), np.int8),
-                }
-            )
-            for layout in self.model.agents
-        }
-        self._action_spaces = {
-            layout.name: gymnasium.spaces.Discrete(layout.n_actions) for layout in self.model.agents
-        }
+        self._observation_spaces, self._action_spaces = agent_spaces(self.model)
         self.drops = DropCounter()
         self._replay = ReplayGuard()
         self._seq = 0

@@ -387,6 +387,26 @@ class SimBatch:
 # ------------------------------------------------------------------- PettingZoo
 
 
+def agent_spaces(
+    model: GameModel,
+) -> tuple[dict[str, gymnasium.spaces.Dict], dict[str, gymnasium.spaces.Discrete]]:
+    """Every agent's observation and action space: the one definition both ranges use, so a
+    policy cannot tell the simulator from the emulated range by its spaces."""
+    observation_spaces = {
+        layout.name: gymnasium.spaces.Dict(
+            {
+                "observation": gymnasium.spaces.Box(0.0, 1.0, (layout.obs_size,), np.float32),
+                "action_mask": gymnasium.spaces.Box(0, 1, (layout.n_actions,), np.int8),
+            }
+        )
+        for layout in model.agents
+    }
+    action_spaces = {
+        layout.name: gymnasium.spaces.Discrete(layout.n_actions) for layout in model.agents
+    }
+    return observation_spaces, action_spaces
+
+
 class SimRange(ParallelEnv):
     """PettingZoo ParallelEnv over one simulated copy of a scenario.
 
@@ -417,18 +437,7 @@ class SimRange(ParallelEnv):
         self.model = self.batch.model
         self.possible_agents = list(self.model.agent_names)
         self.agents: list[str] = []
-        self._observation_spaces = {
-            layout.name: gymnasium.spaces.Dict(
-                {
-                    "observation": gymnasium.spaces.Box(0.0, 1.0, (layout.obs_size,), np.float32),
-                    "action_mask": gymnasium.spaces.Box(0, 1, (layout.n_actions,), np.int8),
-                }
-            )
-            for layout in self.model.agents
-        }
-        self._action_spaces = {
-            layout.name: gymnasium.spaces.Discrete(layout.n_actions) for layout in self.model.agents
-        }
+        self._observation_spaces, self._action_spaces = agent_spaces(self.model)
         self._last: BatchStep | None = None
         self._seeded = False
 
