@@ -578,13 +578,13 @@ class Range:
         (self.run_dir / "ready" / "red").unlink(missing_ok=True)
 
     def _restore_all_hosts(self) -> None:
-        shells = {self.plan.host_pids[h.name] for h in self.plan.hosts}
-        inodes = {netns_inode(pid): pid for pid in shells}
+        # A host's own processes (its namespace holder; a container image's daemons) stay.
+        host_of = {netns_inode(self.plan.host_pids[h.name]): h.name for h in self.plan.hosts}
         guests = [
             pid
-            for inode, pids in processes_in([i for i in inodes if i is not None]).items()
+            for inode, pids in processes_in([i for i in host_of if i is not None]).items()
             for pid in pids
-            if pid != inodes[inode]
+            if pid not in self.plan.baseline(host_of[inode])
         ]
         kill_all([ProcessRecord.of(pid, "guest") for pid in guests])
         for host in self.plan.hosts:
