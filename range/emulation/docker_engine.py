@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -68,6 +69,18 @@ def _client(url: str) -> Any:
     return docker.DockerClient(base_url=url, version="auto", timeout=60)
 
 
+def _answers(url: str) -> bool:
+    """Whether the engine at a unix:// URL answers `GET /_ping`, asked over a plain socket."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(PING_TIMEOUT_S)
+            sock.connect(url.removeprefix("unix://"))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return sock.recv(64).split(b" ")[1:2] == [b"200"]
+    except (OSError, IndexError):
+        return False
+
+
 def candidate_urls() -> list[str]:
     urls = []
     if os.environ.get("DOCKER_HOST"):
@@ -93,6 +106,8 @@ def connect_url(urls: list[str] | None = None) -> tuple[Any, str]:
         path = url.removeprefix("unix://")
         if url.startswith("unix://") and not Path(path).exists():
             continue
+        if url.startswith("unix://") and not _answers(url):
+            continue  # asked without a client: a failed client leaves its socket open
         client = None
         try:
             client = _client(url)
@@ -157,11 +172,9 @@ class OwnEngine:
             if process.poll() is not None:
                 log_path = OWN_ENGINE_DIR / "dockerd.log"
                 raise CyberdialError(f"dockerd exited with {process.returncode}: see {log_path}")
-            try:
-                _client(engine.url).ping()
+            if _answers(engine.url):
                 break
-            except Exception:
-                time.sleep(0.2)
+            time.sleep(0.2)
         else:
             engine.stop()
             raise CyberdialError(f"dockerd did not answer within {ENGINE_START_S:g} s")
