@@ -524,3 +524,75 @@ def test_teardown_keeps_the_run_while_its_engine_is_unreachable(
     assert report.containers_left == ["cd-a1b2c3-opserver0"]
     assert (run_dir / "state.json").exists()
     assert RunState.load("a1b2c3", tmp_path).containers == state.containers
+
+
+# ------------------------------------------------------------------ the bridge
+
+
+@root
+@mininet
+@docker
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_bridge_plays_an_episode_on_container_hosts(
+    engine: Any, footprint: Footprint, forward: None, tmp_path: Path
+) -> None:
+    """EmulatedRange over tiny_docker, as test_bridge_emulated does over tiny: the react
+    baseline's commands reach the containers' actuator, their alerts reach the agents."""
+    import numpy as np
+    from test_bridge_support import wait_for as wait_until
+
+    from cyberdial.agents.baselines import ReactPolicy
+    from cyberdial.bridge.env import EmulatedRange
+    from cyberdial.bridge.service import BridgeService, BridgeThread
+    from cyberdial.range.hub import HostHub
+
+    scenario = fast_docker().model_copy(update={"episode_length": 16})
+    emulated = Range(scenario, hub=False, logs_dir=tmp_path)
+    records = None
+    try:
+        emulated.up()
+        records = records_of(emulated.run_id)
+        assert emulated.referee is not None
+        hub = HostHub(emulated.run_id, emulated.alert_endpoint, emulated.command_endpoint)
+        service = BridgeService(scenario, hub, emulated.referee, f"ipc://{tmp_path / 'agents'}")
+        with BridgeThread(service):
+            wait_until(lambda: len(hub._peers) >= 2 * len(scenario.subnets), timeout_s=10)
+            env = EmulatedRange(scenario, f"ipc://{tmp_path / 'agents'}", run_id=emulated.run_id)
+            policy = ReactPolicy(env.model)
+            m = env.model
+            try:
+                observations, _ = env.reset(seed=0)
+                steps, alerts, failures, ops_actions = 0, 0, [], 0
+                while env.agents:
+                    obs = np.zeros((1, m.n_agents, m.max_obs), dtype=np.float32)
+                    masks = np.zeros((1, m.n_agents, m.max_actions), dtype=np.int8)
+                    for a in m.agents:
+                        obs[0, a.index, : a.obs_size] = observations[a.name]["observation"]
+                        masks[0, a.index, : a.n_actions] = observations[a.name]["action_mask"]
+                    chosen, bits = policy.act(obs, masks)
+                    actions = {a.name: int(chosen[0, a.index]) for a in m.agents}
+                    ops_actions += actions["blue_ops"] != 0
+                    observations, rewards, _, _, infos = env.step(
+                        actions, {a.name: bits[0, a.index] for a in m.agents})
+                    steps += 1
+                    for info in infos.values():
+                        alerts += info["alerts"]
+                        failures.extend(info["failed_commands"])
+                    assert set(rewards) == set(m.agent_names)
+                dead = infos[m.agent_names[0]]["dead_peers"]
+            finally:
+                env.close()
+        assert steps == scenario.episode_length
+        assert alerts > 0, "red made no alert on real hosts in a whole episode"
+        # The operational defender, whose hosts are all containers, acted on them.
+        assert ops_actions > 0
+        assert failures == [], failures
+        assert dead == ()
+        assert service.drops.total == 0 and hub.drops.total == 0
+        records = records_of(emulated.run_id)
+    finally:
+        emulated.down()
+    assert records is not None
+    assert_nothing_left(footprint, records)
+    assert_no_docker_left(engine, records)
