@@ -14,6 +14,7 @@ removes it with the run; any other image is used as the engine has it.
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -56,6 +57,9 @@ class DockerHosts:
     @classmethod
     def open(cls, run_id: str) -> DockerHosts:
         """Connect to the first reachable engine (`EngineUnavailable` names the fix)."""
+        if shutil.which("nsenter") is None:
+            # Programs enter container hosts with it (see RangePlan.exec_prefix).
+            raise HostCommandError("nsenter is missing: install Debian's util-linux")
         client, url = docker_engine.connect_url()
         return cls(run_id, client, url)
 
