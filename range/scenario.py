@@ -16,8 +16,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from cyberdial.range.errors import Problem, ScenarioError
-from cyberdial.range.yamlpos import PositionedData, YamlSyntaxError, load_positioned
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,6 +24,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from cyberdial.range.errors import Problem, ScenarioError
+from cyberdial.range.yamlpos import PositionedData, YamlSyntaxError, load_positioned
 
 # Names become parts of Linux interface, namespace and nftables names: at most
 # 15 bytes (IFNAMSIZ - 1), letters, digits, '-' and '_', starting with a letter.
