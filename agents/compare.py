@@ -324,6 +324,7 @@ def plot_curves(scenario: str, results: list[dict[str, Any]],
     figure, (returns_axis, bits_axis) = plt.subplots(
         2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
     )
+    lowest = 0.0
     for i, algo in enumerate(order):
         records = [r for r in results if r["scenario"] == scenario and r["algo"] == algo]
         if not records:
@@ -333,6 +334,8 @@ def plot_curves(scenario: str, results: list[dict[str, Any]],
             mean = summary[(scenario, algo)]["return_mean"][0]
             returns_axis.axhline(mean, color=colour, linestyle="--",
                                  label=f"{algo} ({mean:.1f}, held-out)")
+            if algo == "react":  # the yardstick a learner must beat stays in view
+                lowest = min(lowest, mean)
             continue
         length = min(len(r["curve"]) for r in records)
         x = np.array([p["episodes"] for p in records[0]["curve"][:length]])
@@ -345,6 +348,13 @@ def plot_curves(scenario: str, results: list[dict[str, Any]],
                 half = t_quantile(len(records)) * values.std(axis=0, ddof=1) / math.sqrt(
                     len(records))
                 axis.fill_between(x, mean - half, mean + half, color=colour, alpha=0.2)
+            if axis is returns_axis:
+                lowest = min(lowest, float(mean.min()))
+    every = next(r["every_step_bits"] for r in results if r["scenario"] == scenario)
+    bits_axis.axhline(every, color="black", linestyle=":", label=f"send every step ({every})")
+    bits_axis.legend(fontsize=7, loc="center right")
+    # Zoom on the learners and the rule-based blue; weaker blues stay in the legend.
+    returns_axis.set_ylim(1.3 * lowest, max(5.0, -0.05 * lowest))
     returns_axis.set_ylabel("greedy return per episode")
     returns_axis.set_title(f"{scenario}: greedy evaluation during training"
                            " (mean over seeds, 95 % band)")
