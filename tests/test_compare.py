@@ -67,7 +67,8 @@ def test_compare_cli_on_tiny_reports_every_algorithm_and_resumes(
         assert len(values) >= 12 and all(math.isfinite(v) for v in values), (algo, cells)
     model = GameModel(load_scenario("tiny"))
     assert reference[3] == str(every_step_bits(model)) == "60"  # 2 agents × 1 bit × 30 steps
-    assert rows["sleep"][3].startswith("0.0 ")  # sleep sends nothing
+    for silent in ("sleep", "qmix", "iql", "dial-sau-nocomm"):  # none of these may talk
+        assert rows[silent][3] == "0.0 ± 0.0", (silent, rows[silent])
     assert (out_dir / "curves_tiny.png").stat().st_size > 1000
     finished = sorted((out_dir / "final").glob("*.json"))
     assert len(finished) == len(ALGOS) * 2
