@@ -30,6 +30,7 @@ from cyberdial.agents.recording import (
     StepRecord,
     bits_text,
 )
+from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import ActionKind, Activity, GameModel
 from cyberdial.range.sim import SimBatch
 
@@ -236,8 +237,6 @@ class HumanSeat:
         self, model: GameModel, agent: str, deadline_s: float, stdin: TextIO, stdout: TextIO
     ) -> None:
         if agent not in model.agent_names:
-            from cyberdial.range.errors import CyberdialError
-
             raise CyberdialError(
                 f"--human {agent}: no such agent; choose one of {', '.join(model.agent_names)}"
             )
