@@ -15,9 +15,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cyberdial.agents.recording import Recording, StepRecord
+from cyberdial.range.model import REWARD_TERMS
 
 SEVERITY = {"clean": 0, "user": 1, "privileged": 2}
-TERMS = ("privileged", "impact", "green", "restore", "comm")
+TERMS = REWARD_TERMS
 
 
 def _groups(recording: Recording) -> list[tuple[str, list[str]]]:

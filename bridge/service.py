@@ -418,6 +418,7 @@ class BridgeService:
             sent[0, layout.index, : len(bits)] = bits
 
         finished = self._advance_blue(chosen)
+        action_costs = self._action_costs(finished)
         failed, restores = self._execute(finished)
 
         # The step window: alerts that arrive until it closes are this step's activity.
@@ -427,7 +428,7 @@ class BridgeService:
         self.messages = sent
         bits_sent = int(sent.sum())
         self.measurement = self._measure()
-        terms = self._reward_terms(restores, bits_sent)
+        terms = self._reward_terms(restores, bits_sent, action_costs)
         if self.step_log is not None:
             self.step_log(StepLog(self.episode, self.step, tuple(alerts),
                                   tuple(self._last_commands), self.measurement, terms))
@@ -549,11 +550,21 @@ class BridgeService:
             flags.append(flag)
         return compromise, flags[0], flags[1], flags[2]
 
-    def _reward_terms(self, restores: int, bits_sent: int) -> dict[str, float]:
+    def _action_costs(self, finished: list[tuple[int, BlueAction]]) -> NDArray[np.float32]:
+        """Wasted-action costs as the simulator charges them, on the last measured truth."""
+        done = np.zeros((1, self.model.n_agents), dtype=bool)
+        done[0, [index for index, _ in finished]] = True
+        compromise, _, _, _ = self._truth_arrays()
+        return self.model.action_costs(done, self.pending[None, :], compromise, self.observed,
+                                       self.blocked)
+
+    def _reward_terms(self, restores: int, bits_sent: int,
+                      action_costs: NDArray[np.float32] | None = None) -> dict[str, float]:
         compromise, impacted, _, _ = self._truth_arrays()
         terms = self.model.reward_terms(
             compromise, impacted, np.array([self.measurement.green_failures], dtype=np.int64),
-            np.array([restores], dtype=np.int64), np.array([bits_sent], dtype=np.int64))
+            np.array([restores], dtype=np.int64), np.array([bits_sent], dtype=np.int64),
+            action_costs)
         return {name: float(value[0]) for name, value in terms.items()}
 
     def state(self) -> NDArray[np.float32]:

@@ -49,6 +49,8 @@ class Observed(IntEnum):
 ACTIVITY_BITS = np.array([[0, 0], [1, 0], [1, 1]], dtype=np.float32)
 COMPROMISE_BITS = np.array([[0, 0], [0, 1], [1, 1], [1, 0]], dtype=np.float32)
 HOST_BITS = 4
+# The reward's terms, each a cost >= 0 per step; the reward is minus their sum.
+REWARD_TERMS = ("privileged", "impact", "green", "restore", "comm", "actions")
 
 
 class ActionKind(IntEnum):
@@ -379,6 +381,49 @@ class GameModel:
 
     # ---------------------------------------------------------------- reward
 
+    def action_costs(
+        self,
+        finished: NDArray[np.bool_],
+        slots: NDArray[np.int64],
+        compromise: NDArray[np.int8],
+        observed: NDArray[np.int8],
+        blocked: NDArray[np.bool_],
+    ) -> NDArray[np.float32]:
+        """Per-env cost (B,) of the blue actions that finish now and were wasted.
+
+        finished, slots: (B, A) which agents' actions finish this step, and their
+        slots; compromise, observed (B, H) and blocked (B, S) as they stand *before*
+        the actions take effect. After the authors' CybORG (Analyse 1.5 unless it
+        finds red not yet known, Remove 0.5 unless it removes red, Block 2 unless a
+        peer's Analyse finds red privileged in the same step, Unblock 1 unless the
+        subnet was blocked); the amounts are the scenario's `reward.actions`.
+        """
+        costs = self.scenario.reward.actions
+        batch = finished.shape[0]
+        total = np.zeros(batch, dtype=np.float32)
+        if not (costs.analyse or costs.remove or costs.block or costs.unblock):
+            return total
+        agents = np.broadcast_to(np.arange(self.n_agents), slots.shape)
+        kind = np.where(finished, self.action_kind[agents, slots], ActionKind.SLEEP)
+        envs = np.arange(batch)[:, None]
+        host = self.action_host[agents, slots]
+        truth = compromise[envs, host]
+        belief = observed[envs, host]
+        analyse = kind == ActionKind.ANALYSE
+        finds_new = (truth > Compromise.CLEAN) & (belief != truth)
+        finds_privileged = analyse & (truth == Compromise.PRIVILEGED)
+        # A peer's Analyse that finds red privileged this step (not the agent's own).
+        peer_finds = (finds_privileged.sum(axis=1, keepdims=True) - finds_privileged) > 0
+        subnet_blocked = blocked[envs, self.action_subnet[agents, slots]]
+        wasted = (
+            costs.analyse * (analyse & ~finds_new)
+            + costs.remove * ((kind == ActionKind.REMOVE) & (truth != Compromise.USER))
+            + costs.block * ((kind == ActionKind.BLOCK) & ~peer_finds)
+            + costs.unblock * ((kind == ActionKind.UNBLOCK) & ~subnet_blocked)
+        )
+        total += wasted.sum(axis=1).astype(np.float32)
+        return total
+
     def reward_terms(
         self,
         compromise: NDArray[np.int8],
@@ -386,8 +431,12 @@ class GameModel:
         green_failures: NDArray[np.int64],
         restores: NDArray[np.int64],
         bits_sent: NDArray[np.int64],
+        actions: NDArray[np.float32] | None = None,
     ) -> dict[str, NDArray[np.float32]]:
-        """Per-env reward terms (each a cost >= 0) and their negated sum, `total`."""
+        """Per-env reward terms (each a cost >= 0) and their negated sum, `total`.
+
+        `actions` is `action_costs(...)` of the step (0 when not given).
+        """
         weights = self.scenario.reward
         privileged = (compromise == Compromise.PRIVILEGED).astype(np.float32) @ self.host_value
         terms = {
@@ -396,6 +445,8 @@ class GameModel:
             "green": (green_failures * weights.green_failure).astype(np.float32),
             "restore": (restores * weights.restore).astype(np.float32),
             "comm": (bits_sent * self.scenario.blue.comm_cost).astype(np.float32),
+            "actions": (np.zeros(compromise.shape[0], dtype=np.float32) if actions is None
+                        else np.asarray(actions, dtype=np.float32)),
         }
         terms["total"] = -np.sum(list(terms.values()), axis=0, dtype=np.float32)
         return terms

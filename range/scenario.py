@@ -213,6 +213,21 @@ class Blue(_Frozen):
     durations: BlueDurations = BlueDurations()
 
 
+class ActionCosts(_Frozen):
+    """What a blue action costs when it was wasted, as the authors' CybORG charges.
+
+    Each is charged when the action finishes without effect: Analyse that reveals
+    no compromise blue did not know, Remove that finds no user-level foothold,
+    Block while no peer's Analyse of this step finds red privileged, Unblock of a
+    subnet that was not blocked. All 0 by default (free actions).
+    """
+
+    analyse: Annotated[float, Field(ge=0.0)] = 0.0
+    remove: Annotated[float, Field(ge=0.0)] = 0.0
+    block: Annotated[float, Field(ge=0.0)] = 0.0
+    unblock: Annotated[float, Field(ge=0.0)] = 0.0
+
+
 class Reward(_Frozen):
     """Costs subtracted from the team reward each step (all non-negative)."""
 
@@ -222,6 +237,7 @@ class Reward(_Frozen):
     impact: Annotated[float, Field(ge=0.0)] = 10.0
     green_failure: Annotated[float, Field(ge=0.0)] = 0.1
     restore: Annotated[float, Field(ge=0.0)] = 1.0
+    actions: ActionCosts = ActionCosts()
 
 
 class Scenario(_Frozen):
@@ -268,8 +284,16 @@ class Scenario(_Frozen):
 
     @cached_property
     def scenario_hash(self) -> str:
-        """Stable digest of the scenario's content (not its file or formatting)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """Stable digest of the scenario's content (not its file or formatting).
+
+        Settings added to the language later (`reward.actions`) are left out while at
+        their defaults, so a scenario that does not use them keeps its digest and the
+        checkpoints trained on it stay valid.
+        """
+        exclude: dict[str, Any] = {}
+        if self.reward.actions == ActionCosts():
+            exclude = {"reward": {"actions"}}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
 def _group_names(group: HostGroup) -> list[str]:

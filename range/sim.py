@@ -136,7 +136,7 @@ class SimBatch:
         legal = in_range & (self.mask[self._env_grid, self._agent_grid, clipped] > 0)
         chosen = np.where(legal, clipped, 0)
 
-        restores = self._blue_step(chosen)
+        restores, action_costs = self._blue_step(chosen)
         self.activity[:] = Activity.NONE
         self._red_step()
         failures = self._green_step()
@@ -147,7 +147,8 @@ class SimBatch:
 
         self.messages = messages
         bits_sent = messages.reshape(b, -1).sum(axis=1).astype(np.int64)
-        terms = m.reward_terms(self.compromise, self.impacted, failures, restores, bits_sent)
+        terms = m.reward_terms(self.compromise, self.impacted, failures, restores, bits_sent,
+                               action_costs)
         self.t += 1
         observations = self._observe()
         self.mask = m.action_masks(self.activity, self.observed, self.messages, self.blue_timer > 0)
@@ -162,7 +163,9 @@ class SimBatch:
             done=self.t >= self.scenario.episode_length,
         )
 
-    def _blue_step(self, chosen: NDArray[np.int64]) -> NDArray[np.int64]:
+    def _blue_step(
+        self, chosen: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         m = self.model
         idle = self.blue_timer == 0
         self.blue_pending = np.where(idle, chosen, self.blue_pending)
@@ -177,6 +180,8 @@ class SimBatch:
         subnet = m.action_subnet[self._agent_grid, self.blue_pending]
         envs = self._env_grid
         restores = np.zeros(self.n_envs, dtype=np.int64)
+        action_costs = m.action_costs(finished, self.blue_pending, self.compromise, self.observed,
+                                      self.blocked)
 
         sel = finished & (kind == ActionKind.ANALYSE)
         if sel.any():
@@ -203,7 +208,7 @@ class SimBatch:
         sel = finished & (kind == ActionKind.DECOY)
         if sel.any():
             self.decoy[envs[sel], host[sel]] = True
-        return restores
+        return restores, action_costs
 
     def _red_step(self) -> None:
         m, b, red = self.model, self.n_envs, self.scenario.red

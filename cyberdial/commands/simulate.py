@@ -7,7 +7,7 @@ import argparse
 from rich.table import Table
 
 from cyberdial.agents.baselines import BASELINES, make_baseline
-from cyberdial.agents.rollout import run_episodes
+from cyberdial.agents.rollout import TERM_NAMES, run_episodes
 from cyberdial.commands.common import console, progress_bar
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
@@ -59,7 +59,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     table.add_row("hosts privileged at end", f"{summary['privileged_hosts_at_end']:.1f}")
     table.add_row("green failures", f"{summary['green_failures']:.1f}")
     table.add_row("bits sent", f"{summary['bits_per_episode']:.1f}")
-    for name in ("privileged", "impact", "green", "restore", "comm"):
+    for name in TERM_NAMES:
         table.add_row(f"cost: {name}", f"{summary['cost_' + name]:.2f}")
     console.print(table)
     return 0
