@@ -69,6 +69,11 @@ def save_checkpoint(
     logger.info("checkpoint written: %s (%d episodes)", path, episodes)
 
 
+# Settings added after checkpoints of this format were first written: a checkpoint
+# that lacks one was trained without it, so it keeps the behaviour it was trained with.
+LEGACY_SETTINGS = {"gate_messages": False}
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     file = Path(path)
     if not file.is_file():
@@ -88,7 +93,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f" {VERSION}: retrain with this version"
         )
     known = {item.name for item in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in payload["config"].items() if k in known})
+    saved = {**LEGACY_SETTINGS, **payload["config"]}
+    config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
     return Checkpoint(
         path=file,
         algo=payload["algo"],

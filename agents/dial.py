@@ -15,6 +15,16 @@ DRU outputs `sigmoid(m + N(0, σ))` instead, so every receiver's TD error
 back-propagates through the message into its sender, across time steps. The
 environment still receives executed bits (`m + noise > 0` while collecting,
 `m > 0` in execution) for the communication cost and SAU's Analyse unmasking.
+
+Three rules keep training and execution one game (after the authors' code):
+- Gated senders (`gate_messages`, the authors' `game_comm_limited`): an agent's
+  message is 0, with no gradient, unless its own observation shows something on
+  one of its hosts. The gate reads the observation only, so it holds in execution.
+- The noise that acted is the noise replayed: collection stores each step's DRU
+  noise with the episode, and the learner's unroll uses it, so the replayed soft
+  messages agree with the bits that chose the recorded actions, masks and rewards.
+- No loss term for the cost of messages by default: the reward charges the bits
+  sent (`comm_penalty` adds the differentiable expected cost back, as an option).
 """
 
 from __future__ import annotations
@@ -29,6 +39,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from cyberdial.agents.qlearning import (
+    chosen_q,
+    double_q_next_values,
+    epsilon_greedy,
+    greedy_actions,
+    td_target,
+)
 from cyberdial.agents.training import EpisodeBatch, Learner, TrainConfig
 from cyberdial.range.model import GameModel
 
@@ -73,6 +90,7 @@ class DialNetwork(nn.Module):
     action_at: torch.Tensor
     action_valid: torch.Tensor
     peers: torch.Tensor
+    host_bit: torch.Tensor
 
     def __init__(self, model: GameModel, hidden: int = 128) -> None:
         super().__init__()
@@ -82,11 +100,13 @@ class DialNetwork(nn.Module):
         self.n_incoming = (n_agents - 1) * bits
 
         keep = torch.ones(n_agents, model.max_obs)
+        host_bit = torch.zeros(n_agents, model.max_obs)
         incoming_at = torch.zeros(n_agents, max(self.n_incoming, 1), dtype=torch.long)
         action_at = torch.zeros(n_agents, model.max_actions, dtype=torch.long)
         action_valid = torch.zeros(n_agents, model.max_actions, dtype=torch.bool)
         for layout in model.agents:
             slices = layout.obs_slices()
+            host_bit[layout.index, slices["hosts"]] = 1.0
             keep[layout.index, slices["messages"]] = 0.0
             keep[layout.index, slices["last_action"]] = 0.0
             if self.n_incoming:
@@ -108,6 +128,7 @@ class DialNetwork(nn.Module):
         self.register_buffer("action_at", action_at)
         self.register_buffer("action_valid", action_valid)
         self.register_buffer("peers", peers)
+        self.register_buffer("host_bit", host_bit)
 
         self.observation_embedding = nn.Linear(model.max_obs, hidden)
         self.message_embedding = nn.Linear(self.n_incoming, hidden) if self.n_incoming else None
@@ -133,6 +154,15 @@ class DialNetwork(nn.Module):
         """Peers' messages (soft or hard) from everyone's (B, A, bits): (B, A, (A-1)·bits)."""
         batch = messages.shape[0]
         return messages[:, self.peers].reshape(batch, self.n_agents, self.n_incoming)
+
+    def sees_activity(self, observations: torch.Tensor) -> torch.Tensor:
+        """(B, A) whether any of an agent's own host bits is set: the message gate.
+
+        As the authors' `get_comm_limited`: any 1 among the hosts' 4 bits (activity or
+        compromise, "unknown" included); the blocked, message and last-action slices
+        do not count.
+        """
+        return (observations * self.host_bit).amax(dim=-1) > 0
 
     def previous_actions(self, observations: torch.Tensor) -> torch.Tensor:
         """Each agent's last action slot, decoded from its observation's one-hot: (B, A)."""
@@ -161,11 +191,6 @@ class DialNetwork(nn.Module):
         return out[..., : self.max_actions], out[..., self.max_actions :], hidden
 
 
-def greedy_actions(q: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Highest legal Q per agent: SAU's masked actions are never chosen."""
-    return q.masked_fill(~masks, -torch.inf).argmax(dim=-1)
-
-
 # ------------------------------------------------------------------ execution
 
 
@@ -174,16 +199,26 @@ class DialPolicy:
 
     Keeps each env's GRU state between calls within an episode; `reset(n_envs)`
     clears it. Incoming messages are read from the observation (what the range,
-    simulated or emulated, delivered), and the bits sent are `logit > 0`.
+    simulated or emulated, delivered), and the bits sent are `logit > 0`, gated as
+    in training (`gate`: 0 unless the sender's own hosts show something).
     """
 
-    def __init__(self, network: DialNetwork, comm: bool) -> None:
+    def __init__(self, network: DialNetwork, comm: bool, gate: bool = False,
+                 analyse_slots: NDArray[np.bool_] | None = None) -> None:
         self.network = network
         self.comm = comm
+        self.gate = gate
+        # (A, max_actions) Analyse slots: a peer's 1 may unmask them (for `listener_changes`).
+        self.analyse_slots = (torch.zeros(network.n_agents, network.max_actions, dtype=torch.bool)
+                              if analyse_slots is None else torch.as_tensor(analyse_slots))
         self.hidden = network.initial_hidden(1)
 
     def reset(self, n_envs: int) -> None:
         self.hidden = self.network.initial_hidden(n_envs)
+
+    def _incoming(self, obs: torch.Tensor) -> torch.Tensor:
+        incoming = self.network.incoming_from_observations(obs)
+        return incoming if self.comm else torch.zeros_like(incoming)
 
     @torch.no_grad()
     def act(
@@ -192,13 +227,47 @@ class DialPolicy:
         obs = torch.as_tensor(observations, dtype=torch.float32)
         if self.hidden.shape[0] != obs.shape[0]:
             self.reset(obs.shape[0])
-        incoming = self.network.incoming_from_observations(obs)
-        if not self.comm:
-            incoming = torch.zeros_like(incoming)
-        q, logits, self.hidden = self.network(obs, incoming, self.hidden)
+        q, logits, self.hidden = self.network(obs, self._incoming(obs), self.hidden)
         actions = greedy_actions(q, torch.as_tensor(masks) > 0)
         bits = dru(logits, 0.0, training=False) if self.comm else torch.zeros_like(logits)
+        if self.gate:
+            bits = bits * self.network.sees_activity(obs)[..., None]
         return actions.numpy().astype(np.int64), bits.numpy().astype(np.uint8)
+
+    @torch.no_grad()
+    def listener_changes(
+        self, observations: NDArray[np.float32], masks: NDArray[np.int8]
+    ) -> NDArray[np.bool_]:
+        """(B, receiver, sender): would the receiver's greedy action change if the bit it
+        hears from that sender were flipped? Call before `act` on the same step.
+
+        Interventional, on the policy's own GRU state: only the incoming bit differs.
+        Both sides choose among the same actions, the union of the legal actions with
+        and without the bit (a 1 from a peer may unmask Analyse), so what is counted
+        is what the network does with the bit, not SAU's unmasking. Width 1 per peer
+        (the first bit of each peer's message).
+        """
+        obs = torch.as_tensor(observations, dtype=torch.float32)
+        n, agents = obs.shape[0], self.network.n_agents
+        changes = np.zeros((n, agents, agents), dtype=bool)
+        if not self.comm or self.hidden.shape[0] != n:
+            return changes
+        legal = torch.as_tensor(masks) > 0
+        busy = legal.sum(dim=2) <= 1  # a busy agent may only continue (Sleep)
+        union = legal | (self.analyse_slots[None] & ~busy[..., None])
+        incoming = self._incoming(obs)
+        q, _, _ = self.network(obs, incoming, self.hidden)
+        factual = greedy_actions(q, union)
+        bits = self.network.message_bits
+        for receiver in range(agents):
+            for position, sender in enumerate(self.network.peers[receiver].tolist()):
+                flipped = incoming.clone()
+                column = position * bits
+                flipped[:, receiver, column] = 1.0 - flipped[:, receiver, column]
+                q_flip, _, _ = self.network(obs, flipped, self.hidden)
+                other = greedy_actions(q_flip[:, receiver], union[:, receiver])
+                changes[:, receiver, sender] = (other != factual[:, receiver]).numpy()
+        return changes
 
 
 # ------------------------------------------------------------------ learning
@@ -230,6 +299,7 @@ class DialLearner(Learner):
     def __init__(self, model: GameModel, config: TrainConfig) -> None:
         super().__init__(model, config)
         self.comm = not config.no_comm and model.message_bits > 0 and model.n_agents > 1
+        self.gate = config.gate_messages
         self.network = DialNetwork(model, config.hidden)
         self.target = copy.deepcopy(self.network)
         self.target.requires_grad_(False)
@@ -245,6 +315,17 @@ class DialLearner(Learner):
     def reset(self, n_envs: int) -> None:
         self.hidden = self.network.initial_hidden(n_envs)
         self.sent = torch.zeros(n_envs, self.model.n_agents, self.model.message_bits)
+        self.acting_noise = None
+
+    def soft_messages(self, network: DialNetwork, logits: torch.Tensor,
+                      observations: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The DRU's training messages, 0 (no gradient) from a gated sender that sees nothing."""
+        if not self.comm:
+            return torch.zeros_like(logits)
+        soft = dru(logits, self.config.dru_sigma, training=True, noise=noise)
+        if self.gate:
+            soft = soft * network.sees_activity(observations)[..., None]
+        return soft
 
     @torch.no_grad()
     def act(
@@ -254,29 +335,27 @@ class DialLearner(Learner):
         # Receivers hear the peers' noisy DRU outputs, as they will in the learner's replay.
         incoming = self.network.incoming_from_messages(self.sent)
         q, logits, self.hidden = self.network(obs, incoming, self.hidden)
-        if self.comm:
-            self.sent = dru(logits, self.config.dru_sigma, training=True, generator=self.generator)
-        legal = masks > 0
-        actions = greedy_actions(q, torch.as_tensor(legal)).numpy().astype(np.int64)
-        random_actions = np.where(legal, self.rng.random(legal.shape), -1.0).argmax(axis=2)
-        explore = self.rng.random(actions.shape) < epsilon
-        actions = np.where(explore, random_actions, actions)
+        noise = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
+        self.acting_noise = noise.numpy()
+        self.sent = self.soft_messages(self.network, logits, obs, noise)
+        actions = epsilon_greedy(q, masks > 0, epsilon, self.rng)
+        # The bits the range gets are the soft messages' (same noise): 1 iff m + σ·ε > 0.
         bits = (self.sent > 0.5).numpy().astype(np.uint8)
         return actions, bits
 
     # --------------------------------------------------------- learning
 
-    def unroll(self, network: DialNetwork, batch: EpisodeBatch, noise: torch.Tensor) -> Unroll:
-        """Replay whole episodes; each step's messages reach the peers at the next step."""
+    def unroll(self, network: DialNetwork, batch: EpisodeBatch) -> Unroll:
+        """Replay whole episodes with the noise that acted; messages reach peers next step."""
         n, steps = batch.size, batch.steps
         hidden = network.initial_hidden(n)
         sent = torch.zeros(n, self.model.n_agents, self.model.message_bits)
         qs, logits_seen, messages = [], [], []
         for t in range(steps + 1):
+            observations = batch.observations[:, t]
             incoming = network.incoming_from_messages(sent)
-            q, logits, hidden = network(batch.observations[:, t], incoming, hidden)
-            if self.comm:
-                sent = dru(logits, self.config.dru_sigma, training=True, noise=noise[:, t])
+            q, logits, hidden = network(observations, incoming, hidden)
+            sent = self.soft_messages(network, logits, observations, batch.noise[:, t])
             qs.append(q)
             logits_seen.append(logits)
             messages.append(sent)
@@ -286,32 +365,23 @@ class DialLearner(Learner):
     def losses(self, batch: EpisodeBatch) -> LossTerms:
         """Per-agent double-Q TD errors on the team reward, through the messages."""
         config = self.config
-        noise = torch.randn(
-            (batch.size, batch.steps + 1, self.model.n_agents, self.model.message_bits),
-            generator=self.generator,
-        )
-        online = self.unroll(self.network, batch, noise)
+        online = self.unroll(self.network, batch)
         with torch.no_grad():
             # Same noise for the target network: its messages differ from the online
             # network's only by its (older) weights.
-            target_q = self.unroll(self.target, batch, noise).q
-        q_taken = online.q[:, :-1].gather(3, batch.actions.unsqueeze(3)).squeeze(3)
-        next_legal = batch.masks[:, 1:]
-        best_next = greedy_actions(online.q[:, 1:].detach(), next_legal)  # double Q
-        next_value = target_q[:, 1:].gather(3, best_next.unsqueeze(3)).squeeze(3)
-        # Episodes end at the time limit; the last step bootstraps from nothing.
-        not_last = torch.ones(batch.steps)
-        not_last[-1] = 0.0
-        reward = batch.rewards * config.reward_scale
-        target = reward.unsqueeze(2) + config.gamma * not_last[None, :, None] * next_value
-        td_error = q_taken - target
-        # The reward charges the executed bits, but that charge has no gradient; the
-        # expected cost of the soft messages gives the sender a reason to stay silent.
+            target_q = self.unroll(self.target, batch).q
+        next_value = double_q_next_values(online.q[:, 1:], target_q[:, 1:], batch.masks[:, 1:])
+        target = td_target(batch.rewards * config.reward_scale, next_value, config.gamma)
+        td_error = chosen_q(online.q[:, :-1], batch.actions) - target
+        # Optional: the reward charges the executed bits, but that charge has no gradient;
+        # the expected cost of the soft messages gives senders a reason to stay silent.
         comm_cost = (
             self.model.scenario.blue.comm_cost * config.reward_scale
             * online.messages[:, :-1].sum(dim=3).mean()
         )
-        loss = td_error.pow(2).mean() + config.comm_penalty * comm_cost
+        loss = td_error.pow(2).mean()
+        if config.comm_penalty:
+            loss = loss + config.comm_penalty * comm_cost
         return LossTerms(td_error=td_error, comm_cost=comm_cost, unroll=online, loss=loss)
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
@@ -321,14 +391,16 @@ class DialLearner(Learner):
         grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
         self.optimiser.step()
         messages = terms.unroll.messages.detach()
+        logits = terms.unroll.logits.detach()
         saturated = ((messages - 0.5).abs() > 0.4).float().mean() if self.comm else messages.sum()
         return {
             "losses/td_loss": float(terms.td_error.detach().pow(2).mean()),
-            "losses/q_values": float(terms.unroll.q[:, :-1].detach().gather(
-                3, batch.actions.unsqueeze(3)).mean()),
+            "losses/q_values": float(chosen_q(terms.unroll.q[:, :-1].detach(),
+                                              batch.actions).mean()),
             "losses/grad_norm": float(grad_norm),
             "losses/comm_cost": float(terms.comm_cost.detach()),
-            "comm/message_mean": float(messages.detach().mean()),
+            "comm/message_mean": float(messages.mean()),
+            "comm/logit_mean": float(logits.mean()),
             "comm/saturated_fraction": float(saturated),
         }
 
@@ -338,7 +410,14 @@ class DialLearner(Learner):
     # --------------------------------------------------------- policy and state
 
     def greedy_policy(self) -> DialPolicy:
-        return DialPolicy(self.network, self.comm)
+        return DialPolicy(self.network, self.comm, gate=self.gate,
+                          analyse_slots=self._listener_analyse_slots())
+
+    def _listener_analyse_slots(self) -> NDArray[np.bool_]:
+        blue = self.model.scenario.blue
+        if blue.sau and blue.limit_analyse:
+            return self.model.slot_analyse
+        return np.zeros_like(self.model.slot_analyse)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -348,7 +427,14 @@ class DialLearner(Learner):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.network.load_state_dict(state["network"])
-        self.target.load_state_dict(state.get("target", state["network"]))
+        network = dict(state["network"])
+        # Checkpoints from before the message gate lack its index table; it is derived
+        # from the layout (checked against the checkpoint's), not learned.
+        for name in ("host_bit",):
+            network.setdefault(name, getattr(self.network, name))
+        self.network.load_state_dict(network)
+        target = dict(state.get("target", state["network"]))
+        target.setdefault("host_bit", self.network.host_bit)
+        self.target.load_state_dict(target)
         if "optimiser" in state:
             self.optimiser.load_state_dict(state["optimiser"])

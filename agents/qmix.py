@@ -25,6 +25,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from cyberdial.agents.qlearning import (
+    chosen_q,
+    double_q_next_values,
+    epsilon_greedy,
+    greedy_actions,
+    td_target,
+)
 from cyberdial.agents.training import EpisodeBatch, Learner, TrainConfig
 from cyberdial.range.model import GameModel
 
@@ -74,11 +81,6 @@ class DrqnNetwork(nn.Module):
             x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
         ).reshape(batch, self.n_agents, -1)
         return self.fc2(hidden), hidden
-
-
-def greedy_actions(q: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Highest legal Q per agent: masked actions get −∞, so they are never chosen."""
-    return q.masked_fill(~masks, -torch.inf).argmax(dim=-1)
 
 
 # ------------------------------------------------------------------ the mixer
@@ -185,12 +187,7 @@ class DrqnLearner(Learner):
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
         q, self.hidden = self.network(torch.as_tensor(observations, dtype=torch.float32),
                                       self.hidden)
-        legal = masks > 0
-        actions = greedy_actions(q, torch.as_tensor(legal)).numpy().astype(np.int64)
-        # ε-random among the legal actions only (pymarl's EpsilonGreedyActionSelector).
-        random_actions = np.where(legal, self.rng.random(legal.shape), -1.0).argmax(axis=2)
-        explore = self.rng.random(actions.shape) < epsilon
-        actions = np.where(explore, random_actions, actions)
+        actions = epsilon_greedy(q, masks > 0, epsilon, self.rng)
         silence = np.zeros((*actions.shape, self.model.message_bits), dtype=np.uint8)
         return actions, silence
 
@@ -212,22 +209,15 @@ class DrqnLearner(Learner):
         q = self.unroll(self.network, batch.observations)
         with torch.no_grad():
             target_q = self.unroll(self.target, batch.observations)
-            # Double Q: the online network picks the next action among the legal ones,
-            # the target network values it; a masked action is never bootstrapped.
-            best_next = greedy_actions(q[:, 1:].detach(), batch.masks[:, 1:])
-            next_value = target_q[:, 1:].gather(3, best_next.unsqueeze(3)).squeeze(3)
-        q_taken = q[:, :-1].gather(3, batch.actions.unsqueeze(3)).squeeze(3)  # (B, T, A)
-        # Episodes end at the time limit; the last step bootstraps from nothing.
-        not_last = torch.ones(batch.steps)
-        not_last[-1] = 0.0
+            next_value = double_q_next_values(q[:, 1:], target_q[:, 1:], batch.masks[:, 1:])
+        q_taken = chosen_q(q[:, :-1], batch.actions)  # (B, T, A)
         reward = batch.rewards * config.reward_scale  # (B, T)
         if self.mixer is not None and self.target_mixer is not None:
             q_tot = self.mixer(q_taken, batch.states[:, :-1])
             with torch.no_grad():
                 next_tot = self.target_mixer(next_value, batch.states[:, 1:])
-            return q_tot - (reward + config.gamma * not_last * next_tot)
-        target = reward.unsqueeze(2) + config.gamma * not_last[None, :, None] * next_value
-        return q_taken - target
+            return q_tot - td_target(reward, next_tot, config.gamma)
+        return q_taken - td_target(reward, next_value, config.gamma)
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
         td_error = self.td_errors(batch)

@@ -38,6 +38,8 @@ from cyberdial.range.sim import SimBatch
 
 logger = logging.getLogger(__name__)
 
+# What the messages carried at each greedy evaluation (agents/messages.py).
+COMM_FIGURES = ("mi_activity", "mi_red", "mi_red_given_activity", "listener_effect")
 # Evaluation episodes use seeds far from the training ones, so a greedy score is
 # never measured on the very episodes the learner just trained on.
 EVAL_SEED_OFFSET = 1_000_000
@@ -62,7 +64,8 @@ PYMARL_DEFAULTS: Mapping[str, Any] = {
     "hidden": 64,
     "batch_episodes": 32,
     "buffer_episodes": 1000,
-    "target_update_episodes": 200,
+    "target_update_every": 200,
+    "target_update_unit": "episodes",
 }
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -74,6 +77,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "iql": AlgorithmSpec("cyberdial.agents.qmix:IqlLearner", sau=None,
                          defaults=PYMARL_DEFAULTS),
 }
+
+
+TARGET_UPDATE_UNITS = ("updates", "episodes")
 
 
 @dataclass
@@ -109,8 +115,11 @@ class TrainConfig:
     """clip the gradient's global norm to this"""
     hidden: int = 128
     """GRU hidden size"""
-    target_update_episodes: int = 100
-    """copy the online network into the double-Q target network every this many episodes"""
+    target_update_every: int = 100
+    """copy the online network into the double-Q target network every this many
+    --target-update-unit (DIAL's references count learning steps)"""
+    target_update_unit: str = "updates"
+    """what --target-update-every counts: updates (gradient steps) or episodes (pymarl)"""
     epsilon_start: float = 1.0
     """ε of ε-greedy exploration at the start"""
     epsilon_end: float = 0.05
@@ -119,9 +128,12 @@ class TrainConfig:
     """fraction of the training episodes over which ε falls linearly"""
     dru_sigma: float = 2.0
     """standard deviation of the DRU's noise on message logits during training"""
-    comm_penalty: float = 1.0
-    """weight of the differentiable communication cost (comm_cost × expected bits
-    sent) in the loss; 0 leaves the cost only in the reward"""
+    comm_penalty: float = 0.0
+    """weight of a differentiable communication cost (comm_cost × expected bits
+    sent) in the loss; 0 (the authors' choice) leaves the cost only in the reward"""
+    gate_messages: bool = True
+    """a sender's message is 0 (with no gradient) unless its own hosts show something
+    in its observation, as the authors' game_comm_limited (DIAL only)"""
     reward_scale: float = 0.1
     """rewards are multiplied by this inside the learner (keeps Q-values near 1);
     logged returns are unscaled"""
@@ -152,11 +164,14 @@ class TrainConfig:
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"unknown algo {self.algo!r}: choose from {', '.join(ALGORITHMS)}")
         positive = ("episodes", "envs", "batch_episodes", "buffer_episodes", "hidden",
-                    "target_update_episodes", "eval_every", "eval_episodes", "checkpoint_every",
+                    "target_update_every", "eval_every", "eval_episodes", "checkpoint_every",
                     "threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.target_update_unit not in TARGET_UPDATE_UNITS:
+            raise ConfigError(f"--target-update-unit must be one of"
+                              f" {', '.join(TARGET_UPDATE_UNITS)}, not {self.target_update_unit!r}")
         if self.buffer_episodes < self.batch_episodes:
             raise ConfigError("--buffer-episodes must be at least --batch-episodes")
         if not 0.0 <= self.gamma <= 1.0:
@@ -172,6 +187,8 @@ class TrainConfig:
             parts.append("nocomm")
         if self.no_sau and ALGORITHMS[self.algo].sau is not False:
             parts.append("nosau")
+        if not self.gate_messages and "dial" in self.algo and not self.no_comm:
+            parts.append("nogate")
         if self.message_bits is not None:
             parts.append(f"bits{self.message_bits}")
         return "-".join(parts)
@@ -235,6 +252,8 @@ def add_config_arguments(parser: Any, cls: type = TrainConfig) -> None:
         extra: dict[str, Any] = {}
         if item.name == "algo":
             extra["choices"] = sorted(ALGORITHMS)
+        if item.name == "target_update_unit":
+            extra["choices"] = TARGET_UPDATE_UNITS
         shown = "the scenario's" if default is None else str(default)
         if cls is TrainConfig:
             own = [f"{name}: {spec.defaults[item.name]}" for name, spec in ALGORITHMS.items()
@@ -251,6 +270,30 @@ def config_from_args(args: Any, cls: type = TrainConfig) -> Any:
     if cls is TrainConfig:
         return config_for(given.pop("algo", TrainConfig.algo), **given)
     return cls(**given)
+
+
+def parse_setting(name: str, raw: str) -> Any:
+    """A `TrainConfig` field's value from text, by the field's type (for `compare --option`)."""
+    kinds = {item.name: str(item.type) for item in fields(TrainConfig)}
+    if name not in kinds:
+        raise ConfigError(f"unknown setting {name!r} (see `cyberdial train --help`)")
+    kind = kinds[name]
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if "None" in kind and raw.lower() == "none":
+            return None
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        wanted = ("true or false" if kind == "bool" else "an integer" if kind.startswith("int")
+                  else "a number")
+        raise ConfigError(f"{name} takes {wanted}, not {raw[:40]!r}") from None
+    return raw
 
 
 def config_for(algo: str, **settings: Any) -> TrainConfig:
@@ -298,6 +341,7 @@ class EpisodeBatch:
     messages: torch.Tensor  # (B, T, A, bits) float32, the executed bits
     rewards: torch.Tensor  # (B, T) float32, the team reward
     states: torch.Tensor  # (B, T+1, state_size) float32, for centralised critics/mixers
+    noise: torch.Tensor  # (B, T+1, A, bits) float32, the DRU noise that acted (0 if none)
 
     @property
     def size(self) -> int:
@@ -306,6 +350,9 @@ class EpisodeBatch:
     @property
     def steps(self) -> int:
         return int(self.actions.shape[1])
+
+
+EPISODE_FIELDS = ("observations", "masks", "actions", "messages", "rewards", "states", "noise")
 
 
 class EpisodeBuffer:
@@ -320,13 +367,14 @@ class EpisodeBuffer:
         self.messages = np.zeros((capacity, t, a, model.message_bits), dtype=np.uint8)
         self.rewards = np.zeros((capacity, t), dtype=np.float32)
         self.states = np.zeros((capacity, t + 1, model.state_size), dtype=np.float32)
+        self.noise = np.zeros((capacity, t + 1, a, model.message_bits), dtype=np.float32)
         self.next = 0
         self.filled = 0
 
     def add(self, episodes: dict[str, NDArray[Any]]) -> None:
         n = len(episodes["actions"])
         index = (self.next + np.arange(n)) % self.capacity
-        for name in ("observations", "masks", "actions", "messages", "rewards", "states"):
+        for name in EPISODE_FIELDS:
             getattr(self, name)[index] = episodes[name]
         self.next = int((self.next + n) % self.capacity)
         self.filled = min(self.filled + n, self.capacity)
@@ -343,6 +391,7 @@ class EpisodeBuffer:
             messages=torch.from_numpy(self.messages[index].astype(np.float32)),
             rewards=torch.from_numpy(self.rewards[index]),
             states=torch.from_numpy(self.states[index]),
+            noise=torch.from_numpy(self.noise[index]),
         )
 
 
@@ -353,6 +402,9 @@ class Learner(ABC):
     """What an algorithm provides to the loop: behaviour, learning, a greedy policy, state."""
 
     uses_messages: ClassVar[bool] = False
+    acting_noise: NDArray[np.float32] | None = None
+    """the DRU noise (B, A, bits) the last `act` drew, or None: the loop stores it with
+    the episode so that the replay feeds receivers the very messages that acted"""
 
     def __init__(self, model: GameModel, config: TrainConfig) -> None:
         self.model = model
@@ -451,6 +503,7 @@ def collect_episodes(
         "messages": np.zeros((t_max, n, model.n_agents, model.message_bits), dtype=np.uint8),
         "rewards": np.zeros((t_max, n), dtype=np.float32),
         "states": np.zeros((t_max + 1, n, model.state_size), dtype=np.float32),
+        "noise": np.zeros((t_max + 1, n, model.n_agents, model.message_bits), dtype=np.float32),
         "bits_sent": np.zeros((t_max, n), dtype=np.int64),
     }
     for t in range(t_max):
@@ -458,6 +511,8 @@ def collect_episodes(
         episode["masks"][t] = masks > 0
         episode["states"][t] = sim.state()
         actions, messages = learner.act(observations, masks, epsilon)
+        if learner.acting_noise is not None:
+            episode["noise"][t] = learner.acting_noise
         result = sim.step(actions, messages)
         episode["actions"][t] = actions
         episode["messages"][t] = messages
@@ -510,7 +565,8 @@ def train(
     steps_per_episode = scenario.episode_length
     evaluations: list[dict[str, float]] = []
     episodes_done = 0
-    next_target = config.target_update_episodes
+    updates_done = 0
+    next_target = config.target_update_every
     next_eval = config.eval_every
     next_checkpoint = config.checkpoint_every
     started = time.perf_counter()
@@ -528,9 +584,13 @@ def train(
         metrics: dict[str, float] = {}
         for _ in range(config.updates_per_iteration):
             metrics = learner.update(buffer.sample(config.batch_episodes, rng))
-        while episodes_done >= next_target:
+            updates_done += 1
+        # The target network follows the online one every N updates (DIAL's references)
+        # or every N episodes (pymarl's QMIX).
+        counted = updates_done if config.target_update_unit == "updates" else episodes_done
+        while counted >= next_target:
             learner.update_target()
-            next_target += config.target_update_episodes
+            next_target += config.target_update_every
 
         elapsed = time.perf_counter() - started
         returns = episodes["rewards"].sum(axis=1)
@@ -566,6 +626,7 @@ def train(
                 "return_mean": summary["return_mean"],
                 "return_std": summary["return_std"],
                 "bits_per_episode": summary["bits_per_episode"],
+                **{name: summary[name] for name in COMM_FIGURES},
             }
             evaluations.append(record)
             with eval_log.open("a", newline="") as handle:
@@ -578,6 +639,9 @@ def train(
                 writer.add_scalar("charts/eval_return", record["return_mean"], episodes_done)
                 writer.add_scalar("comm/eval_bits_per_episode", record["bits_per_episode"],
                                   episodes_done)
+                for name in COMM_FIGURES:  # what the messages carry (agents/messages.py)
+                    if record[name] == record[name]:  # not NaN
+                        writer.add_scalar(f"comm/{name}", record[name], episodes_done)
             logger.info("%d episodes: greedy return %.2f ± %.2f, %.1f bits", episodes_done,
                         record["return_mean"], record["return_std"], record["bits_per_episode"])
         if episodes_done >= next_checkpoint or last:

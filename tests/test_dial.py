@@ -90,6 +90,90 @@ def test_dru_is_noisy_sigmoid_in_training_and_threshold_in_execution() -> None:
     assert torch.allclose(dru(logits, 2.0, training=True, noise=noise), torch.sigmoid(logits))
 
 
+# ------------------------------------------------------------------ one game while training
+
+
+def _record_acting_q(learner: DialLearner) -> list[torch.Tensor]:
+    """Wrap the network so every forward pass of behaviour is remembered."""
+    seen: list[torch.Tensor] = []
+    forward = learner.network.forward
+
+    def recording(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, logits, hidden = forward(*args)
+        seen.append(q.detach().clone())
+        return q, logits, hidden
+
+    learner.network.forward = recording  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.timeout(60)
+def test_replay_of_the_latest_episodes_reproduces_the_acting_q_values(tmp_path: Path) -> None:
+    """The noise that acted is the noise replayed: same weights, same episodes, same Q."""
+    config = _config(tmp_path, scenario="small")
+    model = GameModel(prepare_scenario(config))
+    learner = DialLearner(model, config)
+    seen = _record_acting_q(learner)
+    episodes = collect_episodes(SimBatch(model, n_envs=4, seed=1), learner, epsilon=0.3, seed=1)
+    del learner.network.forward  # back to the class's forward
+    buffer = EpisodeBuffer(model, 4)
+    buffer.add(episodes)
+    batch = buffer.sample(4, np.random.default_rng(0))
+    assert float(batch.messages.sum()) > 0, "no message was sent: the test shows nothing"
+    with torch.no_grad():
+        replay = learner.unroll(learner.network, batch)
+    acting = torch.stack(seen, dim=1)  # (B, T, A, actions)
+    assert torch.allclose(replay.q[:, :-1], acting, atol=1e-5)
+    # The bits the range received (which set the masks and the cost) are the replayed
+    # soft messages' bits, step for step.
+    assert torch.equal((replay.messages[:, :-1] > 0.5).float(), batch.messages)
+
+
+@pytest.mark.timeout(60)
+def test_a_gated_sender_that_sees_nothing_sends_zero_with_no_gradient(tmp_path: Path) -> None:
+    learner, batch = _learner_and_batch(tmp_path)
+    terms = learner.losses(batch)
+    sees = learner.network.sees_activity(batch.observations)  # (B, T+1, A)
+    messages = terms.unroll.messages[..., 0]
+    assert (~sees).any() and sees.any()
+    assert (messages[~sees] == 0).all()
+    assert (batch.messages[..., 0][~sees[:, :-1]] == 0).all()
+    # No gradient reaches a silent sender's logit from anyone's TD error.
+    grads = torch.autograd.grad(terms.td_error.pow(2).mean(), terms.unroll.step_logits,
+                                allow_unused=True)
+    for t, grad in enumerate(grads[:-1]):
+        if grad is not None:
+            assert (grad[..., 0][~sees[:, t]] == 0).all()
+    # Switched off, the same silent steps may send.
+    ungated, ungated_batch = _learner_and_batch(tmp_path, gate_messages=False)
+    quiet = ~ungated.network.sees_activity(ungated_batch.observations[:, :-1])
+    assert ungated_batch.messages[..., 0][quiet].sum() > 0
+
+
+def test_the_target_network_follows_every_n_updates(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    copies: list[int] = []
+    monkeypatch.setattr(DialLearner, "update_target", lambda self: copies.append(1))
+    # 10 iterations of 16 episodes, one update each: copies after updates 3, 6 and 9.
+    train(_config(tmp_path, scenario="tiny", episodes=160, envs=16, batch_episodes=16,
+                  buffer_episodes=16, target_update_every=3, eval_every=160, eval_episodes=2))
+    assert len(copies) == 3
+    copies.clear()
+    train(_config(tmp_path, scenario="tiny", episodes=160, envs=16, batch_episodes=16,
+                  buffer_episodes=16, target_update_every=100, target_update_unit="episodes",
+                  eval_every=160, eval_episodes=2, run_name="by-episodes"))
+    assert len(copies) == 1
+
+
+def test_defaults_follow_the_authors(tmp_path: Path) -> None:
+    config = TrainConfig()
+    assert config.gate_messages and config.comm_penalty == 0.0
+    assert (config.target_update_every, config.target_update_unit) == (100, "updates")
+    learner, batch = _learner_and_batch(tmp_path)
+    terms = learner.losses(batch)
+    assert torch.equal(terms.loss, terms.td_error.pow(2).mean())
+
+
 # ------------------------------------------------------------------ SAU and the policy
 
 

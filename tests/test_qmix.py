@@ -140,10 +140,11 @@ def test_cli_gives_qmix_pymarl_settings_unless_told_otherwise() -> None:
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, TrainConfig)
     qmix = config_from_args(parser.parse_args(["--algo", "qmix"]))
-    assert (qmix.hidden, qmix.batch_episodes, qmix.target_update_episodes) == (64, 32, 200)
+    assert (qmix.hidden, qmix.batch_episodes, qmix.target_update_every,
+            qmix.target_update_unit) == (64, 32, 200, "episodes")
     told = config_from_args(parser.parse_args(["--algo", "qmix", "--hidden", "32",
                                                "--no-tensorboard"]))
-    assert told.hidden == 32 and told.target_update_episodes == 200 and not told.tensorboard
+    assert told.hidden == 32 and told.target_update_every == 200 and not told.tensorboard
     dial = config_from_args(parser.parse_args([]))
     assert dial == TrainConfig()  # DIAL keeps the shared defaults
 
