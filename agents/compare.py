@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from cyberdial.agents.baselines import BASELINES, make_baseline
 from cyberdial.agents.rollout import run_episodes
-from cyberdial.agents.training import ALGORITHMS, config_for
+from cyberdial.agents.training import ALGORITHMS, TrainConfig, config_for, parse_setting
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
@@ -73,6 +73,8 @@ class CompareConfig:
     final_episodes: int = 500
     """held-out episodes each finished run is scored on"""
     workers: int = 2
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """per-algorithm training settings: {algorithm as compare names it: {field: value}}"""
     results_dir: str = "results"
     command: str = ""
     """the command line that started the comparison, quoted in the report"""
@@ -83,12 +85,18 @@ class CompareConfig:
 
     def settings(self) -> dict[str, Any]:
         """What must not change when a comparison is resumed (its runs depend on it)."""
-        return {"episodes": self.episodes, "eval_points": self.eval_points,
-                "eval_episodes": self.eval_episodes, "final_episodes": self.final_episodes}
+        settings: dict[str, Any] = {
+            "episodes": self.episodes, "eval_points": self.eval_points,
+            "eval_episodes": self.eval_episodes, "final_episodes": self.final_episodes}
+        if self.options:  # absent when unused, so older comparisons still resume
+            settings["options"] = self.options
+        return settings
 
     def validate(self) -> None:
         for token in self.algos:
             parse_algo(token)
+        for token, changes in self.options.items():
+            check_options(token, changes, self.algos)
         for scenario in self.scenarios:
             load_scenario(scenario)  # a ScenarioError names the file and the problem
             if scenario not in self.episodes and any(not is_baseline(a) for a in self.algos):
@@ -104,18 +112,74 @@ def is_baseline(token: str) -> bool:
     return token in BASELINES
 
 
+def sends_messages(algo: str) -> bool:
+    """Whether a registered learner learns messages (DIAL's family)."""
+    return algo in ALGORITHMS and ALGORITHMS[algo].learner.endswith(":DialLearner")
+
+
 def parse_algo(token: str) -> tuple[str, dict[str, Any]]:
     """An algorithm as compare names it -> (registry name, config changes).
 
-    `dial-sau-nocomm` is `dial-sau` with `--no-comm`; baselines map to themselves.
+    `dial-sau-nocomm` is `dial-sau` with `--no-comm` (the no-message ablation);
+    baselines map to themselves.
     """
     if is_baseline(token) or token in ALGORITHMS:
         return token, {}
-    if token.endswith(NO_COMM_SUFFIX) and token.removesuffix(NO_COMM_SUFFIX) in ALGORITHMS:
-        return token.removesuffix(NO_COMM_SUFFIX), {"no_comm": True}
-    known = [*ALGORITHMS, *(f"{a}{NO_COMM_SUFFIX}" for a in ALGORITHMS if "dial" in a),
+    base = token.removesuffix(NO_COMM_SUFFIX)
+    if token.endswith(NO_COMM_SUFFIX) and base in ALGORITHMS:
+        if not sends_messages(base):
+            raise CompareError(f"algorithm {token!r}: {base} sends no messages, so there is"
+                               " nothing to switch off")
+        return base, {"no_comm": True}
+    known = [*ALGORITHMS, *(f"{a}{NO_COMM_SUFFIX}" for a in ALGORITHMS if sends_messages(a)),
              *BASELINES]
     raise CompareError(f"unknown algorithm {token!r}: choose from {', '.join(known)}")
+
+
+# Settings that compare itself sets per run; an --option may not change them.
+RUN_SETTINGS = frozenset({"algo", "scenario", "seed", "episodes", "eval_every", "eval_episodes",
+                          "checkpoint_every", "runs_dir", "run_name", "threads"})
+# Settings that only mean something for a learner that sends messages.
+MESSAGE_SETTINGS = frozenset({"no_comm", "gate_messages", "comm_penalty", "dru_sigma",
+                              "message_bits"})
+
+
+def check_options(token: str, changes: dict[str, Any], algos: Sequence[str]) -> None:
+    """Refuse per-algorithm options that cannot apply, naming the option."""
+    if token not in algos:
+        raise CompareError(f"--option {token}:...: {token!r} is not one of --algos"
+                           f" ({', '.join(algos)})")
+    if is_baseline(token):
+        raise CompareError(f"--option {token}:...: {token} is a hand-written blue; it has no"
+                           " training settings")
+    algo, _ = parse_algo(token)
+    known = {item.name for item in fields(TrainConfig)}
+    for name in changes:
+        option = f"--option {token}:{name}"
+        if name not in known:
+            raise CompareError(f"{option}: unknown setting (see `cyberdial train --help`)")
+        if name in RUN_SETTINGS:
+            raise CompareError(f"{option}: compare sets {name} for every run itself")
+        if name in MESSAGE_SETTINGS and not sends_messages(algo):
+            raise CompareError(f"{option}: {algo} sends no messages, so {name} makes no sense")
+    try:
+        config_for(algo, **parse_algo(token)[1], **changes).validate()
+    except CyberdialError as error:
+        raise CompareError(f"--option {token}: {error}") from None
+
+
+def parse_option(value: str) -> tuple[str, str, Any]:
+    """`ALGO:FIELD=VALUE` -> (algorithm token, field, typed value)."""
+    token, colon, assignment = value.partition(":")
+    name, equals, raw = assignment.partition("=")
+    if not colon or not equals or not token or not name:
+        raise CompareError(f"--option {value!r}: expected ALGO:SETTING=VALUE"
+                           " (e.g. dial-sau:comm_penalty=1.0)")
+    name = name.strip().replace("-", "_")
+    try:
+        return token, name, parse_setting(name, raw.strip())
+    except CyberdialError as error:
+        raise CompareError(f"--option {value!r}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -183,6 +247,7 @@ def run_job(job: Job, config: CompareConfig) -> dict[str, Any]:
             eval_every=max(1, episodes // config.eval_points),
             eval_episodes=config.eval_episodes, checkpoint_every=episodes,
             runs_dir=str(config.out_dir / "runs"), run_name=job.key, threads=1, **changes,
+            **config.options.get(job.algo, {}),
         )
         result = train(settings)
         curve = result.evaluations
@@ -302,14 +367,51 @@ def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
         finals = [r["final"] for r in records]
         row: dict[str, Any] = {"seeds": len(records)}
         for name in ("return_mean", "bits_per_episode", "green_failures", "red_impacted",
-                     "red_reached_target", "cost_comm", "return_std"):
-            row[name] = _mean_std([f[name] for f in finals])
+                     "red_reached_target", "cost_comm", "return_std", *MESSAGE_FIGURES):
+            row[name] = _mean_std([f.get(name, math.nan) for f in finals])
+        for name in MESSAGE_FIGURES:  # the weakest sender of the weakest seed
+            row[f"{name}_worst"] = float(np.min([f.get(f"{name}_min", math.nan)
+                                                 for f in finals]))
         row["train_minutes"] = float(np.mean([r["train_seconds"] for r in records])) / 60
         row["episodes"] = records[0]["episodes"]
         row["every_step_bits"] = records[0]["every_step_bits"]
         row["comm_cost"] = records[0]["comm_cost"]
         table[key] = row
     return table
+
+
+# What the messages carried (agents/messages.py), per run: mean over senders.
+MESSAGE_FIGURES = ("mi_activity", "mi_red", "mi_red_given_activity", "listener_effect")
+# The comparisons the paper makes (and its ablations): first minus second, paired by seed.
+PAIRS = (("dial-sau", "qmix"), ("dial-sau", "dial-sau-nocomm"), ("dial-sau", "dial"),
+         ("dial-sau", "iql"), ("dial-sau", "react"), ("qmix", "dial-sau-nocomm"))
+
+
+def paired_difference(results: list[dict[str, Any]], scenario: str, first: str,
+                      second: str) -> dict[str, float] | None:
+    """Held-out return of `first` minus `second` on the same seeds: mean and 95 % interval.
+
+    A hand-written blue has no seed of its own that matters (it is scored on the same
+    held-out episodes), so its one mean pairs with every learner seed.
+    """
+    def by_seed(algo: str) -> dict[int, float]:
+        return {r["seed"]: r["final"]["return_mean"] for r in results
+                if r["scenario"] == scenario and r["algo"] == algo}
+
+    a, b = by_seed(first), by_seed(second)
+    if not a or not b:
+        return None
+    if is_baseline(second):
+        fixed = float(np.mean(list(b.values())))
+        b = dict.fromkeys(a, fixed)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = np.array([a[s] - b[s] for s in seeds])
+    mean = float(diffs.mean())
+    half = (t_quantile(len(diffs)) * float(diffs.std(ddof=1)) / math.sqrt(len(diffs))
+            if len(diffs) > 1 else math.nan)
+    return {"n": float(len(diffs)), "mean": mean, "low": mean - half, "high": mean + half}
 
 
 def _order(config: CompareConfig, names: Sequence[str]) -> list[str]:
@@ -393,6 +495,10 @@ def write_report(config: CompareConfig) -> Path:
         " held-out mean; `episode std` is the spread of single episodes within a run.",
         "",
     ]
+    if config.options:
+        lines += ["Per-algorithm settings: " + "; ".join(
+            f"{token}: " + ", ".join(f"{k}={v}" for k, v in changes.items())
+            for token, changes in config.options.items()) + ".", ""]
     for scenario in config.scenarios:
         rows = [a for a in _order(config, [k[1] for k in summary if k[0] == scenario])]
         model = GameModel(load_scenario(scenario))
@@ -422,6 +528,54 @@ def write_report(config: CompareConfig) -> Path:
             f"| *send every step* (reference) | - | - | - | {every} |"
             f" {every * model.scenario.blue.comm_cost:.2f} | - | - | - | - |"
         )
+        talkers = [a for a in rows if not is_baseline(a) and sends_messages(parse_algo(a)[0])]
+        if talkers:
+            lines += [
+                "",
+                "What the messages carry (held-out episodes; mean ± std over seeds of the"
+                " mean over senders, and the weakest sender of the weakest seed):",
+                "",
+                "| algorithm | MI(bit; own activity) | MI(bit; red in its subnets) |"
+                r" MI(bit; red \| activity) | listener effect |",
+                "|-|-|-|-|-|",
+            ]
+            for algo in talkers:
+                row = summary[(scenario, algo)]
+                cells = []
+                for name in MESSAGE_FIGURES:
+                    mean, std = row[name]
+                    if math.isnan(mean):
+                        cells.append("-")
+                        continue
+                    worst = row[f"{name}_worst"]
+                    if name == "listener_effect":
+                        cells.append(f"{100 * mean:.1f} ± {100 * std:.1f} %"
+                                     f" (min {100 * worst:.1f} %)")
+                    else:
+                        cells.append(f"{mean:.3f} ± {std:.3f} (min {worst:.3f})")
+                lines.append(f"| {algo} | " + " | ".join(cells) + " |")
+        pairs = [(a, b, paired_difference(results, scenario, a, b)) for a, b in PAIRS]
+        pairs = [(a, b, d) for a, b, d in pairs if d is not None]
+        if pairs:
+            lines += [
+                "",
+                "Paired differences of held-out return (first minus second, same seeds;"
+                " 95 % Student-t interval over seeds):",
+                "",
+                "| comparison | seeds | difference | 95 % interval | reading |",
+                "|-|-|-|-|-|",
+            ]
+            for a, b, d in pairs:
+                if math.isnan(d["low"]):
+                    reading = "one seed: no interval"
+                elif d["low"] > 0:
+                    reading = f"{a} ahead"
+                elif d["high"] < 0:
+                    reading = f"{b} ahead"
+                else:
+                    reading = "not resolved (interval holds 0)"
+                lines.append(f"| {a} − {b} | {int(d['n'])} | {d['mean']:+.2f} |"
+                             f" [{d['low']:+.2f}, {d['high']:+.2f}] | {reading} |")
         missing = sorted(a for s, a in expected if s == scenario and (s, a) not in summary)
         if missing:
             lines += ["", f"Not finished yet: {', '.join(missing)}."]

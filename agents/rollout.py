@@ -13,10 +13,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cyberdial.agents.baselines import BatchPolicy
-from cyberdial.range.model import Compromise, GameModel
+from cyberdial.agents.messages import MessageStats
+from cyberdial.range.model import REWARD_TERMS, Compromise, GameModel
 from cyberdial.range.sim import SimBatch
 
-TERM_NAMES = ("privileged", "impact", "green", "restore", "comm")
+TERM_NAMES = REWARD_TERMS
 
 
 @dataclass
@@ -31,6 +32,8 @@ class EpisodeStats:
     privileged_hosts: list[int] = field(default_factory=list)
     terms: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TERM_NAMES})
     steps: int = 0
+    messages: MessageStats | None = None
+    """what the messages carried (agents/messages.py), over every step played"""
 
     @property
     def episodes(self) -> int:
@@ -50,6 +53,7 @@ class EpisodeStats:
             "red_impacted": mean(self.red_impacted),
             "privileged_hosts_at_end": mean(self.privileged_hosts),
             **{f"cost_{name}": mean(values) for name, values in self.terms.items()},
+            **(self.messages.summary() if self.messages is not None else {}),
         }
 
 
@@ -62,8 +66,14 @@ def run_episodes(
     on_episodes_done: Callable[[int], None] | None = None,
 ) -> EpisodeStats:
     """Play `episodes` full episodes in batches of at most `max_batch` copies."""
-    stats = EpisodeStats()
+    stats = EpisodeStats(messages=MessageStats(model.n_agents))
+    assert stats.messages is not None
     targets = np.array([model.scenario.host_index[t] for t in model.scenario.red.targets])
+    # (H, A): which agent defends each host, for "what the sender sees" and "red is there".
+    own_hosts = np.zeros((model.n_hosts, model.n_agents), dtype=np.float32)
+    for layout in model.agents:
+        own_hosts[list(layout.hosts), layout.index] = 1.0
+    probe = getattr(policy, "listener_changes", None)
     done_so_far = 0
     while done_so_far < episodes:
         n = min(max_batch, episodes - done_so_far)
@@ -78,7 +88,12 @@ def run_episodes(
         impacted = np.zeros(n, dtype=bool)
         done = False
         while not done:
+            if probe is not None:
+                stats.messages.add_probe(probe(observations, masks))
+            activity = ((batch.activity > 0).astype(np.float32) @ own_hosts) > 0
+            red_there = ((batch.compromise > 0).astype(np.float32) @ own_hosts) > 0
             actions, messages = policy.act(observations, masks)
+            stats.messages.add_step(np.asarray(messages), activity, red_there)
             result = batch.step(actions, messages)
             observations, masks, done = result.observations, result.masks, result.done
             totals += result.rewards

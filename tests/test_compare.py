@@ -28,12 +28,13 @@ ALGOS = ["dial-sau", "dial", "dial-sau-nocomm", "qmix", "iql", "react", "random"
 NUMBER = re.compile(r"-?(?:\d+\.?\d*|nan|inf)")
 
 
-def _table_rows(report: str, scenario: str) -> dict[str, list[str]]:
-    """The algorithm rows of one scenario's table: name -> its other cells."""
+def _table_rows(report: str, scenario: str, table: int = 0) -> dict[str, list[str]]:
+    """The rows of one scenario's `table`-th table (0: the algorithms): name -> other cells."""
     section = report.split(f"## {scenario} ", 1)[1].split("\n## ", 1)[0]
+    tables = [block for block in section.split("\n\n") if block.startswith("| ")]
     rows: dict[str, list[str]] = {}
-    for line in section.splitlines():
-        if not line.startswith("| ") or line.startswith("| algorithm"):
+    for line in tables[table].splitlines():
+        if line.startswith(("| algorithm", "| comparison", "|-")):
             continue
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         rows[cells[0]] = cells[1:]
@@ -69,6 +70,17 @@ def test_compare_cli_on_tiny_reports_every_algorithm_and_resumes(
     assert reference[3] == str(every_step_bits(model)) == "60"  # 2 agents × 1 bit × 30 steps
     for silent in ("sleep", "qmix", "iql", "dial-sau-nocomm"):  # none of these may talk
         assert rows[silent][3] == "0.0 ± 0.0", (silent, rows[silent])
+    # What the messages carry: a row per message learner, the no-message ablation at 0.
+    carried = _table_rows(report, "tiny", table=1)
+    assert set(carried) == {"dial-sau", "dial", "dial-sau-nocomm"}
+    assert carried["dial-sau-nocomm"][0].startswith("0.000 ± 0.000")
+    assert carried["dial-sau-nocomm"][3].startswith("0.0 ± 0.0 %")
+    # The paper's comparisons, paired by seed, each with its interval.
+    pairs = _table_rows(report, "tiny", table=2)
+    assert {"dial-sau − qmix", "dial-sau − dial-sau-nocomm", "dial-sau − dial",
+            "dial-sau − react"} <= set(pairs)
+    for cells in pairs.values():
+        assert cells[0] == "2" and cells[2].startswith("[")
     assert (out_dir / "curves_tiny.png").stat().st_size > 1000
     finished = sorted((out_dir / "final").glob("*.json"))
     assert len(finished) == len(ALGOS) * 2
@@ -92,6 +104,10 @@ def test_compare_cli_on_tiny_reports_every_algorithm_and_resumes(
                  "--eval-episodes", "4", "--final-episodes", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use another --name" in err[0]
+    # So would the same budgets with other per-algorithm settings.
+    assert _compare(results, "--option", "dial-sau:comm_penalty=1.0") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "options" in err[0] and "use another --name" in err[0]
 
     # --report-only rewrites the report from the saved runs and the saved command.
     (out_dir / "report.md").unlink()
@@ -113,6 +129,47 @@ def test_algorithm_names_and_budgets() -> None:
         CompareConfig(scenarios=["tiny"], algos=["qmix"]).validate()
     # Hand-written blues need no budget.
     CompareConfig(scenarios=["tiny"], algos=["react"]).validate()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("qmix:gate_messages=false", "qmix sends no messages, so gate_messages makes no sense"),
+    ("iql:comm_penalty=1", "iql sends no messages"),
+    ("dial-sau:colour=red", "unknown setting 'colour'"),
+    ("dial-sau:hidden=wide", "hidden takes an integer"),
+    ("dial-sau:seed=4", "compare sets seed for every run itself"),
+    ("vdn:hidden=4", "'vdn' is not one of --algos"),
+    ("react:hidden=4", "react is a hand-written blue"),
+    ("dial-sau-hidden=4", "expected ALGO:SETTING=VALUE"),
+    ("dial-sau:target_update_unit=days", "--target-update-unit must be one of"),
+])
+def test_bad_options_are_one_line_errors_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, message: str
+) -> None:
+    code = main(["compare", "--name", "bad", "--results-dir", str(tmp_path), "--scenarios",
+                 "tiny", "--algos", "dial-sau", "qmix", "iql", "react", "--episodes", "8",
+                 "--option", option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad").exists()  # nothing half-made
+    capsys.readouterr()
+    assert main(["compare", "--name", "bad", "--results-dir", str(tmp_path), "--scenarios",
+                 "tiny", "--algos", "qmix-nocomm", "--episodes", "8"]) == 2
+    assert "qmix sends no messages" in capsys.readouterr().err
+
+
+def test_options_reach_the_runs_and_the_command(tmp_path: Path) -> None:
+    from cyberdial.commands.compare import _command_line, parse_options
+
+    options = parse_options(["dial-sau:comm_penalty=0.5", "dial-sau:gate_messages=false",
+                             "qmix:hidden=32"])
+    assert options == {"dial-sau": {"comm_penalty": 0.5, "gate_messages": False},
+                       "qmix": {"hidden": 32}}
+    config = CompareConfig(name="o", scenarios=["tiny"], algos=["dial-sau", "qmix"], seeds=1,
+                           episodes={"tiny": 8}, options=options, results_dir=str(tmp_path))
+    config.validate()
+    line = _command_line(config)
+    assert "--option dial-sau:gate_messages=false" in line and "--option qmix:hidden=32" in line
+    assert config.settings()["options"] == options
 
 
 def test_jobs_run_largest_first_and_bands_use_student_t(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from cyberdial.agents.compare import (
     CompareError,
     Job,
     default_workers,
+    parse_option,
     pending,
     run_comparison,
     write_report,
@@ -38,9 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scenarios", nargs="+", default=["small", "large"],
                         help="scenario files or shipped names (default: small large)")
     parser.add_argument("--algos", nargs="+", default=["dial-sau", "qmix", "iql", "react"],
-                        help="learners (dial, dial-sau, dial-sau-nocomm, qmix, iql) and"
-                        " hand-written blues (react, random, sleep)"
-                        " (default: dial-sau qmix iql react)")
+                        help="learners (dial-sau; dial-sau-nocomm, its no-message ablation;"
+                        " dial, DIAL without SAU; qmix; iql) and hand-written blues (react,"
+                        " random, sleep) (default: dial-sau qmix iql react)")
+    parser.add_argument("--option", action="append", default=[], metavar="ALGO:SETTING=VALUE",
+                        help="a training setting for one algorithm of --algos, as `cyberdial"
+                        " train` names it (e.g. dial-sau:comm_penalty=1.0,"
+                        " dial-sau:gate_messages=false); repeat for more")
     parser.add_argument("--seeds", type=int, default=5,
                         help="seeds per learner: 0..N-1 (default: 5)")
     parser.add_argument("--episodes", nargs="+", default=[], metavar="[SCENARIO=]N",
@@ -80,6 +85,15 @@ def parse_episodes(values: list[str], scenarios: list[str]) -> dict[str, int]:
     return budget
 
 
+def parse_options(values: list[str]) -> dict[str, dict[str, object]]:
+    """`ALGO:SETTING=VALUE` items -> {algo: {setting: typed value}}."""
+    options: dict[str, dict[str, object]] = {}
+    for value in values:
+        token, name, setting = parse_option(value)
+        options.setdefault(token, {})[name] = setting
+    return options
+
+
 def compare_command(args: argparse.Namespace) -> int:
     config = CompareConfig(
         name=args.name,
@@ -87,6 +101,7 @@ def compare_command(args: argparse.Namespace) -> int:
         algos=list(args.algos),
         seeds=args.seeds,
         episodes=parse_episodes(args.episodes, list(args.scenarios)),
+        options=parse_options(args.option),
         eval_points=args.eval_points,
         eval_episodes=args.eval_episodes,
         final_episodes=args.final_episodes,
@@ -137,6 +152,10 @@ def _command_line(config: CompareConfig) -> str:
              "--algos", *config.algos, "--seeds", str(config.seeds)]
     if config.episodes:
         words += ["--episodes", *(f"{s}={n}" for s, n in config.episodes.items())]
+    for token, changes in config.options.items():
+        for name, value in changes.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            words += ["--option", f"{token}:{name}={text}"]
     words += ["--eval-points", str(config.eval_points), "--eval-episodes",
               str(config.eval_episodes), "--final-episodes", str(config.final_episodes),
               "--workers", str(config.workers)]

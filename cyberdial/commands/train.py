@@ -13,7 +13,8 @@ from rich.table import Table
 
 from cyberdial.agents.baselines import BASELINES, BatchPolicy, make_baseline
 from cyberdial.agents.checkpoint import load_policy
-from cyberdial.agents.rollout import run_episodes
+from cyberdial.agents.messages import MessageStats
+from cyberdial.agents.rollout import TERM_NAMES, run_episodes
 from cyberdial.agents.training import (
     Progress,
     TrainConfig,
@@ -131,7 +132,27 @@ def evaluate_command(args: argparse.Namespace) -> int:
     table.add_row("red reached a target (privileged)", f"{summary['red_reached_target']:.0%}")
     table.add_row("red impacted a mission host", f"{summary['red_impacted']:.0%}")
     table.add_row("green failures", f"{summary['green_failures']:.1f}")
-    for name in ("privileged", "impact", "green", "restore", "comm"):
+    for name in TERM_NAMES:
         table.add_row(f"cost: {name}", f"{summary['cost_' + name]:.2f}")
     console.print(table)
+    if stats.messages is not None and model.n_agents > 1 and model.message_bits > 0:
+        console.print(message_table(model, stats.messages))
     return 0
+
+
+def message_table(model: GameModel, messages: MessageStats) -> Table:
+    """What each sender's bit carried, per agents/messages.py."""
+    table = Table(title="what the messages carry, per sender",
+                  caption="MI: mutual information in bits between the bit sent and the sender's"
+                  " own activity, red in its subnets, and red given activity; listener: how"
+                  " often a receiver's greedy action changes when the bit is flipped")
+    for column in ("sender", "sends 1", "active", "MI activity", "MI red", "MI red|active",
+                   "listener"):
+        table.add_column(column, justify="left" if column == "sender" else "right")
+    for layout, row in zip(model.agents, messages.per_sender(), strict=True):
+        effect = row["listener_effect"]
+        table.add_row(layout.name, f"{row['send_rate']:.0%}", f"{row['activity_rate']:.0%}",
+                      f"{row['mi_activity']:.3f}", f"{row['mi_red']:.3f}",
+                      f"{row['mi_red_given_activity']:.3f}",
+                      "-" if effect != effect else f"{effect:.1%}")
+    return table
