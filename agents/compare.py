@@ -30,8 +30,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cyberdial.agents.baselines import BASELINES, make_baseline
+from cyberdial.agents.options import parse_setting
 from cyberdial.agents.rollout import run_episodes
-from cyberdial.agents.training import ALGORITHMS, TrainConfig, config_for, parse_setting
+from cyberdial.agents.training import ALGORITHMS, TrainConfig, config_for
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
@@ -554,8 +555,8 @@ def write_report(config: CompareConfig) -> Path:
                     else:
                         cells.append(f"{mean:.3f} ± {std:.3f} (min {worst:.3f})")
                 lines.append(f"| {algo} | " + " | ".join(cells) + " |")
-        pairs = [(a, b, paired_difference(results, scenario, a, b)) for a, b in PAIRS]
-        pairs = [(a, b, d) for a, b, d in pairs if d is not None]
+        pairs = [(a, b, d) for a, b in PAIRS
+                 if (d := paired_difference(results, scenario, a, b)) is not None]
         if pairs:
             lines += [
                 "",

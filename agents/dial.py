@@ -39,6 +39,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from cyberdial.agents.buffer import EpisodeBatch
 from cyberdial.agents.qlearning import (
     chosen_q,
     double_q_next_values,
@@ -46,7 +47,7 @@ from cyberdial.agents.qlearning import (
     greedy_actions,
     td_target,
 )
-from cyberdial.agents.training import EpisodeBatch, Learner, TrainConfig
+from cyberdial.agents.training import Learner, TrainConfig
 from cyberdial.range.model import GameModel
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ class DialLearner(Learner):
     """Double-Q recurrent Q-learning with differentiable messages (DIAL), SAU from the masks."""
 
     uses_messages = True
+    acting_noise: NDArray[np.float32] | None = None
 
     def __init__(self, model: GameModel, config: TrainConfig) -> None:
         super().__init__(model, config)

@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from cyberdial.agents.buffer import EpisodeBatch
 from cyberdial.agents.qlearning import (
     chosen_q,
     double_q_next_values,
@@ -32,7 +33,7 @@ from cyberdial.agents.qlearning import (
     greedy_actions,
     td_target,
 )
-from cyberdial.agents.training import EpisodeBatch, Learner, TrainConfig
+from cyberdial.agents.training import Learner, TrainConfig
 from cyberdial.range.model import GameModel
 
 logger = logging.getLogger(__name__)

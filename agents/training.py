@@ -1,27 +1,25 @@
-"""The one training loop for every learning blue: config, episode buffer, learner registry.
+"""The one training loop for every learning blue, read top to bottom as CleanRL's files.
 
-`train()` plays batches of whole episodes in the batched simulator (`SimBatch`)
-with an ε-greedy behaviour policy, stores them in an `EpisodeBuffer` (observations,
-masks, actions, messages, rewards, global state), hands sampled batches to the
-algorithm's `Learner`, evaluates greedily now and then, logs to TensorBoard and
-writes checkpoints. Algorithms (DIAL, DIAL-SAU, QMIX, IQL) plug in through
-`ALGORITHMS`; they share this loop, the buffer and the checkpoint format.
+1. The registry (`ALGORITHMS`): algorithm name -> learner class, SAU switch and the
+   algorithm's reference settings.
+2. `TrainConfig`: every setting of a run, each a `cyberdial train` option
+   (agents/options.py turns the fields into options).
+3. `Learner`: what an algorithm gives the loop (agents/dial.py, agents/qmix.py).
+4. The loop, `train()`: play batches of whole episodes in the batched simulator with
+   the ε-greedy behaviour policy, store them in the `EpisodeBuffer`
+   (agents/buffer.py), hand sampled batches to the learner, copy the target network,
+   evaluate greedily now and then, log to TensorBoard, write checkpoints.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import csv
 import importlib
-import inspect
-import itertools
 import logging
-import textwrap
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +28,7 @@ import torch
 from numpy.typing import NDArray
 
 from cyberdial.agents.baselines import BatchPolicy
+from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
 from cyberdial.agents.rollout import EpisodeStats, run_episodes
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
@@ -198,104 +197,6 @@ class ConfigError(CyberdialError):
     """Training settings that cannot work together."""
 
 
-# ------------------------------------------------------------------ config <-> CLI
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field, read from the source (as tyro does)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def add_config_arguments(parser: Any, cls: type = TrainConfig) -> None:
-    """One `--option` per dataclass field; its docstring is the help text.
-
-    Options not given stay out of the parsed namespace (`argparse.SUPPRESS`), so
-    `config_from_args` can tell them apart and fill in the algorithm's own defaults.
-    """
-    docs = field_docs(cls)
-    defaults = cls()
-    for item in fields(cls):
-        option = "--" + item.name.replace("_", "-")
-        default = getattr(defaults, item.name)
-        help_text = docs.get(item.name, "")
-        kind = str(item.type)
-        if kind == "bool":
-            if default:
-                parser.add_argument(f"--no-{item.name.replace('_', '-')}", dest=item.name,
-                                    action="store_false", default=argparse.SUPPRESS,
-                                    help=help_text)
-            else:
-                parser.add_argument(option, dest=item.name, action="store_true",
-                                    default=argparse.SUPPRESS, help=help_text)
-            continue
-        if kind.startswith("int"):
-            converter: Callable[[str], Any] = int
-        elif kind.startswith("float"):
-            converter = float
-        else:
-            converter = str
-        extra: dict[str, Any] = {}
-        if item.name == "algo":
-            extra["choices"] = sorted(ALGORITHMS)
-        if item.name == "target_update_unit":
-            extra["choices"] = TARGET_UPDATE_UNITS
-        shown = "the scenario's" if default is None else str(default)
-        if cls is TrainConfig:
-            own = [f"{name}: {spec.defaults[item.name]}" for name, spec in ALGORITHMS.items()
-                   if item.name in spec.defaults]
-            shown = "; ".join([shown, *own])
-        parser.add_argument(option, dest=item.name, type=converter, default=argparse.SUPPRESS,
-                            help=f"{help_text} (default: {shown})", **extra)
-
-
-def config_from_args(args: Any, cls: type = TrainConfig) -> Any:
-    """The config the options ask for; options not given take the algorithm's defaults."""
-    given = {item.name: getattr(args, item.name) for item in fields(cls)
-             if hasattr(args, item.name)}
-    if cls is TrainConfig:
-        return config_for(given.pop("algo", TrainConfig.algo), **given)
-    return cls(**given)
-
-
-def parse_setting(name: str, raw: str) -> Any:
-    """A `TrainConfig` field's value from text, by the field's type (for `compare --option`)."""
-    kinds = {item.name: str(item.type) for item in fields(TrainConfig)}
-    if name not in kinds:
-        raise ConfigError(f"unknown setting {name!r} (see `cyberdial train --help`)")
-    kind = kinds[name]
-    try:
-        if kind == "bool":
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if "None" in kind and raw.lower() == "none":
-            return None
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-    except ValueError:
-        wanted = ("true or false" if kind == "bool" else "an integer" if kind.startswith("int")
-                  else "a number")
-        raise ConfigError(f"{name} takes {wanted}, not {raw[:40]!r}") from None
-    return raw
-
-
 def config_for(algo: str, **settings: Any) -> TrainConfig:
     """A config for `algo`: `TrainConfig`'s defaults, the algorithm's own over them, then
     `settings` over both."""
@@ -326,73 +227,6 @@ def prepare_scenario(config: TrainConfig, scenario: Scenario | None = None) -> S
     data = base.model_dump(mode="json")
     data["blue"].update(blue)
     return scenario_from_dict(data)
-
-
-# ------------------------------------------------------------------ episode buffer
-
-
-@dataclass
-class EpisodeBatch:
-    """Whole episodes as tensors; T steps, so observations and masks have T + 1 entries."""
-
-    observations: torch.Tensor  # (B, T+1, A, max_obs) float32
-    masks: torch.Tensor  # (B, T+1, A, max_actions) bool
-    actions: torch.Tensor  # (B, T, A) int64
-    messages: torch.Tensor  # (B, T, A, bits) float32, the executed bits
-    rewards: torch.Tensor  # (B, T) float32, the team reward
-    states: torch.Tensor  # (B, T+1, state_size) float32, for centralised critics/mixers
-    noise: torch.Tensor  # (B, T+1, A, bits) float32, the DRU noise that acted (0 if none)
-
-    @property
-    def size(self) -> int:
-        return int(self.actions.shape[0])
-
-    @property
-    def steps(self) -> int:
-        return int(self.actions.shape[1])
-
-
-EPISODE_FIELDS = ("observations", "masks", "actions", "messages", "rewards", "states", "noise")
-
-
-class EpisodeBuffer:
-    """A ring of whole episodes in NumPy arrays (observations are bits, kept as uint8)."""
-
-    def __init__(self, model: GameModel, capacity: int) -> None:
-        t, a = model.scenario.episode_length, model.n_agents
-        self.capacity = capacity
-        self.observations = np.zeros((capacity, t + 1, a, model.max_obs), dtype=np.uint8)
-        self.masks = np.zeros((capacity, t + 1, a, model.max_actions), dtype=bool)
-        self.actions = np.zeros((capacity, t, a), dtype=np.int64)
-        self.messages = np.zeros((capacity, t, a, model.message_bits), dtype=np.uint8)
-        self.rewards = np.zeros((capacity, t), dtype=np.float32)
-        self.states = np.zeros((capacity, t + 1, model.state_size), dtype=np.float32)
-        self.noise = np.zeros((capacity, t + 1, a, model.message_bits), dtype=np.float32)
-        self.next = 0
-        self.filled = 0
-
-    def add(self, episodes: dict[str, NDArray[Any]]) -> None:
-        n = len(episodes["actions"])
-        index = (self.next + np.arange(n)) % self.capacity
-        for name in EPISODE_FIELDS:
-            getattr(self, name)[index] = episodes[name]
-        self.next = int((self.next + n) % self.capacity)
-        self.filled = min(self.filled + n, self.capacity)
-
-    def sample(self, n: int, rng: np.random.Generator) -> EpisodeBatch:
-        if n >= self.filled:
-            index = np.arange(self.filled)
-        else:
-            index = rng.choice(self.filled, size=n, replace=False)
-        return EpisodeBatch(
-            observations=torch.from_numpy(self.observations[index].astype(np.float32)),
-            masks=torch.from_numpy(self.masks[index]),
-            actions=torch.from_numpy(self.actions[index]),
-            messages=torch.from_numpy(self.messages[index].astype(np.float32)),
-            rewards=torch.from_numpy(self.rewards[index]),
-            states=torch.from_numpy(self.states[index]),
-            noise=torch.from_numpy(self.noise[index]),
-        )
 
 
 # ------------------------------------------------------------------ learners
@@ -531,6 +365,69 @@ def evaluate(model: GameModel, policy: BatchPolicy, episodes: int, seed: int) ->
     return run_episodes(model, policy, episodes, seed=seed + EVAL_SEED_OFFSET)
 
 
+class RunLog:
+    """A run's folder and what it writes as training goes: eval.csv and TensorBoard."""
+
+    EVAL_COLUMNS = ("episodes", "seconds", "return_mean", "return_std", "bits_per_episode")
+
+    def __init__(self, config: TrainConfig, scenario: Scenario) -> None:
+        name = config.run_name or (
+            f"{scenario.name}__{config.variant}__{config.seed}__{int(time.time())}"
+        )
+        self.run_dir = Path(config.runs_dir) / name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = self.run_dir / "checkpoint.pt"
+        self.eval_log = self.run_dir / "eval.csv"
+        with self.eval_log.open("w", newline="") as handle:
+            csv.writer(handle).writerow(self.EVAL_COLUMNS)
+        self.writer = _summary_writer(self.run_dir, config)
+
+    def iteration(self, progress: Progress, metrics: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        step, add = progress.episodes, self.writer.add_scalar
+        add("charts/episodic_return", progress.train_return, step)
+        add("charts/epsilon", progress.epsilon, step)
+        add("charts/episodes_per_second", progress.episodes_per_second, step)
+        add("charts/SPS", progress.steps_per_second, step)
+        add("comm/bits_per_episode", progress.bits_per_episode, step)
+        for name, value in metrics.items():
+            add(name if "/" in name else f"losses/{name}", value, step)
+
+    def evaluation(self, record: Mapping[str, float]) -> None:
+        with self.eval_log.open("a", newline="") as handle:
+            csv.writer(handle).writerow([f"{record[k]:.6g}" for k in self.EVAL_COLUMNS])
+        if self.writer is not None:
+            step = int(record["episodes"])
+            self.writer.add_scalar("charts/eval_return", record["return_mean"], step)
+            self.writer.add_scalar("comm/eval_bits_per_episode", record["bits_per_episode"],
+                                   step)
+            for name in COMM_FIGURES:  # what the messages carry (agents/messages.py)
+                if record[name] == record[name]:  # not NaN
+                    self.writer.add_scalar(f"comm/{name}", record[name], step)
+        logger.info("%d episodes: greedy return %.2f ± %.2f, %.1f bits", record["episodes"],
+                    record["return_mean"], record["return_std"], record["bits_per_episode"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Every:
+    """A counter that is due each time a count passes another multiple of `interval`."""
+
+    def __init__(self, interval: int) -> None:
+        self.interval, self.next = interval, interval
+
+    def due(self, count: int) -> int:
+        """How many multiples `count` passed since the last call (0: not due)."""
+        passed = 0
+        while count >= self.next:
+            self.next += self.interval
+            passed += 1
+        return passed
+
+
 def train(
     config: TrainConfig,
     on_progress: Callable[[Progress], None] | None = None,
@@ -547,31 +444,18 @@ def train(
     learner = make_learner(model, config)
     buffer = EpisodeBuffer(model, config.buffer_episodes)
     rng = np.random.default_rng(config.seed)
-    run_name = config.run_name or (
-        f"{scenario.name}__{config.variant}__{config.seed}__{int(time.time())}"
-    )
-    run_dir = Path(config.runs_dir) / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run_dir / "checkpoint.pt"
-    writer = _summary_writer(run_dir, config)
-    eval_log = run_dir / "eval.csv"
-    with eval_log.open("w", newline="") as handle:
-        csv.writer(handle).writerow(
-            ["episodes", "seconds", "return_mean", "return_std", "bits_per_episode"]
-        )
-    logger.info("training %s on %s into %s", config.variant, scenario.name, run_dir)
+    log = RunLog(config, scenario)
+    logger.info("training %s on %s into %s", config.variant, scenario.name, log.run_dir)
 
     sim = SimBatch(model, n_envs=config.envs, seed=config.seed)
-    steps_per_episode = scenario.episode_length
+    target_copy, evaluation, checkpointing = (
+        Every(config.target_update_every), Every(config.eval_every),
+        Every(config.checkpoint_every))
     evaluations: list[dict[str, float]] = []
-    episodes_done = 0
-    updates_done = 0
-    next_target = config.target_update_every
-    next_eval = config.eval_every
-    next_checkpoint = config.checkpoint_every
+    episodes_done = updates_done = iteration = 0
     started = time.perf_counter()
-    iteration = 0
     while episodes_done < config.episodes:
+        # 1. Play a batch of whole episodes with the ε-greedy behaviour policy.
         n = min(config.envs, config.episodes - episodes_done)
         if n != sim.n_envs:
             sim = SimBatch(model, n_envs=n, seed=config.seed)
@@ -581,81 +465,52 @@ def train(
         buffer.add(episodes)
         episodes_done += n
         iteration += 1
+
+        # 2. Learn from sampled episodes; the target network follows every N updates
+        #    (DIAL's references) or every N episodes (pymarl's QMIX).
         metrics: dict[str, float] = {}
         for _ in range(config.updates_per_iteration):
             metrics = learner.update(buffer.sample(config.batch_episodes, rng))
             updates_done += 1
-        # The target network follows the online one every N updates (DIAL's references)
-        # or every N episodes (pymarl's QMIX).
-        counted = updates_done if config.target_update_unit == "updates" else episodes_done
-        while counted >= next_target:
+        if target_copy.due(updates_done if config.target_update_unit == "updates"
+                           else episodes_done):
             learner.update_target()
-            next_target += config.target_update_every
 
+        # 3. Log; evaluate greedily and checkpoint now and then, and at the end.
         elapsed = time.perf_counter() - started
-        returns = episodes["rewards"].sum(axis=1)
-        bits = episodes["bits_sent"].sum(axis=1)
         progress = Progress(
             episodes=episodes_done,
             total=config.episodes,
             episodes_per_second=episodes_done / elapsed,
-            steps_per_second=episodes_done * steps_per_episode / elapsed,
-            train_return=float(returns.mean()),
-            bits_per_episode=float(bits.mean()),
+            steps_per_second=episodes_done * scenario.episode_length / elapsed,
+            train_return=float(episodes["rewards"].sum(axis=1).mean()),
+            bits_per_episode=float(episodes["bits_sent"].sum(axis=1).mean()),
             epsilon=epsilon,
         )
-        if writer is not None:
-            writer.add_scalar("charts/episodic_return", progress.train_return, episodes_done)
-            writer.add_scalar("charts/epsilon", epsilon, episodes_done)
-            writer.add_scalar("charts/episodes_per_second", progress.episodes_per_second,
-                              episodes_done)
-            writer.add_scalar("charts/SPS", progress.steps_per_second, episodes_done)
-            writer.add_scalar("comm/bits_per_episode", progress.bits_per_episode, episodes_done)
-            for name, value in metrics.items():
-                writer.add_scalar(name if "/" in name else f"losses/{name}", value, episodes_done)
-
+        log.iteration(progress, metrics)
         last = episodes_done >= config.episodes
-        if episodes_done >= next_eval or last:
-            while next_eval <= episodes_done:
-                next_eval += config.eval_every
-            stats = evaluate(model, learner.greedy_policy(), config.eval_episodes, config.seed)
-            summary = stats.summary()
+        if evaluation.due(episodes_done) or last:
+            summary = evaluate(model, learner.greedy_policy(), config.eval_episodes,
+                               config.seed).summary()
             record = {
                 "episodes": float(episodes_done),
                 "seconds": time.perf_counter() - started,
-                "return_mean": summary["return_mean"],
-                "return_std": summary["return_std"],
-                "bits_per_episode": summary["bits_per_episode"],
-                **{name: summary[name] for name in COMM_FIGURES},
+                **{name: summary[name] for name in ("return_mean", "return_std",
+                                                    "bits_per_episode", *COMM_FIGURES)},
             }
             evaluations.append(record)
-            with eval_log.open("a", newline="") as handle:
-                csv.writer(handle).writerow([f"{record[k]:.6g}" for k in
-                                             ("episodes", "seconds", "return_mean", "return_std",
-                                              "bits_per_episode")])
+            log.evaluation(record)
             progress.eval_return = record["return_mean"]
             progress.eval_bits = record["bits_per_episode"]
-            if writer is not None:
-                writer.add_scalar("charts/eval_return", record["return_mean"], episodes_done)
-                writer.add_scalar("comm/eval_bits_per_episode", record["bits_per_episode"],
-                                  episodes_done)
-                for name in COMM_FIGURES:  # what the messages carry (agents/messages.py)
-                    if record[name] == record[name]:  # not NaN
-                        writer.add_scalar(f"comm/{name}", record[name], episodes_done)
-            logger.info("%d episodes: greedy return %.2f ± %.2f, %.1f bits", episodes_done,
-                        record["return_mean"], record["return_std"], record["bits_per_episode"])
-        if episodes_done >= next_checkpoint or last:
-            while next_checkpoint <= episodes_done:
-                next_checkpoint += config.checkpoint_every
-            save_checkpoint(checkpoint, learner, config, model, episodes_done,
+        if checkpointing.due(episodes_done) or last:
+            save_checkpoint(log.checkpoint, learner, config, model, episodes_done,
                             evaluations[-1] if evaluations else None)
         if on_progress is not None:
             on_progress(progress)
-    if writer is not None:
-        writer.close()
+    log.close()
     return TrainResult(
-        run_dir=run_dir,
-        checkpoint=checkpoint,
+        run_dir=log.run_dir,
+        checkpoint=log.checkpoint,
         episodes=episodes_done,
         seconds=time.perf_counter() - started,
         evaluations=evaluations,

@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from cyberdial.agents.baselines import ReactPolicy
+from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
 from cyberdial.agents.checkpoint import load_checkpoint, load_policy
 from cyberdial.agents.dial import DialLearner, DialPolicy, dru
+from cyberdial.agents.options import field_docs
 from cyberdial.agents.rollout import run_episodes
 from cyberdial.agents.training import (
     EVAL_SEED_OFFSET,
-    EpisodeBatch,
-    EpisodeBuffer,
     TrainConfig,
     collect_episodes,
-    field_docs,
     prepare_scenario,
     train,
 )

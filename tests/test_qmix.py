@@ -11,18 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
 from cyberdial.agents.checkpoint import load_checkpoint, load_policy
+from cyberdial.agents.options import add_config_arguments, config_from_args
 from cyberdial.agents.qmix import DrqnPolicy, IqlLearner, QMixer, QmixLearner
 from cyberdial.agents.rollout import run_episodes
 from cyberdial.agents.training import (
     EVAL_SEED_OFFSET,
-    EpisodeBatch,
-    EpisodeBuffer,
     TrainConfig,
-    add_config_arguments,
     collect_episodes,
     config_for,
-    config_from_args,
     make_learner,
     prepare_scenario,
     train,

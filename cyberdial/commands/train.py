@@ -14,14 +14,9 @@ from rich.table import Table
 from cyberdial.agents.baselines import BASELINES, BatchPolicy, make_baseline
 from cyberdial.agents.checkpoint import load_policy
 from cyberdial.agents.messages import MessageStats
+from cyberdial.agents.options import add_config_arguments, config_from_args
 from cyberdial.agents.rollout import TERM_NAMES, run_episodes
-from cyberdial.agents.training import (
-    Progress,
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-    train,
-)
+from cyberdial.agents.training import Progress, TrainConfig, train
 from cyberdial.commands.common import console, progress_bar
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario

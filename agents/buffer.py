@@ -1,0 +1,82 @@
+"""The episode buffer every learner samples from: whole episodes, stored as NumPy arrays.
+
+An episode of T steps keeps T + 1 observations, masks, global states and DRU noise
+draws (the last for bootstrapping) and T actions, executed message bits and team
+rewards. Observations are bits, kept as uint8; a sampled `EpisodeBatch` is float32
+tensors for the learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from cyberdial.range.model import GameModel
+
+
+@dataclass
+class EpisodeBatch:
+    """Whole episodes as tensors; T steps, so observations and masks have T + 1 entries."""
+
+    observations: torch.Tensor  # (B, T+1, A, max_obs) float32
+    masks: torch.Tensor  # (B, T+1, A, max_actions) bool
+    actions: torch.Tensor  # (B, T, A) int64
+    messages: torch.Tensor  # (B, T, A, bits) float32, the executed bits
+    rewards: torch.Tensor  # (B, T) float32, the team reward
+    states: torch.Tensor  # (B, T+1, state_size) float32, for centralised critics/mixers
+    noise: torch.Tensor  # (B, T+1, A, bits) float32, the DRU noise that acted (0 if none)
+
+    @property
+    def size(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def steps(self) -> int:
+        return int(self.actions.shape[1])
+
+
+EPISODE_FIELDS = ("observations", "masks", "actions", "messages", "rewards", "states", "noise")
+
+
+class EpisodeBuffer:
+    """A ring of whole episodes in NumPy arrays (observations are bits, kept as uint8)."""
+
+    def __init__(self, model: GameModel, capacity: int) -> None:
+        t, a = model.scenario.episode_length, model.n_agents
+        self.capacity = capacity
+        self.observations = np.zeros((capacity, t + 1, a, model.max_obs), dtype=np.uint8)
+        self.masks = np.zeros((capacity, t + 1, a, model.max_actions), dtype=bool)
+        self.actions = np.zeros((capacity, t, a), dtype=np.int64)
+        self.messages = np.zeros((capacity, t, a, model.message_bits), dtype=np.uint8)
+        self.rewards = np.zeros((capacity, t), dtype=np.float32)
+        self.states = np.zeros((capacity, t + 1, model.state_size), dtype=np.float32)
+        self.noise = np.zeros((capacity, t + 1, a, model.message_bits), dtype=np.float32)
+        self.next = 0
+        self.filled = 0
+
+    def add(self, episodes: dict[str, NDArray[Any]]) -> None:
+        n = len(episodes["actions"])
+        index = (self.next + np.arange(n)) % self.capacity
+        for name in EPISODE_FIELDS:
+            getattr(self, name)[index] = episodes[name]
+        self.next = int((self.next + n) % self.capacity)
+        self.filled = min(self.filled + n, self.capacity)
+
+    def sample(self, n: int, rng: np.random.Generator) -> EpisodeBatch:
+        if n >= self.filled:
+            index = np.arange(self.filled)
+        else:
+            index = rng.choice(self.filled, size=n, replace=False)
+        return EpisodeBatch(
+            observations=torch.from_numpy(self.observations[index].astype(np.float32)),
+            masks=torch.from_numpy(self.masks[index]),
+            actions=torch.from_numpy(self.actions[index]),
+            messages=torch.from_numpy(self.messages[index].astype(np.float32)),
+            rewards=torch.from_numpy(self.rewards[index]),
+            states=torch.from_numpy(self.states[index]),
+            noise=torch.from_numpy(self.noise[index]),
+        )
