@@ -196,7 +196,9 @@ class Job:
 
 def plan(config: CompareConfig) -> list[Job]:
     """Every run, the most expensive first (bigger scenarios, learners) so workers finish
-    together rather than one straggling with a large run at the end."""
+    together rather than one straggling with a large run at the end; among runs of equal
+    cost seed by seed (every algorithm's seed 0, then seed 1, ...), so that a comparison
+    cut short already holds paired seeds of every algorithm."""
     jobs = [Job(s, a, seed) for s in config.scenarios for a in config.algos
             for seed in range(config.seeds)]
 
@@ -206,7 +208,8 @@ def plan(config: CompareConfig) -> list[Job]:
         scenario = load_scenario(job.scenario)
         return config.episodes[job.scenario] * len(scenario.all_hosts) * scenario.episode_length
 
-    return sorted(jobs, key=cost, reverse=True)
+    order = {algo: i for i, algo in enumerate(config.algos)}
+    return sorted(jobs, key=lambda job: (-cost(job), job.seed, order[job.algo]))
 
 
 def result_path(config: CompareConfig, job: Job) -> Path:

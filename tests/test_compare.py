@@ -178,6 +178,10 @@ def test_jobs_run_largest_first_and_bands_use_student_t(tmp_path: Path) -> None:
     jobs = pending(config)
     assert len(jobs) == 8
     assert (jobs[0].scenario, jobs[0].algo) == ("small", "qmix")
+    # Equal cost: seed by seed, every algorithm's seed 0 before any seed 1.
+    config.algos = ["dial-sau", "qmix"]
+    learners = [(j.algo, j.seed) for j in pending(config) if j.scenario == "small"]
+    assert learners == [("dial-sau", 0), ("qmix", 0), ("dial-sau", 1), ("qmix", 1)]
     assert t_quantile(5) == pytest.approx(2.776)
     assert math.isnan(t_quantile(1))
 
