@@ -87,6 +87,7 @@ class SimDrillRange:
             for h in np.flatnonzero(activity)
         ]
         truth = self.batch.ground_truth(0)
+        truth["decoys"] = [hosts[h].name for h in np.flatnonzero(self.batch.decoy[0])]
         return DrillStep(
             observations=result.observations,
             masks=result.masks,
@@ -213,6 +214,7 @@ class EmulatedDrillRange:
                 blocked=list(extra.get("blocked", [])),
                 red_action=str((extra.get("red_actions") or [""])[-1]),
                 red_actions=[str(a) for a in extra.get("red_actions", [])],
+                decoys=list(measurement.decoys),
             ),
             executed=executed,
             done=bool(truncations.get(first, True)),
@@ -324,6 +326,7 @@ def run_drill(
                     a = human.layout.index
                     actions[0, a] = human.choose(observations[0, a], masks[0, a])
                     messages[0, a] = 0
+                began = time.time()
                 result = drill_range.step(actions, messages)
                 record = StepRecord(
                     episode=episode,
@@ -353,6 +356,7 @@ def run_drill(
                     reward_terms=result.terms,
                     ground_truth=result.ground_truth,
                     infos=result.infos,
+                    started=began,
                 )
                 recorder.step(record)
                 if on_step is not None:
