@@ -247,32 +247,48 @@ class HumanSeat:
         self.deadline_s = deadline_s
         self.stdin = stdin
         self.stdout = stdout
+        self.episode, self.step = 0, 0
 
-    def summary(self, observation: NDArray[np.float32], mask: NDArray[np.int8]) -> str:
+    def at(self, episode: int, step: int) -> None:
+        """The drill tells the seat which step it is choosing for."""
+        self.episode, self.step = episode, step
+
+    def observation_lines(self, observation: NDArray[np.float32]) -> list[str]:
+        """What the seated agent sees, one line per host with news, subnet or peer message."""
         layout, scenario = self.layout, self.model.scenario
         bits = self.model.host_bits_of(observation[: layout.obs_size], layout.index)
         activity = {(0, 0): "", (1, 0): "scan", (1, 1): "EXPLOIT"}
         compromise = {(0, 0): "", (0, 1): "user", (1, 1): "PRIVILEGED", (1, 0): "unknown"}
-        lines = [f"== you are {layout.name} =="]
+        lines = []
         for i, host in enumerate(layout.hosts):
             a = activity.get((int(bits[i, 0]), int(bits[i, 1])), "?")
             c = compromise.get((int(bits[i, 2]), int(bits[i, 3])), "?")
             if a or c:
-                lines.append(f"  {scenario.all_hosts[host].name}: {a or '-'} / {c or '-'}")
-        if len(lines) == 1:
-            lines.append("  no activity on your hosts")
+                lines.append(f"{scenario.all_hosts[host].name}: {a or '-'} / {c or '-'}")
+        if not lines:
+            lines.append("no activity on your hosts")
         slices = layout.obs_slices()
         blocked = observation[slices["blocked"]]
         for j, subnet in enumerate(layout.subnets):
             if blocked[j] > 0.5:
-                lines.append(f"  subnet {scenario.subnets[subnet].name} is BLOCKED")
+                lines.append(f"subnet {scenario.subnets[subnet].name} is BLOCKED")
         peers = [name for name in self.model.agent_names if name != layout.name]
         messages = observation[slices["messages"]].reshape(len(peers), -1) if peers else []
         for name, bits_of_peer in zip(peers, messages, strict=False):
-            lines.append(f"  message from {name}: {bits_text(bits_of_peer)}")
-        legal = np.flatnonzero(mask[: layout.n_actions])
+            lines.append(f"message from {name}: {bits_text(bits_of_peer)}")
+        return lines
+
+    def legal_actions(self, mask: NDArray[np.int8]) -> list[tuple[int, str]]:
+        """(slot, label) of every action the mask allows now."""
+        legal = np.flatnonzero(mask[: self.layout.n_actions])
+        return [(int(i), self.layout.actions[i].label) for i in legal]
+
+    def summary(self, observation: NDArray[np.float32], mask: NDArray[np.int8]) -> str:
+        lines = [f"== you are {self.layout.name} =="]
+        lines += [f"  {line}" for line in self.observation_lines(observation)]
         lines.append(
-            "  legal actions: " + ", ".join(f"[{i}] {layout.actions[i].label}" for i in legal)
+            "  legal actions: "
+            + ", ".join(f"[{i}] {label}" for i, label in self.legal_actions(mask))
         )
         lines.append(f"  choose within {self.deadline_s:g} s (Enter alone or no answer = sleep): ")
         return "\n".join(lines)
@@ -324,6 +340,7 @@ def run_drill(
                 actions, messages = policy.act(observations, masks)
                 if human is not None:
                     a = human.layout.index
+                    human.at(episode, t)
                     actions[0, a] = human.choose(observations[0, a], masks[0, a])
                     messages[0, a] = 0
                 began = time.time()

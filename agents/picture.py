@@ -375,14 +375,16 @@ def host_map_svg(topology: Topology, panels: Sequence[tuple[str, str]]) -> str:
     width = max(b.x + b.width for b in boxes.values()) - min(b.x for b in boxes.values())
     height = max(b.y for b in boxes.values()) - min(b.y - b.height for b in boxes.values())
     figure, axes = plt.subplots(
-        1, len(panels), figsize=(len(panels) * max(4.0, 0.8 * width), max(2.5, 0.8 * height + 0.6)),
+        len(panels),
+        1,
+        figsize=(max(4.0, 0.55 * width), len(panels) * max(1.6, 0.55 * height + 0.5)),
         squeeze=False,
     )
     graph = nx.Graph()
     graph.add_nodes_from(positions)
     mission = {h for g in topology.groups if g.mission for h in g.hosts}
     try:
-        for ax, (prefix, title) in zip(axes[0], panels, strict=True):
+        for ax, (prefix, title) in zip(axes[:, 0], panels, strict=True):
             patches = _draw_boxes(ax, topology, boxes, gid_prefix=f"{prefix}-")
             _draw_flows(ax, topology, patches)
             for host in positions:
