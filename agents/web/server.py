@@ -120,7 +120,7 @@ def frame_of(header: RecordingHeader, record: StepRecord, episode_return: float)
             }
             for agent in header.agents
         ],
-        "red": list(truth.red_actions) or ([truth.red_action] if truth.red_action else []),
+        "red": list(truth.red_actions),
         "reward": record.reward,
         "reward_terms": record.reward_terms,
         "return": episode_return,
