@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,7 +34,12 @@ from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import ActionKind, Activity, GameModel
 from cyberdial.range.sim import SimBatch
 
+if TYPE_CHECKING:
+    from cyberdial.range.emulation.capture import CaptureLimits
+
 logger = logging.getLogger(__name__)
+
+PCAP_DIR = "pcap"
 
 
 @dataclass
@@ -114,9 +119,13 @@ class EmulatedDrillRange:
     PEERS_WAIT_S = 20.0
     LOG_WAIT_S = 10.0
 
-    def __init__(self, model: GameModel, workdir: Path) -> None:
+    def __init__(
+        self, model: GameModel, workdir: Path, pcap_limits: CaptureLimits | None = None
+    ) -> None:
         self.model = model
         self.workdir = workdir
+        # With limits, every subnet bridge is captured to <workdir>/pcap/ (see capture.py).
+        self.pcap_limits = pcap_limits
         self._logs: queue.Queue[Any] = queue.Queue()
         self._stack = contextlib.ExitStack()
         self.run_id = ""
@@ -130,7 +139,11 @@ class EmulatedDrillRange:
 
         scenario = self.model.scenario
         try:
-            emulated = self._stack.enter_context(Range(scenario, hub=False))
+            capture_dir = self.workdir / PCAP_DIR if self.pcap_limits is not None else None
+            emulated = self._stack.enter_context(
+                Range(scenario, hub=False, capture_dir=capture_dir,
+                      capture_limits=self.pcap_limits)
+            )
             self.run_id = emulated.run_id
             hub = HostHub(emulated.run_id, emulated.alert_endpoint, emulated.command_endpoint)
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +349,9 @@ def run_drill(
         done = False
         try:
             while not done:
+                # The step's window opens now, with the last observation in hand: the
+                # bridge counts what happens from here to the step's end into this step.
+                began = time.time()
                 started = time.monotonic()
                 actions, messages = policy.act(observations, masks)
                 if human is not None:
@@ -343,7 +359,6 @@ def run_drill(
                     human.at(episode, t)
                     actions[0, a] = human.choose(observations[0, a], masks[0, a])
                     messages[0, a] = 0
-                began = time.time()
                 result = drill_range.step(actions, messages)
                 record = StepRecord(
                     episode=episode,

@@ -106,7 +106,8 @@ class StepRecord(_Record):
     reward_terms: dict[str, float]
     ground_truth: GroundTruth
     infos: dict[str, Any] = {}
-    # Wall-clock time (s since the epoch) the step began: packet captures' clock.
+    # Wall-clock time (s since the epoch, the clock of packet captures) the step's window
+    # opened: the previous observation was in hand; `wall_time` is when it closed.
     started: float | None = None
 
 

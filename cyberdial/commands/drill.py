@@ -17,6 +17,7 @@ from rich.live import Live
 from cyberdial.agents.baselines import BASELINES, BatchPolicy, make_baseline
 from cyberdial.agents.checkpoint import load_policy
 from cyberdial.agents.drill import (
+    PCAP_DIR,
     DrillRange,
     EmulatedDrillRange,
     HumanSeat,
@@ -84,6 +85,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " you play from the page",
     )
     drill.add_argument(
+        "--pcap",
+        action="store_true",
+        help="emulated: capture every subnet bridge's traffic to pcapng files in the run"
+        " directory's pcap/ (a ring of files per subnet, see --pcap-mb)",
+    )
+    drill.add_argument(
+        "--pcap-mb",
+        type=int,
+        default=100,
+        metavar="MB",
+        help="at most about this many MB of capture per subnet; older packets are dropped"
+        " (default: 100)",
+    )
+    drill.add_argument(
         "--human-deadline",
         type=float,
         default=None,
@@ -137,6 +152,13 @@ def drill_command(args: argparse.Namespace) -> int:
     pace = args.pace if args.pace is not None else (scenario.step_period if interactive else 0.0)
     if args.range_kind == "emulated":
         pace = 0.0  # the bridge keeps the scenario's step period itself
+    if args.pcap and args.range_kind != "emulated":
+        raise CyberdialError("--pcap captures real packets: it needs --range emulated")
+    pcap_limits = None
+    if args.pcap:
+        from cyberdial.range.emulation.capture import CaptureLimits
+
+        pcap_limits = CaptureLimits.per_subnet(args.pcap_mb)
     if args.human_deadline is not None and not 0.1 <= args.human_deadline <= 3600:
         raise CyberdialError("--human-deadline must be between 0.1 and 3600 seconds")
     if args.human_deadline is not None and not args.human:
@@ -167,7 +189,7 @@ def drill_command(args: argparse.Namespace) -> int:
             drill_range: DrillRange
             if args.range_kind == "emulated":
                 console.print(f"bringing up {scenario.name} on real hosts...")
-                emulated = stack.enter_context(EmulatedDrillRange(model, out))
+                emulated = stack.enter_context(EmulatedDrillRange(model, out, pcap_limits))
                 console.print(f"range {emulated.run_id} is up; the drill starts")
                 drill_range = emulated
             else:
@@ -211,6 +233,8 @@ def drill_command(args: argparse.Namespace) -> int:
         )
     report = write_report(load_recording(out), out)
     console.print(f"recording: {out / RECORDING_NAME}\nreport: {report}")
+    if args.pcap:
+        console.print(f"packet captures: {out / PCAP_DIR}")
     return 0
 
 
