@@ -11,6 +11,7 @@ PACKAGES=(
   nmap      # a real scanner that is not ours, for sensor tests
   docker.io # container hosts; its dockerd is started by us, without iptables
   chromium chromium-driver # a real browser for the web view's test (no downloads)
+  wireshark-common # dumpcap, for drill --pcap (pcapng rings of the subnet bridges)
 )
 
 missing=()

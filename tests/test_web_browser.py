@@ -147,6 +147,72 @@ def _expected_truth(step: StepRecord) -> dict[str, str]:
     }
 
 
+def _block_then_act(t: int, labels: list[str]) -> str:
+    """Block first (always legal), then anything but sleep when offered, else sleep."""
+    if t == 0:
+        return next(label for label in labels if label.startswith("block"))
+    return next((label for label in labels if label != "sleep"), labels[0])
+
+
+def _play_the_seat(
+    browser: Any, url: str, steps: int, pick: Any
+) -> tuple[list[str], list[dict[str, tuple[str, str]]]]:
+    """Click the seat's choice each step; the page's truth as each step is shown."""
+    from selenium.webdriver.common.by import By
+
+    clicked: list[str] = []
+    seen: list[dict[str, tuple[str, str]]] = []
+    browser.get(url)
+    _wait(browser, lambda b: b.execute_script("return window.cyberdial.loadedAt"), "the page")
+    for t in range(steps):
+        # The seat is offered step t: its buttons are the legal actions.
+        buttons = _wait(
+            browser,
+            lambda b, t=t: [
+                e
+                for e in b.find_elements(By.CSS_SELECTOR, "#seat-actions .action-button")
+                if e.is_enabled()
+            ]
+            if f"step {t + 1}:" in b.find_element(By.ID, "seat-deadline").text
+            else False,
+            f"the seat's buttons for step {t + 1}",
+        )
+        if t > 0:
+            seen.append(_page_truth(browser))  # the page shows step t-1 now
+        choice = pick(t, [b.text for b in buttons])
+        clicked.append(choice)
+        next(b for b in buttons if b.text == choice).click()
+    _wait(
+        browser,
+        lambda b: f"step {steps}/{steps}" in b.find_element(By.ID, "step-label").text,
+        "the last step on the page",
+    )
+    seen.append(_page_truth(browser))
+    return clicked, seen
+
+
+def _check_against_recording(
+    out: Path, steps: int, clicked: list[str], seen: list[dict[str, tuple[str, str]]]
+) -> list[StepRecord]:
+    recording = load_recording(out)
+    records = recording.steps
+    assert len(records) == steps
+    # The actions clicked are the ones the recording shows for those steps.
+    assert [s.actions[SEAT] for s in records] == clicked
+    # Every host on the page took the recorded truth of each step, with distinct colours...
+    fills: dict[str, str] = {}
+    for step, page in zip(records, seen, strict=True):
+        expected = _expected_truth(step)
+        assert {h: truth for h, (truth, _) in page.items()} == expected, f"step {step.step}"
+        for truth, fill in page.values():
+            assert fills.setdefault(truth, fill) == fill
+    assert len(set(fills.values())) == len(fills)
+    # ...and red advanced during the drill, so some host changed colour on the page.
+    changed = [h for h in seen[0] if len({page[h][1] for page in seen}) > 1]
+    assert changed, "red did not advance: no host changed colour"
+    return records
+
+
 def test_live_drill_with_a_human_seat_and_its_replay(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -158,65 +224,13 @@ def test_live_drill_with_a_human_seat_and_its_replay(browser: Any, tmp_path: Pat
         "--web", "127.0.0.1:0", "--human", SEAT, "--human-deadline", str(WAIT_S),
         "--out", str(out), "--no-live",
     )  # fmt: skip
-    clicked: list[str] = []
-    seen: list[dict[str, tuple[str, str]]] = []
     try:
-        url = drill.url()
-        started = time.monotonic()
-        browser.get(url)
-        _wait(browser, lambda b: b.execute_script("return window.cyberdial.loadedAt"), "load")
-        load_s = time.monotonic() - started
-        for t in range(STEPS):
-            # The seat is offered step t: its buttons are the legal actions.
-            buttons = _wait(
-                browser,
-                lambda b, t=t: [
-                    e
-                    for e in b.find_elements(By.CSS_SELECTOR, "#seat-actions .action-button")
-                    if e.is_enabled()
-                ]
-                if f"step {t + 1}:" in b.find_element(By.ID, "seat-deadline").text
-                else False,
-                f"the seat's buttons for step {t + 1}",
-            )
-            if t > 0:
-                seen.append(_page_truth(browser))  # the page shows step t-1 now
-            labels = [b.text for b in buttons]
-            # Block first (always legal), then anything but sleep when offered, else sleep.
-            first = "block" if t == 0 else ""
-            pick = next((b for b in buttons if first and b.text.startswith(first)), None)
-            pick = pick or next((b for b in buttons if b.text != "sleep"), buttons[0])
-            clicked.append(pick.text)
-            pick.click()
-            assert labels, "no legal action offered"
-        _wait(
-            browser,
-            lambda b: f"step {STEPS}/{STEPS}" in b.find_element(By.ID, "step-label").text,
-            "the last step on the page",
-        )
-        seen.append(_page_truth(browser))
+        clicked, seen = _play_the_seat(browser, drill.url(), STEPS, _block_then_act)
         browser.save_screenshot(str(ARTIFACTS / "web_drill.png"))
         assert drill.process.wait(timeout=WAIT_S) == 0
     finally:
         drill.stop()
-    print(f"page load {load_s:.2f} s")
-
-    recording = load_recording(out)
-    steps = recording.steps
-    assert len(steps) == STEPS
-    # The actions clicked are the ones the recording shows for those steps.
-    assert [s.actions[SEAT] for s in steps] == clicked
-    # Every host on the page took the recorded truth of each step, with distinct colours...
-    fills: dict[str, str] = {}
-    for step, page in zip(steps, seen, strict=True):
-        expected = _expected_truth(step)
-        assert {h: truth for h, (truth, _) in page.items()} == expected, f"step {step.step}"
-        for truth, fill in page.values():
-            assert fills.setdefault(truth, fill) == fill
-    assert len(set(fills.values())) == len(fills)
-    # ...and red advanced during the drill, so some host changed colour on the page.
-    changed = [h for h in seen[0] if len({page[h][1] for page in seen}) > 1]
-    assert changed, "red did not advance: no host changed colour"
+    steps = _check_against_recording(out, STEPS, clicked, seen)
 
     watch = Cli("watch", str(out), "--web", "127.0.0.1:0")
     try:
@@ -245,3 +259,28 @@ def test_live_drill_with_a_human_seat_and_its_replay(browser: Any, tmp_path: Pat
         browser.save_screenshot(str(ARTIFACTS / "web_replay.png"))
     finally:
         watch.stop()
+
+
+@pytest.mark.root
+@pytest.mark.mininet
+@pytest.mark.timeout(300)
+def test_emulated_drill_with_a_human_seat_on_the_page(browser: Any, tmp_path: Path) -> None:
+    out = tmp_path / "drill"
+    steps = 30  # tiny's episode, on real hosts
+    drill = Cli(
+        "drill", "tiny", "--policy", "sleep", "--web", "127.0.0.1:0", "--human", SEAT,
+        "--human-deadline", "20", "--out", str(out), "--no-live",
+    )  # fmt: skip
+    try:
+        # Sleep, but look first (Analyse) where the seat is offered it.
+        clicked, seen = _play_the_seat(
+            browser, drill.url(), steps,
+            lambda t, labels: next((x for x in labels if x.startswith("analyse")), "sleep"),
+        )
+        browser.save_screenshot(str(ARTIFACTS / "web_drill_emulated.png"))
+        assert drill.process.wait(timeout=WAIT_S) == 0
+    finally:
+        drill.stop()
+    records = _check_against_recording(out, steps, clicked, seen)
+    assert load_recording(out).header.range == "emulated"
+    assert any(record.alerts for record in records)

@@ -138,7 +138,7 @@ function drawTables(index) {
   }
 }
 
-function show(index) {
+function show(index, live = false) {
   if (index < 0 || index >= state.frames.length) return;
   state.shown = index;
   $("slider").value = String(index);
@@ -146,15 +146,16 @@ function show(index) {
   drawTables(index);
   const now = Date.now() / 1000;
   if (window.cyberdial.firstFrameAt === null) window.cyberdial.firstFrameAt = now;
-  window.cyberdial.applied.push({ episode: state.frames[index].episode, step: state.frames[index].step, at: now });
+  const frame = state.frames[index];
+  window.cyberdial.applied.push({ episode: frame.episode, step: frame.step, at: now, live });
 }
 
-function addFrame(frame) {
+function addFrame(frame, live) {
   state.frames.push(frame);
   const slider = $("slider");
   slider.max = String(state.frames.length - 1);
   slider.disabled = false;
-  if ($("follow").checked || state.shown < 0) show(state.frames.length - 1);
+  if ($("follow").checked || state.shown < 0) show(state.frames.length - 1, live);
 }
 
 function legend() {
@@ -243,12 +244,12 @@ function connect() {
       legend();
       state.frames = [];
       state.shown = -1;
-      for (const frame of message.frames) addFrame(frame);
+      for (const frame of message.frames) addFrame(frame, false);
       if (message.mode === "replay" && state.frames.length) show(0);
       setStatus(message.finished ? (message.mode === "replay" ? "replay" : "drill over") : "live");
       if (message.prompt) offer(message.prompt);
     } else if (message.type === "frame") {
-      addFrame(message.frame);
+      addFrame(message.frame, true);
     } else if (message.type === "prompt") {
       offer(message.prompt);
     } else if (message.type === "prompt_closed") {
