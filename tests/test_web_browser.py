@@ -256,6 +256,10 @@ def test_live_drill_with_a_human_seat_and_its_replay(browser: Any, tmp_path: Pat
             for row in browser.find_elements(By.CSS_SELECTOR, "#agents tbody tr")
         }
         assert agents == last.actions
+        # The return chart (vendored uPlot) drew, and the page logged no error.
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart canvas")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
         browser.save_screenshot(str(ARTIFACTS / "web_replay.png"))
     finally:
         watch.stop()

@@ -129,7 +129,8 @@ def test_everything_needs_the_token_but_the_static_assets(view: WebView) -> None
     )  # nothing fetched from elsewhere
     status, svg = _get(f"{base}/picture.svg?token={view.token}")
     assert status == 200 and 'id="truth-host-user0"' in svg and 'id="belief-host-user0"' in svg
-    assert _get(f"{base}/static/app.js")[0] == 200
+    for asset in ("app.js", "style.css", "uPlot.iife.min.js", "uPlot.min.css"):
+        assert _get(f"{base}/static/{asset}")[0] == 200, asset
     assert _get(f"{base}/static/../server.py")[0] == 404
     with pytest.raises(InvalidStatus, match="403"):
         _ws(view, token="wrong")

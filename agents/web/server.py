@@ -43,7 +43,8 @@ DEFAULT_PORT = 8765
 STARTUP_WAIT_S = 30.0
 STOP_WAIT_S = 10.0
 MAX_CLIENT_MESSAGE = 4096  # bytes; a choice is a few dozen
-ASSETS = ("app.js", "style.css")
+# uPlot 1.6.32 (MIT, uPlot.LICENSE) draws the return chart; vendored from npm, served here.
+ASSETS = ("app.js", "style.css", "uPlot.iife.min.js", "uPlot.min.css")
 HOST_BITS = 4
 BELIEF = {"00": "clean", "01": "user", "11": "privileged", "10": "unknown"}
 ACTIVITY = {"00": "", "10": "scan", "11": "exploit"}
@@ -337,6 +338,9 @@ class WebView:
                 return PlainTextResponse("forbidden", 403)
             return Response(self._svg, media_type="image/svg+xml")
 
+        async def favicon(request: Request) -> Response:
+            return Response(status_code=204)
+
         async def asset(request: Request) -> Response:
             name = request.path_params["name"]
             if name not in assets:
@@ -363,6 +367,7 @@ class WebView:
                 Route("/", index),
                 Route("/picture.svg", picture),
                 Route("/static/{name}", asset),
+                Route("/favicon.ico", favicon),
                 WebSocketRoute("/stream", stream),
             ]
         )

@@ -138,12 +138,46 @@ function drawTables(index) {
   }
 }
 
+let chart = null;
+
+// The episode's return so far and each step's reward, up to the shown step (uPlot).
+function drawChart(index) {
+  if (typeof uPlot === "undefined") return;
+  const frame = state.frames[index];
+  const steps = [], returns = [], rewards = [];
+  for (let i = 0; i <= index; i++) {
+    const f = state.frames[i];
+    if (f.episode !== frame.episode) continue;
+    steps.push(f.step + 1);
+    returns.push(f.return);
+    rewards.push(f.reward);
+  }
+  const data = [steps, returns, rewards];
+  if (chart === null) {
+    const width = Math.max(240, $("chart").clientWidth || 320);
+    chart = new uPlot({
+      width, height: 150,
+      scales: { x: { time: false, range: [1, Math.max(2, state.episodeLength)] } },
+      axes: [{ label: "step" }, {}],
+      series: [
+        { label: "step" },
+        { label: "return", stroke: "#1565c0", width: 2 },
+        { label: "reward", stroke: "#d62728", width: 1, points: { show: false } },
+      ],
+      legend: { show: true },
+    }, data, $("chart"));
+  } else {
+    chart.setData(data);
+  }
+}
+
 function show(index, live = false) {
   if (index < 0 || index >= state.frames.length) return;
   state.shown = index;
   $("slider").value = String(index);
   drawPicture(state.frames[index]);
   drawTables(index);
+  drawChart(index);
   const now = Date.now() / 1000;
   if (window.cyberdial.firstFrameAt === null) window.cyberdial.firstFrameAt = now;
   const frame = state.frames[index];
