@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -136,3 +138,39 @@ def test_red_and_green_packets_sit_at_their_recorded_steps(tmp_path: Path) -> No
             except OSError:
                 continue
             assert mine.encode() not in cmdline, f"capture {pid} still runs"
+
+
+@pytest.mark.root
+@pytest.mark.mininet
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_range_up_pcap_captures_until_range_down() -> None:
+    from scapy.utils import PcapNgReader
+
+    up = _cli("range", "up", "tiny", "--pcap", "--pcap-mb", "10", timeout=200)
+    assert up.returncode == 0, up.stdout + up.stderr
+    found = re.search(r"run id: (\w+)", up.stdout)
+    assert found, up.stdout
+    run_id = found.group(1)
+    try:
+        captures = re.search(r"packet captures: (\S+)", up.stdout)
+        assert captures, up.stdout
+        directory = Path(captures.group(1))
+        assert run_id in str(directory)
+    finally:
+        down = _cli("range", "down", run_id, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    scenario = load_scenario("tiny")
+    for subnet in scenario.subnets:
+        files = sorted(directory.glob(f"{subnet.name}_*.pcapng"))
+        assert files, f"no capture of {subnet.name}"
+        with PcapNgReader(str(files[0])) as packets:
+            assert sum(1 for _ in packets) > 0  # the range's own readiness checks at least
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            assert str(directory).encode() not in cmdline, f"capture {pid} still runs"
+    shutil.rmtree(directory)  # this run's captures only (the path carries its run id)

@@ -172,7 +172,10 @@ class WebView:
 
     @property
     def url(self) -> str:
-        host = f"[{self.address.host}]" if ":" in self.address.host else self.address.host
+        host = self.address.host
+        if host in ("0.0.0.0", "::"):  # every interface: name the machine, not the wildcard
+            host = socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/?token={self.token}"
 
     def __enter__(self) -> WebView:
