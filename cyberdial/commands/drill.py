@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=None,
         help="seconds per simulated step, for watching a sim drill (default: 0 without a"
-        " terminal, the scenario's step period with one)",
+        " terminal, the scenario's step period with one or with --web)",
     )
     drill.add_argument("--no-live", action="store_true", help="no live view, just the summary")
     drill.add_argument(
