@@ -164,7 +164,7 @@ function drawChart(index) {
         { label: "return", stroke: "#1565c0", width: 2 },
         { label: "reward", stroke: "#d62728", width: 1, points: { show: false } },
       ],
-      legend: { show: true },
+      legend: { show: true, live: false },
     }, data, $("chart"));
   } else {
     chart.setData(data);
