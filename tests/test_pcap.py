@@ -174,3 +174,51 @@ def test_range_up_pcap_captures_until_range_down() -> None:
                 continue
             assert str(directory).encode() not in cmdline, f"capture {pid} still runs"
     shutil.rmtree(directory)  # this run's captures only (the path carries its run id)
+
+
+@pytest.mark.root
+@pytest.mark.timeout(120)
+def test_the_ring_stays_bounded(tmp_path: Path) -> None:
+    """dumpcap on loopback with a ring of 2 files of 1 MB, fed 4 MB of our own datagrams."""
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    from cyberdial.range.emulation.capture import BridgeCapture, capture_files
+    from cyberdial.range.emulation.state import ProcessRecord, RunState
+
+    if shutil.which("dumpcap") is None:
+        pytest.skip("needs dumpcap (Debian package wireshark-common)")
+    state = RunState(run_id="ring00", scenario="ring", run_dir=str(tmp_path),
+                     logs_dir=str(tmp_path), created=time.time(),
+                     controller=ProcessRecord.of(os.getpid(), "controller"))
+    plan = SimpleNamespace(subnets=[SimpleNamespace(name="lo", bridge="lo")])
+    capture = BridgeCapture(plan, tmp_path / "pcap", tmp_path,  # type: ignore[arg-type]
+                            CaptureLimits(file_mb=1, files=2))
+    try:
+        capture.start(state)
+        assert [p.role for p in state.programs] == ["capture"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            receiver.bind(("127.0.0.1", 0))
+            receiver.setblocking(False)
+            payload = b"x" * 1400
+            for _ in range(3000):  # about 4.2 MB on the wire
+                sender.sendto(payload, receiver.getsockname())
+                try:
+                    receiver.recv(2048)
+                except BlockingIOError:
+                    pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            names = [p.name for p in capture_files(tmp_path / "pcap", "lo")]
+            if any("_00004_" in n or "_00005_" in n for n in names):
+                break
+            time.sleep(0.2)
+    finally:
+        capture.stop()
+    files = capture_files(tmp_path / "pcap", "lo")
+    assert len(files) <= 2, files  # the oldest files were dropped
+    assert any(int(f.name.split("_")[1]) >= 4 for f in files), files  # it did rotate
+    assert all(f.stat().st_size <= 1_200_000 for f in files)
+    assert not any(p.alive() for p in state.programs)
