@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,7 +34,12 @@ from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import ActionKind, Activity, GameModel
 from cyberdial.range.sim import SimBatch
 
+if TYPE_CHECKING:
+    from cyberdial.range.emulation.capture import CaptureLimits
+
 logger = logging.getLogger(__name__)
+
+PCAP_DIR = "pcap"
 
 
 @dataclass
@@ -87,6 +92,7 @@ class SimDrillRange:
             for h in np.flatnonzero(activity)
         ]
         truth = self.batch.ground_truth(0)
+        truth["decoys"] = [hosts[h].name for h in np.flatnonzero(self.batch.decoy[0])]
         return DrillStep(
             observations=result.observations,
             masks=result.masks,
@@ -113,9 +119,13 @@ class EmulatedDrillRange:
     PEERS_WAIT_S = 20.0
     LOG_WAIT_S = 10.0
 
-    def __init__(self, model: GameModel, workdir: Path) -> None:
+    def __init__(
+        self, model: GameModel, workdir: Path, pcap_limits: CaptureLimits | None = None
+    ) -> None:
         self.model = model
         self.workdir = workdir
+        # With limits, every subnet bridge is captured to <workdir>/pcap/ (see capture.py).
+        self.pcap_limits = pcap_limits
         self._logs: queue.Queue[Any] = queue.Queue()
         self._stack = contextlib.ExitStack()
         self.run_id = ""
@@ -129,7 +139,11 @@ class EmulatedDrillRange:
 
         scenario = self.model.scenario
         try:
-            emulated = self._stack.enter_context(Range(scenario, hub=False))
+            capture_dir = self.workdir / PCAP_DIR if self.pcap_limits is not None else None
+            emulated = self._stack.enter_context(
+                Range(scenario, hub=False, capture_dir=capture_dir,
+                      capture_limits=self.pcap_limits)
+            )
             self.run_id = emulated.run_id
             hub = HostHub(emulated.run_id, emulated.alert_endpoint, emulated.command_endpoint)
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +227,7 @@ class EmulatedDrillRange:
                 blocked=list(extra.get("blocked", [])),
                 red_action=str((extra.get("red_actions") or [""])[-1]),
                 red_actions=[str(a) for a in extra.get("red_actions", [])],
+                decoys=list(measurement.decoys),
             ),
             executed=executed,
             done=bool(truncations.get(first, True)),
@@ -245,32 +260,48 @@ class HumanSeat:
         self.deadline_s = deadline_s
         self.stdin = stdin
         self.stdout = stdout
+        self.episode, self.step = 0, 0
 
-    def summary(self, observation: NDArray[np.float32], mask: NDArray[np.int8]) -> str:
+    def at(self, episode: int, step: int) -> None:
+        """The drill tells the seat which step it is choosing for."""
+        self.episode, self.step = episode, step
+
+    def observation_lines(self, observation: NDArray[np.float32]) -> list[str]:
+        """What the seated agent sees, one line per host with news, subnet or peer message."""
         layout, scenario = self.layout, self.model.scenario
         bits = self.model.host_bits_of(observation[: layout.obs_size], layout.index)
         activity = {(0, 0): "", (1, 0): "scan", (1, 1): "EXPLOIT"}
         compromise = {(0, 0): "", (0, 1): "user", (1, 1): "PRIVILEGED", (1, 0): "unknown"}
-        lines = [f"== you are {layout.name} =="]
+        lines = []
         for i, host in enumerate(layout.hosts):
             a = activity.get((int(bits[i, 0]), int(bits[i, 1])), "?")
             c = compromise.get((int(bits[i, 2]), int(bits[i, 3])), "?")
             if a or c:
-                lines.append(f"  {scenario.all_hosts[host].name}: {a or '-'} / {c or '-'}")
-        if len(lines) == 1:
-            lines.append("  no activity on your hosts")
+                lines.append(f"{scenario.all_hosts[host].name}: {a or '-'} / {c or '-'}")
+        if not lines:
+            lines.append("no activity on your hosts")
         slices = layout.obs_slices()
         blocked = observation[slices["blocked"]]
         for j, subnet in enumerate(layout.subnets):
             if blocked[j] > 0.5:
-                lines.append(f"  subnet {scenario.subnets[subnet].name} is BLOCKED")
+                lines.append(f"subnet {scenario.subnets[subnet].name} is BLOCKED")
         peers = [name for name in self.model.agent_names if name != layout.name]
         messages = observation[slices["messages"]].reshape(len(peers), -1) if peers else []
         for name, bits_of_peer in zip(peers, messages, strict=False):
-            lines.append(f"  message from {name}: {bits_text(bits_of_peer)}")
-        legal = np.flatnonzero(mask[: layout.n_actions])
+            lines.append(f"message from {name}: {bits_text(bits_of_peer)}")
+        return lines
+
+    def legal_actions(self, mask: NDArray[np.int8]) -> list[tuple[int, str]]:
+        """(slot, label) of every action the mask allows now."""
+        legal = np.flatnonzero(mask[: self.layout.n_actions])
+        return [(int(i), self.layout.actions[i].label) for i in legal]
+
+    def summary(self, observation: NDArray[np.float32], mask: NDArray[np.int8]) -> str:
+        lines = [f"== you are {self.layout.name} =="]
+        lines += [f"  {line}" for line in self.observation_lines(observation)]
         lines.append(
-            "  legal actions: " + ", ".join(f"[{i}] {layout.actions[i].label}" for i in legal)
+            "  legal actions: "
+            + ", ".join(f"[{i}] {label}" for i, label in self.legal_actions(mask))
         )
         lines.append(f"  choose within {self.deadline_s:g} s (Enter alone or no answer = sleep): ")
         return "\n".join(lines)
@@ -318,10 +349,14 @@ def run_drill(
         done = False
         try:
             while not done:
+                # The step's window opens now, with the last observation in hand: the
+                # bridge counts what happens from here to the step's end into this step.
+                began = time.time()
                 started = time.monotonic()
                 actions, messages = policy.act(observations, masks)
                 if human is not None:
                     a = human.layout.index
+                    human.at(episode, t)
                     actions[0, a] = human.choose(observations[0, a], masks[0, a])
                     messages[0, a] = 0
                 result = drill_range.step(actions, messages)
@@ -353,6 +388,7 @@ def run_drill(
                     reward_terms=result.terms,
                     ground_truth=result.ground_truth,
                     infos=result.infos,
+                    started=began,
                 )
                 recorder.step(record)
                 if on_step is not None:

@@ -58,6 +58,11 @@ class RecordingHeader(_Record):
     agents: list[AgentInfo]
     created: float
     run_id: str | None = None
+    # Added later (older recordings lack them): what a picture of the network needs.
+    cidrs: dict[str, str] = {}
+    flows: dict[str, list[str]] = {}
+    red_entry: str | None = None
+    red_targets: list[str] = []
 
 
 class AlertRecord(_Record):
@@ -82,6 +87,7 @@ class GroundTruth(_Record):
     red_action: str = ""
     # What red did this step that reached its target: "scan opserver0", "sweep user"...
     red_actions: list[str] = []
+    decoys: list[str] = []  # hosts with a decoy deployed (added later; older files lack it)
 
 
 class StepRecord(_Record):
@@ -100,6 +106,9 @@ class StepRecord(_Record):
     reward_terms: dict[str, float]
     ground_truth: GroundTruth
     infos: dict[str, Any] = {}
+    # Wall-clock time (s since the epoch, the clock of packet captures) the step's window
+    # opened: the previous observation was in hand; `wall_time` is when it closed.
+    started: float | None = None
 
 
 class EpisodeEnd(_Record):
@@ -150,6 +159,10 @@ def header_for(
         ],
         created=time.time(),
         run_id=run_id,
+        cidrs={subnet.name: subnet.cidr for subnet in scenario.subnets},
+        flows={subnet.name: list(subnet.flows) for subnet in scenario.subnets},
+        red_entry=scenario.red.entry,
+        red_targets=list(scenario.red.targets),
     )
 
 

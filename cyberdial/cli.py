@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cyberdial.commands.scenario",
     "cyberdial.commands.simulate",
     "cyberdial.commands.drill",
+    "cyberdial.commands.watch",
     "cyberdial.commands.validate",
     "cyberdial.commands.train",
     "cyberdial.commands.compare",

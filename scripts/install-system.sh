@@ -10,6 +10,8 @@ PACKAGES=(
   mininet   # for mnexec; installed without recommends (no Open vSwitch)
   nmap      # a real scanner that is not ours, for sensor tests
   docker.io # container hosts; its dockerd is started by us, without iptables
+  chromium chromium-driver # a real browser for the web view's test (no downloads)
+  wireshark-common # dumpcap, for drill --pcap (pcapng rings of the subnet bridges)
 )
 
 missing=()

@@ -8,13 +8,16 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.live import Live
 
 from cyberdial.agents.baselines import BASELINES, BatchPolicy, make_baseline
 from cyberdial.agents.checkpoint import load_policy
 from cyberdial.agents.drill import (
+    PCAP_DIR,
     DrillRange,
     EmulatedDrillRange,
     HumanSeat,
@@ -26,6 +29,7 @@ from cyberdial.agents.recording import (
     RECORDING_NAME,
     EpisodeEnd,
     Recorder,
+    RecordingHeader,
     StepRecord,
     header_for,
     load_recording,
@@ -35,6 +39,9 @@ from cyberdial.commands.common import console
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from cyberdial.agents.web.server import WebAddress, WebView
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,9 +71,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=None,
         help="seconds per simulated step, for watching a sim drill (default: 0 without a"
-        " terminal, the scenario's step period with one)",
+        " terminal, the scenario's step period with one or with --web)",
     )
     drill.add_argument("--no-live", action="store_true", help="no live view, just the summary")
+    drill.add_argument(
+        "--web",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDR",
+        help="also show the drill on a web page at ADDR (HOST:PORT, default 127.0.0.1:8765;"
+        " port 0 picks a free one); the address printed carries the page's token; with --human"
+        " you play from the page",
+    )
+    drill.add_argument(
+        "--pcap",
+        action="store_true",
+        help="emulated: capture every subnet bridge's traffic to pcapng files in the run"
+        " directory's pcap/ (a ring of files per subnet, see --pcap-mb)",
+    )
+    drill.add_argument(
+        "--pcap-mb",
+        type=int,
+        default=100,
+        metavar="MB",
+        help="at most about this many MB of capture per subnet; older packets are dropped"
+        " (default: 100)",
+    )
+    drill.add_argument(
+        "--human-deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time the human seat has to choose each step (default: the scenario's step period)",
+    )
     drill.set_defaults(func=drill_command)
 
     report = subparsers.add_parser("report", help="write report.md and PNG plots of a recording")
@@ -114,9 +152,33 @@ def drill_command(args: argparse.Namespace) -> int:
     pace = args.pace if args.pace is not None else (scenario.step_period if interactive else 0.0)
     if args.range_kind == "emulated":
         pace = 0.0  # the bridge keeps the scenario's step period itself
-    human = None
-    if args.human:
-        human = HumanSeat(model, args.human, scenario.step_period, sys.stdin, sys.stdout)
+    if args.pcap and args.range_kind != "emulated":
+        raise CyberdialError("--pcap captures real packets: it needs --range emulated")
+    pcap_limits = None
+    if args.pcap:
+        from cyberdial.range.emulation.capture import CaptureLimits
+
+        pcap_limits = CaptureLimits.per_subnet(args.pcap_mb)
+    if args.human_deadline is not None and not 0.1 <= args.human_deadline <= 3600:
+        raise CyberdialError("--human-deadline must be between 0.1 and 3600 seconds")
+    if args.human_deadline is not None and not args.human:
+        raise CyberdialError("--human-deadline needs --human AGENT")
+    web_address = None
+    if args.web is not None:
+        # Imported here: the web server (starlette, uvicorn) is only needed with --web.
+        from cyberdial.agents.web.server import parse_address
+
+        web_address = parse_address(args.web)
+        if args.pace is None and args.range_kind == "sim":
+            pace = scenario.step_period  # a page is watched: keep the scenario's pace
+    deadline = args.human_deadline if args.human_deadline is not None else scenario.step_period
+    human: HumanSeat | None = None
+    if args.human and web_address is None:
+        human = HumanSeat(model, args.human, deadline, sys.stdin, sys.stdout)
+    elif args.human and args.human not in model.agent_names:
+        raise CyberdialError(
+            f"--human {args.human}: no such agent; choose one of {', '.join(model.agent_names)}"
+        )
     name = f"{scenario.name}__{Path(args.policy).stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     out = args.out or Path("runs") / "drills" / name
     # Ctrl-C and SIGTERM end the drill the same way: the range comes down, the
@@ -127,7 +189,7 @@ def drill_command(args: argparse.Namespace) -> int:
             drill_range: DrillRange
             if args.range_kind == "emulated":
                 console.print(f"bringing up {scenario.name} on real hosts...")
-                emulated = stack.enter_context(EmulatedDrillRange(model, out))
+                emulated = stack.enter_context(EmulatedDrillRange(model, out, pcap_limits))
                 console.print(f"range {emulated.run_id} is up; the drill starts")
                 drill_range = emulated
             else:
@@ -141,7 +203,19 @@ def drill_command(args: argparse.Namespace) -> int:
             )
             recorder = stack.enter_context(Recorder(out / RECORDING_NAME, header))
             view = LiveView(header)
-            ends = _play(drill_range, policy, args, recorder, view, human, interactive, pace)
+            publish = None
+            if web_address is not None:
+                web = _start_web(stack, header, scenario, web_address)
+                publish = web.publish
+                stack.callback(web.finish)
+                if args.human:
+                    from cyberdial.agents.web.server import WebSeat
+
+                    human = WebSeat(model, args.human, deadline, web)
+                    interactive = False
+            ends = _play(
+                drill_range, policy, args, recorder, view, human, interactive, pace, publish
+            )
     except KeyboardInterrupt:
         if (out / RECORDING_NAME).is_file():
             report = write_report(load_recording(out), out)
@@ -159,6 +233,8 @@ def drill_command(args: argparse.Namespace) -> int:
         )
     report = write_report(load_recording(out), out)
     console.print(f"recording: {out / RECORDING_NAME}\nreport: {report}")
+    if args.pcap:
+        console.print(f"packet captures: {out / PCAP_DIR}")
     return 0
 
 
@@ -171,11 +247,14 @@ def _play(
     human: HumanSeat | None,
     interactive: bool,
     pace: float,
+    publish: Callable[[StepRecord], None] | None = None,
 ) -> list[EpisodeEnd]:
     if interactive and human is None:
         with Live(view.render(), console=console, refresh_per_second=8) as live:
 
             def show(step: StepRecord) -> None:
+                if publish is not None:
+                    publish(step)
                 view.update(step)
                 live.update(view.render())
 
@@ -184,8 +263,10 @@ def _play(
             )
 
     def show_plain(step: StepRecord) -> None:
+        if publish is not None:
+            publish(step)
         view.update(step)
-        if human is not None:
+        if human is not None and publish is None:
             console.print(view.render())
 
     return run_drill(
@@ -198,6 +279,26 @@ def _play(
         human=human,
         pace_s=pace,
     )
+
+
+def _start_web(
+    stack: contextlib.ExitStack[bool | None],
+    header: RecordingHeader,
+    scenario: Scenario,
+    address: WebAddress,
+) -> WebView:
+    """The web view, up until `stack` closes; prints its address (with the token)."""
+    from cyberdial.agents.picture import Topology
+    from cyberdial.agents.web.server import WebView
+
+    web = stack.enter_context(WebView(header, Topology.of_scenario(scenario), address))
+    if not address.loopback:
+        console.print(
+            f"[bold yellow]the web view listens on {address.host}, not only this machine:[/]"
+            " anyone with the address below (it carries the token) can watch and play the seat"
+        )
+    console.print(f"web view: {web.url}", soft_wrap=True)
+    return web
 
 
 def report_command(args: argparse.Namespace) -> int:

@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up = actions.add_parser("up", help="bring a scenario up on Mininet; prints its run id")
     up.add_argument("scenario", metavar="SCENARIO", help="scenario file or shipped name (tiny)")
     up.add_argument("--seed", type=int, default=None, help="red's seed (default: the scenario's)")
+    up.add_argument("--pcap", action="store_true",
+                    help="capture every subnet bridge to pcapng files in the run's logs (pcap/)")
+    up.add_argument("--pcap-mb", type=int, default=100, metavar="MB",
+                    help="at most about this many MB of capture per subnet (default: 100)")
     up.set_defaults(func=up_command)
     status = actions.add_parser("status", help="list the runs on this machine")
     status.set_defaults(func=status_command)
@@ -51,6 +55,11 @@ def up_command(args: argparse.Namespace) -> int:
             str(resolve_scenario_path(args.scenario))]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
+    if args.pcap:
+        from cyberdial.range.emulation.capture import CaptureLimits
+
+        CaptureLimits.per_subnet(args.pcap_mb)  # a bad size is an error before any work
+        argv += ["--pcap-mb", str(args.pcap_mb)]
     daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     assert daemon.stdout is not None
@@ -77,6 +86,8 @@ def up_command(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"run id: {run_id}")
     console.print(f"logs: {state.logs_dir}")
+    if args.pcap:
+        console.print(f"packet captures: {state.logs_dir}/pcap")
     console.print(f"alerts endpoint: {state.endpoints['alerts']}")
     console.print(f"commands endpoint: {state.endpoints['commands']}")
     console.print(f"a shell in a host: cyberdial range shell {run_id} {plan.hosts[0].name}")

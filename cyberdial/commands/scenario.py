@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.table import Table
 
 from cyberdial.commands.common import console
-from cyberdial.range.errors import ScenarioError
+from cyberdial.range.errors import CyberdialError, ScenarioError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
 
@@ -23,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     validate.set_defaults(func=validate_command)
     show = actions.add_parser("show", help="print a summary table of one scenario")
     show.add_argument("file", metavar="FILE", help="scenario YAML file or shipped name (tiny)")
+    show.add_argument(
+        "--png",
+        type=Path,
+        metavar="FILE",
+        help="also draw the topology (subnets, host groups, flows, defenders, red) to FILE",
+    )
     show.set_defaults(func=show_command)
 
 
@@ -82,4 +89,11 @@ def show_command(args: argparse.Namespace) -> int:
         f" exploit {green.fp_exploit:g}; messages: {scenario.blue.message_bits} bit(s)"
         f" at cost {scenario.blue.comm_cost:g}; state size {model.state_size}"
     )
+    if args.png is not None:
+        if args.png.suffix.lower() != ".png":
+            raise CyberdialError(f"--png {args.png}: the file name must end in .png")
+        # Imported here: matplotlib and networkx are slow to import and only this needs them.
+        from cyberdial.agents.picture import Topology, save_scenario_png
+
+        console.print(f"picture: {save_scenario_png(Topology.of_scenario(scenario), args.png)}")
     return 0

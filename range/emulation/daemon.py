@@ -16,6 +16,7 @@ import sys
 import time
 from types import FrameType
 
+from cyberdial.range.emulation.capture import CaptureLimits
 from cyberdial.range.emulation.emulator import Range
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.scenario import load_scenario
@@ -27,6 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("scenario")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--pcap-mb", type=int, default=None, help="capture the bridges")
     args = parser.parse_args()
     stop = False
 
@@ -40,6 +42,9 @@ def main() -> int:
     try:
         scenario = load_scenario(args.scenario)
         emulated = Range(scenario, hub=False, seed=args.seed)
+        if args.pcap_mb is not None:
+            emulated.capture_dir = emulated.logs_dir / "pcap"
+            emulated.capture_limits = CaptureLimits.per_subnet(args.pcap_mb)
         # From here on our own output goes to the run's log, not the CLI's pipe.
         emulated.logs_dir.mkdir(parents=True, exist_ok=True)
         log = os.open(emulated.logs_dir / "controller.log",

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from cyberdial.range.emulation import state as run_state
+from cyberdial.range.emulation.capture import BridgeCapture, CaptureLimits
 from cyberdial.range.emulation.docker_hosts import DockerHost, DockerHosts
 from cyberdial.range.emulation.netns import (
     in_netns,
@@ -84,6 +85,8 @@ class Range:
         runs_root: Path | None = None,
         logs_dir: Path | None = None,
         seed: int | None = None,
+        capture_dir: Path | None = None,
+        capture_limits: CaptureLimits | None = None,
     ) -> None:
         unknown = set(programs) - set(PROGRAM_ROLES)
         if unknown:
@@ -107,6 +110,10 @@ class Range:
         self.t0 = 0.0
         self.step = 0
         self.timings: dict[str, float] = {}
+        # Packet captures of every subnet bridge (pcapng rings), when asked for.
+        self.capture_dir = capture_dir
+        self.capture_limits = capture_limits or CaptureLimits()
+        self.capture: BridgeCapture | None = None
 
     # ---------------------------------------------------------- endpoints
 
@@ -156,6 +163,12 @@ class Range:
             self._disable_bridge_netfilter()
             self._build_network()
             self.timings["network_s"] = time.monotonic() - started
+            if self.capture_dir is not None:
+                # Before any program starts, so the capture holds the whole run.
+                self.capture = BridgeCapture(
+                    self.plan, self.capture_dir, self.logs_dir, self.capture_limits
+                )
+                self.capture.start(self.state)
             self._write_files()
             if self._want_hub:
                 self.hub = HostHub(self.run_id, self.alert_endpoint, self.command_endpoint)
@@ -184,6 +197,9 @@ class Range:
             self.hub.close()
             self.hub = None
         engine_url = self.state.engine_url
+        if self.capture is not None:
+            self.capture.stop()  # gently, so the files end cleanly; teardown kills leftovers
+            self.capture = None
         report = teardown(self.state)
         self.timings.update({f"down_{k}": v for k, v in report.phases.items()})
         # Reap our own children so no zombie or ResourceWarning is left behind.

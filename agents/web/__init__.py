@@ -1,0 +1,1 @@
+"""The drill's web view (`cyberdial drill --web`, `cyberdial watch`); assets in static/."""
