@@ -23,9 +23,9 @@ import gymnasium
 import numpy as np
 import zmq
 from numpy.typing import NDArray
-from zmq.utils.monitor import recv_monitor_message
 from pettingzoo import ParallelEnv
 from pydantic import BaseModel
+from zmq.utils.monitor import recv_monitor_message
 
 from cyberdial.bridge.protocol import (
     BRIDGE_REPLIES,
