@@ -139,6 +139,7 @@ class EmulatedRange(ParallelEnv):
 
         The scenario is the run's own copy; other options as for the constructor.
         """
+        from cyberdial.range.emulation.netns import process_start_time
         from cyberdial.range.emulation.state import RUNS_ROOT
 
         run_dir = (runs_root or RUNS_ROOT) / run_id
@@ -147,6 +148,15 @@ class EmulatedRange(ParallelEnv):
         except FileNotFoundError:
             raise BridgeRefused(f"no bridge serves run {run_id}: start `cyberdial bridge"
                                 f" {run_id}` (looked for {run_dir / 'bridge.json'})") from None
+        except (OSError, ValueError) as error:
+            raise BridgeRefused(f"cannot read {run_dir / 'bridge.json'} ({error}): restart"
+                                f" `cyberdial bridge {run_id}`") from None
+        pid = info.get("pid")
+        if isinstance(pid, int) and process_start_time(pid) != info.get("start"):
+            # The bridge that wrote it died without removing it (SIGKILL, a crash).
+            raise BridgeRefused(f"no bridge serves run {run_id}: the bridge that wrote"
+                                f" {run_dir / 'bridge.json'} (pid {pid}) is gone; start"
+                                f" `cyberdial bridge {run_id}`")
         scenario = Scenario.model_validate_json((run_dir / "scenario.json").read_text("utf-8"))
         if info.get("server_key") and "server_key" not in options:
             options["server_key"] = info["server_key"].encode()
