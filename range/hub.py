@@ -70,6 +70,7 @@ MAX_PENDING_ALERTS = 200_000
 # and the time one pump may spend handling (checked before every message).
 PUMP_BATCH = 1024
 PUMP_BUDGET_S = 0.02
+DRAIN_SLICE = 64
 # Authenticated programs the hub tracks; only the run's master secret makes new ones.
 MAX_PEERS = 4096
 # Results an actuator remembers to answer repeated command ids without re-running them.
@@ -348,20 +349,22 @@ class HostHub:
         """Handle whatever has arrived, waiting up to `timeout_s` for something; returns count.
 
         Bounded in count and time (PUMP_BUDGET_S after the wait): an alert flood
-        cannot hold the caller. Actuators' answers go first: a step waits on them.
+        cannot hold the caller. The two sockets take turns in slices of DRAIN_SLICE,
+        actuators' first (a step waits on them), so a flood on one cannot starve the
+        other; within a socket libzmq queues fairly between connections.
         """
         pull, router = self._require(self._pull), self._require(self._router)
         events = dict(self._poller.poll(max(int(timeout_s * 1000), 0)))
         budget_end = time.monotonic() + PUMP_BUDGET_S
         handled = 0
-        for _ in range(64):
+        for _ in range(64 * PUMP_BATCH // DRAIN_SLICE):
             progressed = 0
             if events.get(router):
                 progressed += self._drain(router, routed=True, budget_end=budget_end)
             if events.get(pull):
                 progressed += self._drain(pull, routed=False, budget_end=budget_end)
             handled += progressed
-            if progressed < PUMP_BATCH or time.monotonic() >= budget_end:
+            if not progressed or time.monotonic() >= budget_end:
                 break
             events = dict(self._poller.poll(0))
         return handled
@@ -386,7 +389,7 @@ class HostHub:
 
     def _drain(self, sock: zmq.Socket[Any], *, routed: bool, budget_end: float) -> int:
         count = 0
-        while count < PUMP_BATCH and time.monotonic() < budget_end:
+        while count < DRAIN_SLICE and time.monotonic() < budget_end:
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
