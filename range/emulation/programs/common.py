@@ -64,21 +64,29 @@ class Program:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
+    def controller_gone(self) -> bool:
+        """True once the controller that started us died (SIGKILL): its hosts' namespaces
+        go with it, so the program stops (saying so once) and leaves the rest to
+        `cyberdial range down`. A cheap check (getppid), made on every `running()`."""
+        if os.getppid() == self.parent:
+            return False
+        if not self.stopping:
+            self.log.warning("the range controller (pid %d) is gone: stopping; run"
+                             " `cyberdial range down %s` to remove what is left",
+                             self.parent, self.plan.run_id)
+            self.stopping = True
+        return True
+
     def running(self) -> bool:
-        """False once asked to stop, the run is gone, or the lifetime bound passed."""
+        """False once asked to stop, the run or its controller is gone, or the lifetime
+        bound passed."""
         now = time.monotonic()
-        if self.stopping or now - self.started > MAX_LIFETIME_S:
+        if self.stopping or self.controller_gone() or now - self.started > MAX_LIFETIME_S:
             return False
         if now - self._checked > RUN_CHECK_S:
             self._checked = now
             if not (self.run_dir / "plan.json").exists():
                 self.log.info("run directory is gone: stopping")
-                self.stopping = True
-            elif os.getppid() != self.parent:
-                # The controller died (SIGKILL): its hosts' namespaces go with it.
-                self.log.warning("the range controller (pid %d) is gone: stopping; run"
-                                 " `cyberdial range down %s` to remove what is left",
-                                 self.parent, self.plan.run_id)
                 self.stopping = True
         return not self.stopping
 

@@ -259,8 +259,9 @@ class Sensor:
                     except OSError as error:
                         # A host's namespace vanished (its controller died, or a teardown
                         # began): nothing left to watch there; `running()` sees why.
-                        self.program.log.warning("cannot watch the hosts (%s): skipping a"
-                                                 " round", error)
+                        if not self.program.controller_gone():
+                            self.program.log.warning("cannot watch the hosts (%s): skipping"
+                                                     " a round", error)
                 self.flush(link)
                 link.maybe_heartbeat()
         sock.close()
