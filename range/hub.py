@@ -60,6 +60,10 @@ HEARTBEAT_INTERVAL_S = 0.5
 LIVENESS = 3
 # Receive queue bounds: a flood of alerts is dropped at the socket, not in our memory.
 RCVHWM = 100_000
+# libzmq bounds queues per connection, in messages: a host connection may queue this
+# many before its sender blocks. A real sensor sends a few per step (1024 alerts per
+# batch); a flooding host holds at most this many of its messages in our memory.
+HOST_RCVHWM = 10_000
 SNDHWM = 10_000
 # libzmq closes a connection that sends a bigger frame; frames between
 # MAX_FRAME_BYTES and this are read and counted as "oversized" drops.
@@ -203,10 +207,12 @@ class HostHub:
         try:
             self._pull = self._context.socket(zmq.PULL)
             configure_socket(self._pull)
+            self._pull.setsockopt(zmq.RCVHWM, HOST_RCVHWM)
             self._pull.bind(self.alert_endpoint)
             self.alert_endpoint = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
             self._router = self._context.socket(zmq.ROUTER)
             configure_socket(self._router)
+            self._router.setsockopt(zmq.RCVHWM, HOST_RCVHWM)
             # Fail fast on a vanished peer instead of silently dropping its command. No
             # ROUTER_HANDOVER: routes follow authenticated messages, never a chosen identity.
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)

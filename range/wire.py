@@ -19,6 +19,7 @@ holds no key can neither speak for a program nor command an actuator.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -153,11 +154,19 @@ KeyLookup = Callable[[str], bytes | None]
 def signature(key: bytes, frames: list[bytes]) -> bytes:
     """Hex HMAC-SHA256 over the frames, each prefixed by its length (no frame can be
     shifted into its neighbour without changing the signature)."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+    parts: list[bytes] = []
     for frame in frames:
-        mac.update(len(frame).to_bytes(8, "big"))
-        mac.update(frame)
+        parts.append(len(frame).to_bytes(8, "big"))
+        parts.append(frame)
+    # A copy of the key's prepared HMAC state, one update: a fraction of hmac.new's cost.
+    mac = _keyed_mac(key).copy()
+    mac.update(b"".join(parts))
     return mac.hexdigest().encode()
+
+
+@functools.lru_cache(maxsize=8192)
+def _keyed_mac(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod="sha256")  # by name: the OpenSSL-backed object
 
 
 def program_key(master: bytes, run_id: str, name: str) -> bytes:
