@@ -35,7 +35,8 @@ def test_react_baseline_plays_tiny_on_real_hosts() -> None:
         service = BridgeService(scenario, hub, emulated.referee, agents)
         with BridgeThread(service):
             # Every subnet's sensor and actuator finds the hub (they reconnect on their own).
-            wait_for(lambda: len(hub._peers) >= 2 * len(scenario.subnets), timeout_s=10)
+            wait_for(lambda: sum(s.heard for s in hub._peers.values())
+                     >= 2 * len(scenario.subnets), timeout_s=10)
             env = EmulatedRange(scenario, agents, run_id=emulated.run_id)
             policy = ReactPolicy(env.model)
             m = env.model

@@ -556,7 +556,8 @@ def test_the_bridge_plays_an_episode_on_container_hosts(
         hub = emulated.new_hub()
         service = BridgeService(scenario, hub, emulated.referee, f"ipc://{tmp_path / 'agents'}")
         with BridgeThread(service):
-            wait_until(lambda: len(hub._peers) >= 2 * len(scenario.subnets), timeout_s=10)
+            wait_until(lambda: sum(s.heard for s in hub._peers.values())
+                       >= 2 * len(scenario.subnets), timeout_s=10)
             env = EmulatedRange(scenario, f"ipc://{tmp_path / 'agents'}", run_id=emulated.run_id)
             policy = ReactPolicy(env.model)
             m = env.model
