@@ -31,6 +31,17 @@ class CheckpointError(CyberdialError):
     """A file that is not a readable cyberdial checkpoint."""
 
 
+# What a damaged checkpoint's content raises when it is used: caught, told in one line.
+_CONTENT_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError, RuntimeError)
+
+
+def _damaged(file: Path, error: BaseException) -> CheckpointError:
+    detail = str(error).splitlines()[0][:120] if str(error) else ""
+    return CheckpointError(
+        f"{file}: the checkpoint's content is damaged or incomplete ({type(error).__name__}"
+        f"{': ' + detail if detail else ''}): train it again with `cyberdial train`")
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -93,18 +104,33 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f" {VERSION}: retrain with this version"
         )
     known = {item.name for item in fields(TrainConfig)}
-    saved = {**LEGACY_SETTINGS, **payload["config"]}
-    config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    return Checkpoint(
-        path=file,
-        algo=payload["algo"],
-        config=config,
-        layout=payload["layout"],
-        scenario=scenario_from_dict(payload["scenario"]),
-        learner_state=payload["learner"],
-        episodes=int(payload["episodes"]),
-        evaluation=payload.get("evaluation"),
-    )
+    try:
+        saved = {**LEGACY_SETTINGS, **payload["config"]}
+        config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+        layout = payload["layout"]
+        # Read every field `layout_difference` reads, so a damaged one fails here.
+        for agent in layout["agents"]:
+            (agent["name"], agent["obs_size"], list(agent["actions"]))
+        (layout["message_bits"], layout["state_size"], layout["scenario_hash"],
+         layout["scenario"])
+        learner_state = payload["learner"]
+        if not isinstance(learner_state, dict) or not isinstance(payload["algo"], str):
+            raise TypeError("learner state or algorithm of the wrong type")
+        checkpoint = Checkpoint(
+            path=file,
+            algo=payload["algo"],
+            config=config,
+            layout=layout,
+            scenario=scenario_from_dict(payload["scenario"]),
+            learner_state=learner_state,
+            episodes=int(payload["episodes"]),
+            evaluation=payload.get("evaluation"),
+        )
+    except CyberdialError as error:  # the scenario inside does not validate
+        raise _damaged(file, error) from None
+    except _CONTENT_ERRORS as error:
+        raise _damaged(file, error) from None
+    return checkpoint
 
 
 def layout_difference(trained: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -166,6 +192,9 @@ def load_policy(
         prepared = prepare_scenario(checkpoint.config, scenario)
     model = GameModel(prepared)
     check_layout(checkpoint, model, allow_other_hash)
-    learner = make_learner(model, checkpoint.config)
-    learner.load_state_dict(checkpoint.learner_state)
+    try:
+        learner = make_learner(model, checkpoint.config)
+        learner.load_state_dict(checkpoint.learner_state)
+    except _CONTENT_ERRORS as error:  # a config or weights that do not fit the network
+        raise _damaged(checkpoint.path, error) from None
     return learner.greedy_policy(), model, checkpoint

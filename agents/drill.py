@@ -135,7 +135,6 @@ class EmulatedDrillRange:
         from cyberdial.bridge.env import EmulatedRange
         from cyberdial.bridge.service import BridgeService, BridgeThread
         from cyberdial.range.emulation.emulator import Range
-        from cyberdial.range.hub import HostHub
 
         scenario = self.model.scenario
         try:
@@ -145,7 +144,7 @@ class EmulatedDrillRange:
                       capture_limits=self.pcap_limits)
             )
             self.run_id = emulated.run_id
-            hub = HostHub(emulated.run_id, emulated.alert_endpoint, emulated.command_endpoint)
+            hub = emulated.new_hub()
             self.workdir.mkdir(parents=True, exist_ok=True)
             endpoint = f"ipc://{self.workdir.resolve() / f'agents-{emulated.run_id}.sock'}"
             service = BridgeService(scenario, hub, emulated.referee, endpoint)

@@ -22,6 +22,8 @@ from cyberdial.range.model import GameModel
 
 RECORDING_VERSION = 1
 RECORDING_NAME = "recording.jsonl"
+# One record per line; a step of the largest scenario is well under this.
+MAX_LINE_BYTES = 16 << 20
 
 
 class _Record(BaseModel):
@@ -236,11 +238,17 @@ def load_recording(run: str | Path) -> Recording:
     header: RecordingHeader | None = None
     steps: list[StepRecord] = []
     ends: list[EpisodeEnd] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    with path.open("rb") as lines:
+        number = 0
+        # readline with a bound: a file without newlines is not read whole into memory.
+        while raw := lines.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if not raw.strip():
                 continue
             try:
+                if len(raw) > MAX_LINE_BYTES:
+                    raise ValueError(f"a line over {MAX_LINE_BYTES} bytes")
+                line = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
                 data = json.loads(line)
                 kind = data.get("type") if isinstance(data, dict) else None
                 if number == 1 or header is None:
@@ -251,8 +259,8 @@ def load_recording(run: str | Path) -> Recording:
                     ends.append(EpisodeEnd.model_validate(data))
                 else:
                     raise ValueError(f"unknown record type {kind!r}")
-            except (ValueError, ValidationError) as error:
-                first = str(error).splitlines()[0]
+            except (ValueError, ValidationError, RecursionError) as error:
+                first = (str(error).splitlines() or [type(error).__name__])[0][:200]
                 raise CyberdialError(
                     f"{path}:{number}: not a cyberdial recording line ({first})"
                 ) from None

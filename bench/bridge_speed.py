@@ -40,9 +40,13 @@ from cyberdial.range.wire import (
     Command,
     CommandResult,
     Header,
+    HostKeys,
+    signature,
 )
 
 RUN = "bench"
+# A fixed master secret, so the flood processes sign as the hub expects (a benchmark).
+KEYS = HostKeys(RUN, b"bench master secret, not secret.")
 
 
 def percentiles(samples: list[float]) -> str:
@@ -69,9 +73,9 @@ def _flood(endpoint: str, seconds: float, batch: int) -> None:
     kind, payload = ("alert", alert) if batch == 1 else (
         "alert_batch", AlertBatch(alerts=(alert,) * batch))
     body = payload.model_dump_json().encode()
-    with SensorLink(endpoint, RUN, f"flood-{batch}") as link:
+    with SensorLink(endpoint, RUN, f"flood-{batch}", key=KEYS.key(f"flood-{batch}")) as link:
         link.socket.setsockopt(zmq.SNDHWM, 1000)
-        end, seq = time.monotonic() + seconds, 1000
+        end, seq = time.monotonic() + seconds, link._seq + 1000
         while time.monotonic() < end:
             for _ in range(100):
                 seq += 1
@@ -79,15 +83,16 @@ def _flood(endpoint: str, seconds: float, batch: int) -> None:
                                 seq=seq, step=0, timestamp=time.time())
                 try:
                     # Never block: once the hub stops reading, a blocking send would hang.
-                    link.socket.send_multipart(
-                        [kind.encode(), header.model_dump_json().encode(), body], zmq.NOBLOCK)
+                    frames = [kind.encode(), header.model_dump_json().encode(), body]
+                    frames.append(signature(link.key, frames))
+                    link.socket.send_multipart(frames, zmq.NOBLOCK)
                 except zmq.Again:
                     time.sleep(0.001)
 
 
 def alert_throughput(folder: Path, seconds: float, batch: int) -> float:
     endpoint = f"ipc://{folder / f'flood{batch}'}"
-    with HostHub(RUN, endpoint, f"ipc://{folder / f'cmd{batch}'}") as hub:
+    with HostHub(RUN, endpoint, f"ipc://{folder / f'cmd{batch}'}", keys=KEYS) as hub:
         spawn = multiprocessing.get_context("spawn")
         sender = spawn.Process(target=_flood, args=(endpoint, seconds + 1.0, batch))
         sender.start()
@@ -116,11 +121,13 @@ def command_latency(folder: Path, count: int) -> list[float]:
         return CommandResult(command_id=command.command_id, action=command.action, ok=True)
 
     def serve(endpoint: str) -> None:
-        with ActuatorLink(endpoint, RUN, "act", ("h0",), "s0", handle, context=ctx) as link:
+        with ActuatorLink(endpoint, RUN, "act", ("h0",), "s0", handle, key=KEYS.key("act"),
+                          context=ctx) as link:
             link.serve(stop=stop, deadline=time.monotonic() + 120)
 
     samples: list[float] = []
-    with HostHub(RUN, f"ipc://{folder / 'ca'}", f"ipc://{folder / 'cc'}", context=ctx) as hub:
+    with HostHub(RUN, f"ipc://{folder / 'ca'}", f"ipc://{folder / 'cc'}", keys=KEYS,
+                 context=ctx) as hub:
         thread = threading.Thread(target=serve, args=(hub.command_endpoint,), daemon=True)
         thread.start()
         while hub.route(Command(command_id="x", action="analyse", host="h0")) is None:
@@ -147,13 +154,13 @@ def alert_to_observation(folder: Path, steps: int, background_rate: float) -> li
     scenario = load_scenario("tiny")
     ctx: zmq.Context[Any] = zmq.Context()
     ends = {k: f"ipc://{folder / ('l' + k)}" for k in ("a", "c", "g")}
-    hub = HostHub(RUN, ends["a"], ends["c"], context=ctx)
+    hub = HostHub(RUN, ends["a"], ends["c"], keys=KEYS, context=ctx)
     service = BridgeService(scenario, hub, NoTruth(), ends["g"], step_period_s=0, context=ctx)
     stop = threading.Event()
 
     def background() -> None:
         noise = Alert(host="user2", kind=AlertKind.SCAN, observed_at=time.time())
-        with SensorLink(ends["a"], RUN, "noise", context=ctx) as link:
+        with SensorLink(ends["a"], RUN, "noise", key=KEYS.key("noise"), context=ctx) as link:
             per_tick = max(int(background_rate / 100), 1)
             while not stop.wait(0.01):
                 link.alerts([noise.model_copy(update={"observed_at": time.time()})] * per_tick)
@@ -164,7 +171,7 @@ def alert_to_observation(folder: Path, steps: int, background_rate: float) -> li
         noise_thread = threading.Thread(target=background, daemon=True)
         noise_thread.start()
         env = EmulatedRange(scenario, ends["g"], run_id=RUN, context=ctx)
-        with SensorLink(ends["a"], RUN, "probe", context=ctx) as probe:
+        with SensorLink(ends["a"], RUN, "probe", key=KEYS.key("probe"), context=ctx) as probe:
             env.reset()
             layout = env.model.agents[0]
             column = layout.hosts.index(user1) * 4  # first activity bit of user1
@@ -195,8 +202,9 @@ def step_overhead(name: str, folder: Path, steps: int) -> tuple[list[float], lis
     scenario: Scenario = load_scenario(name)
     ctx: zmq.Context[Any] = zmq.Context()
     ends = {k: f"ipc://{folder / (name + k)}" for k in ("a", "c", "g")}
-    hosts = SimulatedHosts(scenario, RUN, ends["a"], ends["c"], step_period_s=0.05, context=ctx)
-    hub = HostHub(RUN, ends["a"], ends["c"], context=ctx)
+    hosts = SimulatedHosts(scenario, RUN, ends["a"], ends["c"], keys=KEYS, step_period_s=0.05,
+                           context=ctx)
+    hub = HostHub(RUN, ends["a"], ends["c"], keys=KEYS, context=ctx)
     service = BridgeService(scenario, hub, SimReferee(hosts), ends["g"], step_period_s=0,
                             command_timeout_s=1.0, context=ctx)
     round_trips: list[float] = []
@@ -234,7 +242,7 @@ def processing_per_step(name: str, folder: Path, steps: int) -> list[float]:
     scenario = load_scenario(name)
     ctx: zmq.Context[Any] = zmq.Context()
     hub = HostHub(RUN, f"ipc://{folder / (name + 'pa')}", f"ipc://{folder / (name + 'pc')}",
-                  context=ctx)
+                  keys=KEYS, context=ctx)
     service = BridgeService(scenario, hub, NoTruth(), f"ipc://{folder / (name + 'pg')}",
                             step_period_s=0, context=ctx)
     samples: list[float] = []

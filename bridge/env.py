@@ -4,6 +4,10 @@ A client of the bridge service (DEALER to its agent endpoint, optionally with
 CurveZMQ), so a policy may run in another process or on another machine. Its
 spaces are exactly `SimRange`'s for the same scenario: a policy trained in the
 simulator runs here unchanged.
+
+A client whose connection dropped and came back (a bridge or network hiccup)
+says hello again with its session token and carries on; one whose bridge
+restarted is told so (the episode is gone: reset).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import zmq
 from numpy.typing import NDArray
 from pettingzoo import ParallelEnv
 from pydantic import BaseModel
+from zmq.utils.monitor import recv_monitor_message
 
 from cyberdial.bridge.protocol import (
     BRIDGE_REPLIES,
@@ -56,6 +61,10 @@ ATTEMPTS = 2
 
 class BridgeRefused(CyberdialError):
     """The bridge answered with an error; the message says how to recover."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class EmulatedRange(ParallelEnv):
@@ -105,6 +114,10 @@ class EmulatedRange(ParallelEnv):
         self._context = context if context is not None else zmq.Context()
         self._socket: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
         configure_socket(self._socket)
+        self._session: str | None = None
+        self._connections = 0
+        self._monitor: zmq.Socket[Any] | None = self._socket.get_monitor_socket(
+            zmq.EVENT_CONNECTED)
         if server_key is not None:
             keys = curve or CurveKeys.generate()
             self._socket.setsockopt(zmq.CURVE_SERVERKEY, server_key)
@@ -126,6 +139,7 @@ class EmulatedRange(ParallelEnv):
 
         The scenario is the run's own copy; other options as for the constructor.
         """
+        from cyberdial.range.emulation.netns import process_start_time
         from cyberdial.range.emulation.state import RUNS_ROOT
 
         run_dir = (runs_root or RUNS_ROOT) / run_id
@@ -134,6 +148,15 @@ class EmulatedRange(ParallelEnv):
         except FileNotFoundError:
             raise BridgeRefused(f"no bridge serves run {run_id}: start `cyberdial bridge"
                                 f" {run_id}` (looked for {run_dir / 'bridge.json'})") from None
+        except (OSError, ValueError) as error:
+            raise BridgeRefused(f"cannot read {run_dir / 'bridge.json'} ({error}): restart"
+                                f" `cyberdial bridge {run_id}`") from None
+        pid = info.get("pid")
+        if isinstance(pid, int) and process_start_time(pid) != info.get("start"):
+            # The bridge that wrote it died without removing it (SIGKILL, a crash).
+            raise BridgeRefused(f"no bridge serves run {run_id}: the bridge that wrote"
+                                f" {run_dir / 'bridge.json'} (pid {pid}) is gone; start"
+                                f" `cyberdial bridge {run_id}`")
         scenario = Scenario.model_validate_json((run_dir / "scenario.json").read_text("utf-8"))
         if info.get("server_key") and "server_key" not in options:
             options["server_key"] = info["server_key"].encode()
@@ -162,14 +185,49 @@ class EmulatedRange(ParallelEnv):
                 f"cannot send to the bridge at {self.endpoint}: it is not connected (is it"
                 " running, and do the Curve keys match?)") from None
 
+    def _reconnected(self) -> bool:
+        """True once per connection after the first (the bridge sees a new peer then)."""
+        fresh = 0
+        while self._monitor is not None and self._monitor.poll(0, zmq.POLLIN):
+            try:
+                event = recv_monitor_message(self._monitor, flags=zmq.NOBLOCK)
+            except (zmq.Again, ValueError):
+                break
+            if event.get("event") == zmq.EVENT_CONNECTED:
+                fresh += 1
+        before, self._connections = self._connections, self._connections + fresh
+        return fresh > 0 and before + fresh > 1
+
+    def _rehello(self) -> None:
+        """Move our session to the current connection (the token proves it is ours)."""
+        self._request("agent_hello", AgentHello(
+            client=self.client, scenario_hash=self.scenario.scenario_hash,
+            session=self._session), Welcome, attempts=1)
+
     def _request(
         self, message_type: str, payload: BaseModel, expect: type[BaseModel], *,
         step: int = 0, attempts: int = ATTEMPTS,
     ) -> Any:
         for attempt in range(attempts):
+            if message_type != "agent_hello" and self._session is not None and (
+                    attempt > 0 or self._reconnected()):
+                try:
+                    self._rehello()
+                except BridgeTimeout:
+                    pass  # counted as this attempt's failure below
             self._send(message_type, payload, step)
             deadline = time.monotonic() + self._timeout_s
-            reply = self._receive(expect, step, deadline)
+            try:
+                reply = self._receive(expect, step, deadline)
+            except BridgeRefused as refused:
+                if refused.code != "not_ready" or message_type == "agent_hello" or \
+                        "agent_hello" not in str(refused) or attempt + 1 >= attempts:
+                    raise
+                # The bridge does not know us (it restarted): introduce ourselves again.
+                logger.warning("the bridge forgot this client (restarted?): saying hello again")
+                self._session = None
+                self.welcome = self._hello()
+                continue
             if reply is not None:
                 return reply
             logger.warning("no %s reply from the bridge in %.1f s (attempt %d of %d)",
@@ -193,7 +251,8 @@ class EmulatedRange(ParallelEnv):
                 continue
             payload = result.payload
             if isinstance(payload, ErrorReply):
-                raise BridgeRefused(f"the bridge refused: {payload.message} ({payload.code})")
+                raise BridgeRefused(f"the bridge refused: {payload.message} ({payload.code})",
+                                    payload.code)
             if not isinstance(payload, expect):
                 continue
             if isinstance(payload, ObservationBatch) and payload.step != step:
@@ -205,7 +264,9 @@ class EmulatedRange(ParallelEnv):
     def _hello(self) -> Welcome:
         welcome: Welcome = self._request(
             "agent_hello", AgentHello(client=self.client,
-                                      scenario_hash=self.scenario.scenario_hash), Welcome)
+                                      scenario_hash=self.scenario.scenario_hash,
+                                      session=self._session), Welcome)
+        self._session = welcome.session
         served = {spec.name: (spec.obs_size, spec.n_actions) for spec in welcome.agents}
         local = {a.name: (a.obs_size, a.n_actions) for a in self.model.agents}
         if served != local:
@@ -289,6 +350,10 @@ class EmulatedRange(ParallelEnv):
         return "\n".join(lines)
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if not self._socket.closed:
             try:
                 self._send("bye", Bye(reason="client closed"))

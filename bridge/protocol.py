@@ -83,11 +83,20 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SessionToken = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+
+
 class AgentHello(_Message):
-    """A client opens a session; with `scenario_hash` the bridge refuses a mismatched one."""
+    """A client opens a session; with `scenario_hash` the bridge refuses a mismatched one.
+
+    A client that reconnects (a new connection, same `client` name) sends the
+    `session` token of its welcome: only with it may the name move to the new
+    connection (and keep the episode it drives).
+    """
 
     client: Identifier
     scenario_hash: Annotated[str, Field(max_length=64)] | None = None
+    session: SessionToken | None = None
 
 
 class AgentSpec(_Message):
@@ -109,6 +118,7 @@ class Welcome(_Message):
     heartbeat_interval_s: Annotated[float, Field(gt=0.0)]
     liveness: Annotated[int, Field(ge=1)]
     state_size: Annotated[int, Field(ge=0)]
+    session: SessionToken = Field(description="this client's secret token, for reconnecting")
 
 
 class ResetRequest(_Message):
@@ -165,7 +175,8 @@ class ObservationBatch(_Message):
                                      description="global state for centralised training")
 
 
-ErrorCode = Literal["not_ready", "scenario_mismatch", "episode_over", "bad_request"]
+ErrorCode = Literal["not_ready", "scenario_mismatch", "episode_over", "bad_request", "busy",
+                    "name_taken"]
 
 
 class ErrorReply(_Message):

@@ -6,10 +6,15 @@ Each step it runs the game model's rules that the simulator runs — same
 observation bits and layout, same SAU masks, same action durations, same reward
 formula — on what the real hosts report. Nothing an agent sends reaches a host
 except as a `Command` built here from the agent's own closed action catalogue.
+
+Agent sessions: every client that says hello gets a secret session token; the
+client that resets drives the episode (others are answered `busy`), and only
+the token moves a client's name to a new connection (a reconnecting client).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 import threading
@@ -64,6 +69,7 @@ from cyberdial.range.model import (
     Observed,
 )
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.wire import initial_seq
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,11 @@ BRIDGE_SENDER = "bridge"
 COMMAND_SHARE = 0.5
 # Agent clients remembered at once; one drives a bridge, a few may watch or retry.
 MAX_CLIENTS = 64
+# A driving client silent this long (seconds) no longer holds the episode: another may
+# reset. Well above the longest step (`2 x step_period + 5 s` is what clients wait).
+DRIVER_IDLE_S = 120.0
+# A client name held by a connection silent this long may be taken by a new one.
+CLIENT_IDLE_S = 120.0
 _COMPROMISE_CODE = {"clean": Compromise.CLEAN, "none": Compromise.CLEAN,
                     "user": Compromise.USER, "privileged": Compromise.PRIVILEGED}
 _OBSERVED_CODE = {"none": Observed.NONE, "user": Observed.USER, "privileged": Observed.PRIVILEGED}
@@ -107,6 +118,15 @@ class _AllowedClients:
 
     def callback(self, domain: str, key: bytes) -> bool:
         return key in self.keys
+
+
+@dataclass
+class AgentSession:
+    """One agent client: its connection, its secret token, when it last spoke."""
+
+    identity: bytes
+    token: str
+    last_seen: float
 
 
 @dataclass(frozen=True)
@@ -165,8 +185,9 @@ class BridgeService:
         self._opened_hub = False
         self.drops = DropCounter()
         self.replay = ReplayGuard()
-        self._clients: dict[str, bytes] = {}  # sender -> ROUTER identity
-        self._seq = 0
+        self._clients: dict[str, AgentSession] = {}  # sender -> its session
+        self.driver: str | None = None  # the client whose episode this is
+        self._seq = initial_seq()
         self._nonce = secrets.token_hex(3)  # command ids stay unique across bridge restarts
         self._host_agent = np.full(self.model.n_hosts, -1, dtype=np.int64)
         for layout in self.model.agents:
@@ -300,19 +321,30 @@ class BridgeService:
             self.drops.drop(result, logger)
             return
         sender, payload = result.header.sender, result.payload
+        session = self._clients.get(sender)
+        now = time.monotonic()
         if isinstance(payload, AgentHello):
-            self.replay.forget(sender)
-        elif sender not in self._clients:
+            if session is not None and session.identity != identity and not self._may_take(
+                    session, payload, now):
+                self._reply(identity, "error", ErrorReply(
+                    code="name_taken", message=f"client name {sender} is in use by another"
+                    " connection: pick another name (EmulatedRange(client=...))"))
+                return
+            if session is None or session.identity != identity:
+                self.replay.forget(sender)  # a new connection numbers afresh
+        elif session is None:
             # Answered, but not remembered: only clients that said hello cost us memory.
             self._reply(identity, "error", ErrorReply(
                 code="not_ready", message="send agent_hello first (see docs/protocol.md)"))
             return
-        elif self._clients[sender] != identity:
+        elif session.identity != identity:
             self.drops.drop(Dropped("spoofed", f"{sender} from another connection"), logger)
             return
         if not self.replay.accept(result.header):
             self.drops.drop(Dropped("replayed", f"{sender} seq {result.header.seq}"), logger)
             return
+        if session is not None:
+            session.last_seen = now
         if isinstance(payload, AgentHello):
             self._on_hello(identity, sender, payload)
         elif isinstance(payload, Heartbeat):
@@ -320,11 +352,32 @@ class BridgeService:
         elif isinstance(payload, Bye):
             del self._clients[sender]
             self.replay.forget(sender)
+            if self.driver == sender:
+                self.driver = None
+        elif not self._may_drive(sender, now):
+            self._reply(identity, "error", ErrorReply(
+                code="busy", message=f"client {self.driver} drives this bridge's episode:"
+                " wait until it says bye (or is silent for"
+                f" {DRIVER_IDLE_S:.0f} s), or start another range"))
         elif isinstance(payload, ResetRequest):
+            self.driver = sender
             reply = self.reset(payload.seed)
             self._last_reply = (self.step, self._reply(identity, "observations", reply))
         elif isinstance(payload, ActionBatch):
             self._on_actions(identity, payload)
+
+    def _may_take(self, session: AgentSession, hello: AgentHello, now: float) -> bool:
+        """May a hello on a new connection take over this client name?"""
+        if hello.session is not None and hmac.compare_digest(hello.session, session.token):
+            return True  # the same client, reconnected
+        return now - session.last_seen > CLIENT_IDLE_S
+
+    def _may_drive(self, sender: str, now: float) -> bool:
+        """Reset and actions: only the driving client's, or anyone's when nobody drives."""
+        if self.driver is None or self.driver == sender:
+            return True
+        driver = self._clients.get(self.driver)
+        return driver is None or now - driver.last_seen > DRIVER_IDLE_S
 
     def _on_hello(self, identity: bytes, sender: str, hello: AgentHello) -> None:
         scenario = self.scenario
@@ -335,14 +388,24 @@ class BridgeService:
                 f" {hello.scenario_hash}: load the scenario the range was started with"))
             self.replay.forget(sender)
             return
-        self._clients[sender] = identity
-        while len(self._clients) > MAX_CLIENTS:  # forget the longest-known client
-            oldest = next(iter(self._clients))
+        session = self._clients.get(sender)
+        if session is not None and (session.identity == identity or (
+                hello.session is not None and hmac.compare_digest(hello.session,
+                                                                  session.token))):
+            session.identity = identity  # same client (again, or reconnected): same session
+        else:
+            if session is not None and self.driver == sender:
+                self.driver = None  # a stale name taken over does not take the episode
+            session = AgentSession(identity, secrets.token_hex(16), time.monotonic())
+            self._clients.pop(sender, None)
+            self._clients[sender] = session
+        while len(self._clients) > MAX_CLIENTS:  # forget the longest-known idle client
+            oldest = next(name for name in self._clients if name != self.driver)
             del self._clients[oldest]
             self.replay.forget(oldest)
-        self._reply(identity, "welcome", self.welcome())
+        self._reply(identity, "welcome", self.welcome(session.token))
 
-    def welcome(self) -> Welcome:
+    def welcome(self, session: str = "0") -> Welcome:
         m = self.model
         return Welcome(
             scenario=self.scenario.name, scenario_hash=self.scenario.scenario_hash,
@@ -350,7 +413,7 @@ class BridgeService:
                                    actions=tuple(x.label for x in a.actions)) for a in m.agents),
             message_bits=m.message_bits, episode_length=self.scenario.episode_length,
             step_period_s=self.step_period_s, heartbeat_interval_s=self.hub.heartbeat_interval_s,
-            liveness=self.hub.liveness, state_size=m.state_size,
+            liveness=self.hub.liveness, state_size=m.state_size, session=session,
         )
 
     def _on_actions(self, identity: bytes, batch: ActionBatch) -> None:

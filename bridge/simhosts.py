@@ -6,6 +6,7 @@ advances red and green every step period and raises alerts through one
 commands to the simulated state. `SimReferee` reads its ground truth. It is the
 bridge's test and benchmark backend: same messages as real hosts, no root.
 Sensors and actuators can be killed (no bye) and restarted, like processes.
+Each signs with its own key from the run's `HostKeys`, as real programs do.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cyberdial.range.hub import HEARTBEAT_INTERVAL_S, ActuatorLink, SensorLink
 from cyberdial.range.model import Activity, AlertKind, Compromise, GameModel
 from cyberdial.range.scenario import Scenario
 from cyberdial.range.sim import SimBatch
-from cyberdial.range.wire import Alert, Command, CommandResult
+from cyberdial.range.wire import Alert, Command, CommandResult, HostKeys
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class SimulatedHosts:
         alert_endpoint: str,
         command_endpoint: str,
         *,
+        keys: HostKeys,
         step_period_s: float | None = None,
         seed: int | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
@@ -61,6 +63,7 @@ class SimulatedHosts:
         self.run_id = run_id
         self.alert_endpoint = alert_endpoint
         self.command_endpoint = command_endpoint
+        self.keys = keys
         self.step_period_s = scenario.step_period if step_period_s is None else step_period_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.batch = SimBatch(self.model, n_envs=1, seed=seed)
@@ -164,8 +167,9 @@ class SimulatedHosts:
 
     def _sensor_link(self, subnet: str) -> SensorLink:
         hosts = tuple(h.name for h in self.scenario.hosts_in(subnet))
-        link = SensorLink(self.alert_endpoint, self.run_id, sensor_name(subnet), hosts=hosts,
-                          subnet=subnet, context=self._context,
+        name = sensor_name(subnet)
+        link = SensorLink(self.alert_endpoint, self.run_id, name, key=self.keys.key(name),
+                          hosts=hosts, subnet=subnet, context=self._context,
                           heartbeat_interval_s=self.heartbeat_interval_s)
         link.hello()
         return link
@@ -201,8 +205,9 @@ class SimulatedHosts:
 
     def _actuator(self, subnet: str, stop: threading.Event) -> None:
         hosts = tuple(h.name for h in self.scenario.hosts_in(subnet))
-        link = ActuatorLink(self.command_endpoint, self.run_id, actuator_name(subnet), hosts,
-                            subnet, self.apply, context=self._context,
+        name = actuator_name(subnet)
+        link = ActuatorLink(self.command_endpoint, self.run_id, name, hosts,
+                            subnet, self.apply, key=self.keys.key(name), context=self._context,
                             heartbeat_interval_s=self.heartbeat_interval_s)
         try:
             link.hello()

@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# What one problem may show of the user's own text: a short prefix, never a whole value.
+MAX_PATH_PART = 40
+MAX_MESSAGE = 300
+MAX_PROBLEMS_SHOWN = 20
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class CyberdialError(Exception):
     """Base of every user-facing error; `str()` is the message the CLI prints."""
@@ -24,7 +33,7 @@ class Problem:
     column: int | None = None
 
     def dotted_path(self) -> str:
-        return ".".join(str(part) for part in self.path) or "<root>"
+        return ".".join(_cut(str(part), MAX_PATH_PART) for part in self.path) or "<root>"
 
     def __str__(self) -> str:
         where = ""
@@ -33,7 +42,8 @@ class Problem:
             if self.line is not None:
                 where += f":{self.line}:{self.column or 1}"
             where += ": "
-        return f"{where}{self.dotted_path()}: {self.message}"
+        message = _cut(" ".join(self.message.split("\n")), MAX_MESSAGE)
+        return f"{where}{self.dotted_path()}: {message}"
 
 
 class ScenarioError(CyberdialError):
@@ -41,7 +51,10 @@ class ScenarioError(CyberdialError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        super().__init__("\n".join(str(problem) for problem in problems))
+        lines = [str(problem) for problem in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            lines.append(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems")
+        super().__init__("\n".join(lines))
 
 
 class NotRootError(CyberdialError):

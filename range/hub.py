@@ -6,6 +6,11 @@ actuators are DEALER peers of its ROUTER socket and answer each `Command` with a
 `CommandResult`. `SensorLink` and `ActuatorLink` are the client halves that host
 programs use. No background threads: the hub does its work inside its calls, and
 every receive goes through `poll(timeout)`. Envelopes and payloads: `wire.py`.
+
+Every message either way is signed with the program's own key (`HostKeys`): the
+hub hears only programs whose key the run's master secret made, so its peer table
+holds real programs only, and a seq is accepted only from its authenticated sender.
+A link says `hello` on every new connection, so a restarted bridge hears from all.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import zmq
 from pydantic import BaseModel
+from zmq.utils.monitor import recv_monitor_message
 
 from cyberdial.range.model import AlertKind
 from cyberdial.range.wire import (
@@ -38,9 +44,11 @@ from cyberdial.range.wire import (
     Envelope,
     Heartbeat,
     Hello,
+    HostKeys,
     ReplayGuard,
     decode,
     encode,
+    initial_seq,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,6 +60,10 @@ HEARTBEAT_INTERVAL_S = 0.5
 LIVENESS = 3
 # Receive queue bounds: a flood of alerts is dropped at the socket, not in our memory.
 RCVHWM = 100_000
+# libzmq bounds queues per connection, in messages: a host connection may queue this
+# many before its sender blocks. A real sensor sends a few per step (1024 alerts per
+# batch); a flooding host holds at most this many of its messages in our memory.
+HOST_RCVHWM = 10_000
 SNDHWM = 10_000
 # libzmq closes a connection that sends a bigger frame; frames between
 # MAX_FRAME_BYTES and this are read and counted as "oversized" drops.
@@ -62,7 +74,8 @@ MAX_PENDING_ALERTS = 200_000
 # and the time one pump may spend handling (checked before every message).
 PUMP_BATCH = 1024
 PUMP_BUDGET_S = 0.02
-# Senders the hub tracks; beyond it, messages from new senders without a hello are dropped.
+DRAIN_SLICE = 64
+# Authenticated programs the hub tracks; only the run's master secret makes new ones.
 MAX_PEERS = 4096
 # Results an actuator remembers to answer repeated command ids without re-running them.
 RESULT_CACHE = 4096
@@ -85,7 +98,7 @@ CommandHandler = Callable[[Command], CommandResult]
 
 @dataclass
 class PeerStatus:
-    """What the hub knows about one host program (keyed by its header's `sender`)."""
+    """What the hub knows about one authenticated host program (keyed by its `sender`)."""
 
     role: str
     subnet: str | None
@@ -96,9 +109,8 @@ class PeerStatus:
     unresponsive: bool = False
     said_bye: bool = False
     pid: int = 0
-    # False for a peer heard from without a hello (e.g. before a hub restart): it is
-    # tracked, but not reported dead, since nothing says it is meant to stay.
-    announced: bool = True
+    # False for an expected program (see `HostHub`) not heard from since the hub opened.
+    heard: bool = True
 
 
 def configure_socket(sock: zmq.Socket[Any], *, linger_ms: int = 0) -> None:
@@ -122,6 +134,11 @@ class HostHub:
     Endpoints: `ipc:///absolute/path` (works across network namespaces; the
     abstract `ipc://@name` does not) or `tcp://127.0.0.1:PORT` (`:*` picks a free
     port; read `alert_endpoint`/`command_endpoint` after entering).
+
+    `keys` authenticates every program; `expected` names the programs the range
+    started (name -> their `Hello`): they are known from the start (a restarted
+    bridge reports one that stays silent dead, and routes to an actuator as soon as
+    it speaks), and a program's hello must match its entry.
     """
 
     def __init__(
@@ -130,6 +147,8 @@ class HostHub:
         alert_endpoint: str,
         command_endpoint: str,
         *,
+        keys: HostKeys,
+        expected: Mapping[str, Hello] | None = None,
         context: zmq.Context[Any] | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         liveness: int = LIVENESS,
@@ -139,8 +158,13 @@ class HostHub:
         self.command_endpoint = command_endpoint
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness = liveness
+        self.keys = keys
+        self.expected = dict(expected or {})
+        if len(self.expected) > MAX_PEERS:
+            raise ValueError(f"at most {MAX_PEERS} host programs per run")
         self.drops = DropCounter()
         self.replay = ReplayGuard()
+        self._peer_keys: dict[str, bytes] = {}
         self._own_context = context is None
         self._context = context
         self._pull: zmq.Socket[Any] | None = None
@@ -154,7 +178,7 @@ class HostHub:
         self._alerts: deque[Alert] = deque()
         self._pending: dict[str, tuple[str, Command]] = {}  # command_id -> (peer, command)
         self._results: dict[str, CommandResult] = {}
-        self._seq = 0
+        self._seq = initial_seq()
         self.step = 0
         self.alerts_received = 0
         self.commands_sent = 0
@@ -183,14 +207,15 @@ class HostHub:
         try:
             self._pull = self._context.socket(zmq.PULL)
             configure_socket(self._pull)
+            self._pull.setsockopt(zmq.RCVHWM, HOST_RCVHWM)
             self._pull.bind(self.alert_endpoint)
             self.alert_endpoint = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
             self._router = self._context.socket(zmq.ROUTER)
             configure_socket(self._router)
-            # Fail fast on a vanished peer instead of silently dropping its command,
-            # and let a restarted actuator with the same identity take its route over.
+            self._router.setsockopt(zmq.RCVHWM, HOST_RCVHWM)
+            # Fail fast on a vanished peer instead of silently dropping its command. No
+            # ROUTER_HANDOVER: routes follow authenticated messages, never a chosen identity.
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
             self._router.bind(self.command_endpoint)
             self.command_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as error:
@@ -202,6 +227,13 @@ class HostHub:
             ) from error
         self._poller.register(self._pull, zmq.POLLIN)
         self._poller.register(self._router, zmq.POLLIN)
+        now = time.monotonic()
+        for name, hello in self.expected.items():
+            self._peers[name] = PeerStatus(role=hello.role, subnet=hello.subnet,
+                                           hosts=hello.hosts, last_seen=now, pid=hello.pid,
+                                           heard=False)
+            if hello.role == "actuator":
+                self._set_routes(name, hello)
         logger.info("host hub %s: alerts on %s, commands on %s", self.run_id,
                     self.alert_endpoint, self.command_endpoint)
 
@@ -254,6 +286,11 @@ class HostHub:
                     " (its hello must list this host or subnet)")
                 continue
             status = self._peers[peer]
+            if peer not in self._identity:
+                results[position] = timeout_result(
+                    command, f"actuator {peer} has not connected to this bridge yet; wait a"
+                    " heartbeat, or restart it")
+                continue
             if not self._is_alive(status, time.monotonic()):
                 results[position] = timeout_result(
                     command, f"actuator {peer} is not alive (last seen"
@@ -264,7 +301,7 @@ class HostHub:
                     command, f"command id {command.command_id} is already in flight")
                 continue
             frames = encode("command", command, run_id=self.run_id, sender=HUB_SENDER,
-                            seq=self._next_seq(), step=self.step)
+                            seq=self._next_seq(), step=self.step, key=self._key_for(peer))
             try:
                 router.send_multipart([self._identity[peer], *frames], flags=zmq.NOBLOCK)
             except zmq.ZMQError as error:
@@ -308,28 +345,32 @@ class HostHub:
         return dict(self._peers)
 
     def dead_peers(self) -> list[str]:
-        """Announced sensors and actuators that are not alive (see `PeerStatus`)."""
-        return sorted(name for name, status in self.peers().items()
-                      if status.announced and not status.alive)
+        """Sensors and actuators (authenticated or expected) that are not alive; an
+        expected one not heard yet only once the liveness span since the hub opened passed."""
+        now = time.monotonic()
+        return sorted(name for name, status in self.peers().items() if not status.alive
+                      and (status.heard or self._silent(status, now)))
 
     def pump(self, timeout_s: float = 0.0) -> int:
         """Handle whatever has arrived, waiting up to `timeout_s` for something; returns count.
 
         Bounded in count and time (PUMP_BUDGET_S after the wait): an alert flood
-        cannot hold the caller. Actuators' answers go first: a step waits on them.
+        cannot hold the caller. The two sockets take turns in slices of DRAIN_SLICE,
+        actuators' first (a step waits on them), so a flood on one cannot starve the
+        other; within a socket libzmq queues fairly between connections.
         """
         pull, router = self._require(self._pull), self._require(self._router)
         events = dict(self._poller.poll(max(int(timeout_s * 1000), 0)))
         budget_end = time.monotonic() + PUMP_BUDGET_S
         handled = 0
-        for _ in range(64):
+        for _ in range(64 * PUMP_BATCH // DRAIN_SLICE):
             progressed = 0
             if events.get(router):
                 progressed += self._drain(router, routed=True, budget_end=budget_end)
             if events.get(pull):
                 progressed += self._drain(pull, routed=False, budget_end=budget_end)
             handled += progressed
-            if progressed < PUMP_BATCH or time.monotonic() >= budget_end:
+            if not progressed or time.monotonic() >= budget_end:
                 break
             events = dict(self._poller.poll(0))
         return handled
@@ -345,13 +386,16 @@ class HostHub:
         self._seq += 1
         return self._seq
 
+    def _silent(self, status: PeerStatus, now: float) -> bool:
+        return now - status.last_seen > self.heartbeat_interval_s * self.liveness
+
     def _is_alive(self, status: PeerStatus, now: float) -> bool:
-        silent = now - status.last_seen > self.heartbeat_interval_s * self.liveness
-        return not (silent or status.unresponsive or status.said_bye)
+        return status.heard and not (self._silent(status, now) or status.unresponsive
+                                     or status.said_bye)
 
     def _drain(self, sock: zmq.Socket[Any], *, routed: bool, budget_end: float) -> int:
         count = 0
-        while count < PUMP_BATCH and time.monotonic() < budget_end:
+        while count < DRAIN_SLICE and time.monotonic() < budget_end:
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -369,63 +413,72 @@ class HostHub:
             return
         self._handle(frames[1:], identity=frames[0])
 
+    def _key_for(self, sender: str) -> bytes | None:
+        if sender == HUB_SENDER:
+            return None  # nobody speaks as the hub
+        key = self._peer_keys.get(sender)
+        return key if key is not None else self.keys.key(sender)
+
     def _handle(self, frames: list[bytes], identity: bytes | None) -> None:
         payloads = ACTUATOR_PAYLOADS if identity is not None else SENSOR_PAYLOADS
-        result = decode(frames, payloads, run_id=self.run_id)
+        # Signature first: nothing below (tables, seq, routes) sees an unauthenticated sender.
+        result = decode(frames, payloads, run_id=self.run_id, keys=self._key_for)
         if isinstance(result, Dropped):
             self.drops.drop(result, logger)
             return
-        sender = result.header.sender
-        if sender not in self._peers and not self._make_room(announced=isinstance(
-                result.payload, Hello)):
+        sender, payload = result.header.sender, result.payload
+        role = "actuator" if identity is not None else "sensor"
+        status = self._peers.get(sender)
+        if status is None and len(self._peers) >= MAX_PEERS:
             self.drops.drop(Dropped("overflow", f"over {MAX_PEERS} peers; {sender} ignored"),
                             logger)
             return
-        if isinstance(result.payload, Hello):
-            self.replay.forget(sender)
-        elif identity is not None and self._identity.get(sender, identity) != identity:
-            self.drops.drop(Dropped("spoofed", f"{sender} from another connection"), logger)
+        # A program keeps the role it was started as: a sensor's key cannot command routes.
+        claimed = payload.role if isinstance(payload, Hello) else role
+        if claimed != role or (status is not None and status.role != role):
+            self.drops.drop(Dropped("spoofed", f"{sender} as {claimed} on the {role} socket"),
+                            logger)
             return
+        if isinstance(payload, Hello) and sender in self.expected:
+            known = self.expected[sender]
+            if (payload.subnet, tuple(payload.hosts)) != (known.subnet, tuple(known.hosts)):
+                self.drops.drop(Dropped("spoofed", f"{sender} claims other hosts"), logger)
+                return
         if not self.replay.accept(result.header):
             self.drops.drop(Dropped("replayed", f"{sender} seq {result.header.seq}"), logger)
             return
+        if sender not in self._peer_keys:
+            key = self._key_for(sender)
+            assert key is not None  # decode verified the message with it
+            self._peer_keys[sender] = key
         self._accept(result, identity)
-
-    def _make_room(self, *, announced: bool) -> bool:
-        """Keep the peer table bounded: a hello may push out a peer that never said hello."""
-        if len(self._peers) < MAX_PEERS:
-            return True
-        if not announced:
-            return False
-        for name, status in self._peers.items():
-            if not status.announced:
-                del self._peers[name]
-                self.replay.forget(name)
-                return True
-        return True  # announced programs are the range's own: never refuse one
 
     def _accept(self, envelope: Envelope, identity: bytes | None) -> None:
         sender, payload, now = envelope.header.sender, envelope.payload, time.monotonic()
         status = self._peers.get(sender)
+        if identity is not None and self._identity.get(sender) != identity:
+            # Authenticated and fresh: the actuator (re)connected, e.g. after a restart.
+            self._identity[sender] = identity
         if isinstance(payload, Hello):
             status = PeerStatus(role=payload.role, subnet=payload.subnet, hosts=payload.hosts,
                                 last_seen=now, pid=payload.pid)
             self._peers[sender] = status
             if identity is not None:
-                self._register_actuator(sender, identity, payload)
+                self._set_routes(sender, payload)
             logger.info("%s %s says hello (%d hosts)", payload.role, sender, len(payload.hosts))
             return
         if status is None:
-            # A peer that talked before the hub (re)started: keep it, learn its role later.
+            # A program that talked before the hub (re)started: its hello follows.
             status = PeerStatus(role="actuator" if identity is not None else "sensor",
-                                subnet=None, hosts=(), last_seen=now, announced=False)
+                                subnet=None, hosts=(), last_seen=now)
             self._peers[sender] = status
+        status.heard = True
         status.last_seen = now
         status.unresponsive = False
         status.said_bye = False
         if isinstance(payload, Heartbeat):
             if identity is not None:
-                self._send_heartbeat(identity)
+                self._send_heartbeat(sender, identity)
         elif isinstance(payload, Alert):
             self._keep_alerts((payload,))
         elif isinstance(payload, AlertBatch):
@@ -450,20 +503,18 @@ class HostHub:
             self._alerts.append(alert)
             self.alerts_received += 1
 
-    def _register_actuator(self, sender: str, identity: bytes, hello: Hello) -> None:
-        # A restarted actuator may come back on a new connection: drop its old routes.
+    def _set_routes(self, sender: str, hello: Hello) -> None:
         for table in (self._host_route, self._subnet_route):
             for name in [n for n, peer in table.items() if peer == sender]:
                 del table[name]
-        self._identity[sender] = identity
         for host in hello.hosts:
             self._host_route[host] = sender
         if hello.subnet is not None:
             self._subnet_route[hello.subnet] = sender
 
-    def _send_heartbeat(self, identity: bytes) -> None:
+    def _send_heartbeat(self, sender: str, identity: bytes) -> None:
         frames = encode("heartbeat", Heartbeat(), run_id=self.run_id, sender=HUB_SENDER,
-                        seq=self._next_seq(), step=self.step)
+                        seq=self._next_seq(), step=self.step, key=self._key_for(sender))
         try:
             self._require(self._router).send_multipart([identity, *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -474,34 +525,65 @@ class HostHub:
 
 
 class _Link:
-    """Shared parts of the host programs' sockets: envelope numbering and heartbeats."""
+    """Shared parts of the host programs' sockets: signing, numbering, heartbeats, greeting.
+
+    `key` is this program's own key (`HostKeys.key(sender)`), handed to it at start.
+    A socket monitor tells the link of every new connection to the hub; it says
+    `hello` on each, so a bridge that (re)started learns who is there.
+    """
 
     def __init__(
-        self, sock_type: int, endpoint: str, run_id: str, sender: str,
+        self, sock_type: int, endpoint: str, run_id: str, sender: str, key: bytes,
         context: zmq.Context[Any] | None, heartbeat_interval_s: float,
     ) -> None:
         self.endpoint = endpoint
         self.run_id = run_id
         self.sender = sender
+        self.key = key
         self.heartbeat_interval_s = heartbeat_interval_s
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
         self.socket: zmq.Socket[Any] = self._context.socket(sock_type)
         configure_socket(self.socket, linger_ms=LINK_LINGER_MS)
-        self._seq = -1
+        self._monitor: zmq.Socket[Any] | None = self.socket.get_monitor_socket(
+            zmq.EVENT_CONNECTED)
+        self._seq = initial_seq()
         self._started = time.monotonic()
         self._last_heartbeat = 0.0
         self.send_failures = 0
+        self.connections = 0
         self.drops = DropCounter()
 
-    def _identity_setup(self) -> None:
-        pass
+    def hello(self) -> bool:
+        raise NotImplementedError
+
+    def greet_new_connections(self) -> int:
+        """Say hello once per connection made since the last call; returns how many."""
+        fresh = 0
+        monitor = self._monitor
+        while monitor is not None and monitor.poll(0, zmq.POLLIN):
+            try:
+                event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
+            except (zmq.Again, ValueError):
+                break
+            if event.get("event") == zmq.EVENT_CONNECTED:
+                fresh += 1
+        if fresh:
+            self.connections += fresh
+            self.hello()
+        return fresh
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     def send(self, message_type: str, payload: BaseModel, step: int = 0) -> bool:
         """Queue one message; False when the queue to the hub is full (the hub is gone)."""
         self._seq += 1
         frames = encode(message_type, payload, run_id=self.run_id, sender=self.sender,
-                        seq=self._seq, step=step)
+                        seq=self._seq, step=step, key=self.key)
         try:
             self.socket.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -514,7 +596,8 @@ class _Link:
         return self.send("heartbeat", Heartbeat(uptime=self._last_heartbeat - self._started))
 
     def maybe_heartbeat(self) -> bool:
-        """Send a heartbeat if an interval has passed since the last one."""
+        """Greet a new connection; send a heartbeat if an interval has passed since the last."""
+        self.greet_new_connections()
         if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval_s:
             return self.heartbeat()
         return False
@@ -523,6 +606,7 @@ class _Link:
         """Say bye (unless the program is dying, `say_bye=False`) and close the socket."""
         if self.socket.closed:
             return
+        self._close_monitor()
         if say_bye:
             self.send("bye", Bye(reason=reason[:MAX_TEXT]))
             self.socket.close()
@@ -536,11 +620,11 @@ class SensorLink(_Link):
     """A sensor's PUSH connection to the hub: hello, heartbeats and alerts, numbered."""
 
     def __init__(
-        self, endpoint: str, run_id: str, sender: str, *, hosts: Sequence[str] = (),
+        self, endpoint: str, run_id: str, sender: str, *, key: bytes, hosts: Sequence[str] = (),
         subnet: str | None = None, context: zmq.Context[Any] | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     ) -> None:
-        super().__init__(zmq.PUSH, endpoint, run_id, sender, context, heartbeat_interval_s)
+        super().__init__(zmq.PUSH, endpoint, run_id, sender, key, context, heartbeat_interval_s)
         self.hosts = tuple(hosts)
         self.subnet = subnet
         self.socket.connect(endpoint)
@@ -590,16 +674,16 @@ class ActuatorLink(_Link):
 
     def __init__(
         self, endpoint: str, run_id: str, sender: str, hosts: Sequence[str], subnet: str | None,
-        handler: CommandHandler, *, context: zmq.Context[Any] | None = None,
+        handler: CommandHandler, *, key: bytes, context: zmq.Context[Any] | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S, liveness: int = LIVENESS,
     ) -> None:
-        super().__init__(zmq.DEALER, endpoint, run_id, sender, context, heartbeat_interval_s)
+        super().__init__(zmq.DEALER, endpoint, run_id, sender, key, context,
+                         heartbeat_interval_s)
         self.hosts = tuple(hosts)
         self.subnet = subnet
         self.handler = handler
         self.liveness = liveness
-        # The hub routes by this identity; HANDOVER on the hub lets a restart reuse it.
-        self.socket.setsockopt(zmq.IDENTITY, sender.encode())
+        # No chosen identity: the hub routes by the connection its signed messages come on.
         self.socket.connect(endpoint)
         self._results: OrderedDict[str, CommandResult] = OrderedDict()
         self._hub_replay = ReplayGuard()
@@ -625,7 +709,6 @@ class ActuatorLink(_Link):
 
     def hello(self) -> bool:
         self._hello_sent = True
-        self._hub_replay = ReplayGuard()
         self._last_heard = time.monotonic()
         sent = self.send("hello", Hello(role="actuator", subnet=self.subnet, hosts=self.hosts,
                                         pid=os.getpid()))
@@ -661,7 +744,7 @@ class ActuatorLink(_Link):
         if not self.bridge_alive:
             # The hub may have restarted and forgotten us: introduce ourselves again.
             self.hello()
-        self.maybe_heartbeat()
+        self.maybe_heartbeat()  # also greets a new connection (a restarted bridge)
         ran = 0
         if not self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
             return 0
@@ -673,8 +756,13 @@ class ActuatorLink(_Link):
             ran += self._handle(frames)
         return ran
 
+    def _bridge_key(self, sender: str) -> bytes | None:
+        return self.key if sender == HUB_SENDER else None
+
     def _handle(self, frames: list[bytes]) -> int:
-        result = decode(frames, BRIDGE_TO_ACTUATOR_PAYLOADS, run_id=self.run_id)
+        # Only the bridge, which holds the master secret, can sign with our key.
+        result = decode(frames, BRIDGE_TO_ACTUATOR_PAYLOADS, run_id=self.run_id,
+                        keys=self._bridge_key)
         if isinstance(result, Dropped):
             self.drops.drop(result, logger)
             return 0

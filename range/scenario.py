@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from collections import Counter
 from functools import cached_property
@@ -470,6 +471,9 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
 
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     """Validate scenario YAML text; every problem is placed at file:line:column."""
+    if len(text) > MAX_SCENARIO_BYTES:
+        raise ScenarioError([Problem((), f"over {MAX_SCENARIO_BYTES} characters: too big for"
+                                     " a scenario", source, 1, 1)])
     try:
         positioned = load_positioned(text)
     except YamlSyntaxError as error:
@@ -501,15 +505,32 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     raise ScenarioError([_place(p, source, positioned) for p in problems]) from None
 
 
+# Far above any real scenario (the shipped large one is 2 KiB): read no more than this.
+MAX_SCENARIO_BYTES = 1 << 20
+
+
+def read_bounded_text(file: Path, limit: int, what: str) -> str:
+    """A regular file's UTF-8 text, refused beyond `limit` bytes before it is all read."""
+    import stat
+
+    with file.open("rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError(f"not a regular file: a {what} is a text file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"over {limit} bytes: too big for a {what}")
+    return data.decode("utf-8")
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Load a scenario file, or a shipped scenario by name (`tiny`, `small`, `large`)."""
     file = resolve_scenario_path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ScenarioError(
-            [Problem((), "not a text file (UTF-8 expected)", str(path), 1, 1)]
-        ) from None
+        text = read_bounded_text(file, MAX_SCENARIO_BYTES, "scenario")
+    except ValueError as error:  # UnicodeDecodeError is a ValueError too
+        message = ("not a text file (UTF-8 expected)" if isinstance(error, UnicodeDecodeError)
+                   else str(error))
+        raise ScenarioError([Problem((), message, str(path), 1, 1)]) from None
     except OSError as error:
         raise ScenarioError([Problem((), f"cannot read: {error.strerror}", str(path))]) from None
     return parse_scenario(text, str(path))

@@ -8,12 +8,24 @@ A message is three ZeroMQ frames: `[type, header, payload]` (a ROUTER socket
 prepends the peer identity). Header and payload are UTF-8 JSON objects, each
 validated by a pydantic model. `decode` never raises on bad input: it returns a
 `Dropped` reason, so a receiver counts and drops instead of crashing.
+
+Host-side messages carry a fourth frame, an HMAC-SHA256 over the other three
+(as jupyter_client signs its messages), under the sending program's own key.
+Each program's key is derived from the run's master secret (`HostKeys`), which
+only the range controller and the bridge hold; a program gets only its own key,
+on its stdin when it starts. A host process that can open the run's sockets but
+holds no key can neither speak for a program nor command an actuator.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
+import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -21,11 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cyberdial.range.model import AlertKind
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 # Larger frames are dropped unread: the biggest legitimate message (an observation
 # batch for 500 hosts) is well below this.
 MAX_FRAME_BYTES = 1 << 20
 MAX_TEXT = 512
+KEY_BYTES = 32
+# Hex HMAC-SHA256: the signature frame of a host-side message.
+SIGNATURE_BYTES = 64
 
 ShortText = Annotated[str, Field(max_length=MAX_TEXT)]
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -130,29 +145,97 @@ class Dropped:
 
 
 DROP_REASONS = ("malformed", "oversized", "unknown_type", "bad_version", "wrong_run", "replayed",
-                "stale_step", "spoofed", "overflow")
+                "stale_step", "spoofed", "overflow", "unauthenticated")
+
+# Looks up the key a sender signs with; None: nobody of that name may speak here.
+KeyLookup = Callable[[str], bytes | None]
+
+
+def signature(key: bytes, frames: list[bytes]) -> bytes:
+    """Hex HMAC-SHA256 over the frames, each prefixed by its length (no frame can be
+    shifted into its neighbour without changing the signature)."""
+    parts: list[bytes] = []
+    for frame in frames:
+        parts.append(len(frame).to_bytes(8, "big"))
+        parts.append(frame)
+    # A copy of the key's prepared HMAC state, one update: a fraction of hmac.new's cost.
+    mac = _keyed_mac(key).copy()
+    mac.update(b"".join(parts))
+    return mac.hexdigest().encode()
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: forged names' keys pass through it too
+def _keyed_mac(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod="sha256")  # by name: the OpenSSL-backed object
+
+
+def program_key(master: bytes, run_id: str, name: str) -> bytes:
+    """The key of program `name` in a run: HMAC(master, run id and name)."""
+    return hmac.new(master, f"cyberdial host key\0{run_id}\0{name}".encode(),
+                    hashlib.sha256).digest()
+
+
+class HostKeys:
+    """A run's master secret; derives each host program's key from the program's name.
+
+    Only the range controller and the bridge hold it: programs get `key(name)`,
+    their own, so one that leaks cannot speak for another program.
+    """
+
+    def __init__(self, run_id: str, master: bytes) -> None:
+        if len(master) < KEY_BYTES:
+            raise ValueError(f"a master key has at least {KEY_BYTES} bytes")
+        self.run_id = run_id
+        self._master = master
+
+    @classmethod
+    def generate(cls, run_id: str) -> HostKeys:
+        return cls(run_id, secrets.token_bytes(KEY_BYTES))
+
+    @property
+    def master(self) -> bytes:
+        return self._master
+
+    def key(self, name: str) -> bytes:
+        # Not cached here: names come from the wire, and a flood of made-up ones must
+        # not grow anything (the hub keeps the keys of the programs it accepted).
+        return program_key(self._master, self.run_id, name)
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"HostKeys(run_id={self.run_id!r})"
 
 
 def encode(
-    message_type: str, payload: BaseModel, *, run_id: str, sender: str, seq: int, step: int = 0
+    message_type: str, payload: BaseModel, *, run_id: str, sender: str, seq: int, step: int = 0,
+    key: bytes | None = None,
 ) -> list[bytes]:
+    """The frames of one message; with `key`, signed (the host side's fourth frame)."""
     header = Header(
         version=PROTOCOL_VERSION, run_id=run_id, sender=sender, seq=seq, step=step,
         timestamp=time.time(),
     )
-    return [
+    frames = [
         message_type.encode(),
         header.model_dump_json().encode(),
         payload.model_dump_json().encode(),
     ]
+    if key is not None:
+        frames.append(signature(key, frames))
+    return frames
 
 
 def decode(
-    frames: list[bytes], payloads: dict[str, type[_Message]], *, run_id: str | None = None
+    frames: list[bytes], payloads: dict[str, type[_Message]], *, run_id: str | None = None,
+    keys: KeyLookup | None = None,
 ) -> Envelope | Dropped:
-    """Validate three frames; never raises. Replay and step checks are the receiver's."""
-    if len(frames) != 3:
-        return Dropped("malformed", f"{len(frames)} frames, expected 3")
+    """Validate the frames; never raises. Replay and step checks are the receiver's.
+
+    With `keys`, the message must carry a fourth frame, the signature of its
+    sender's key (checked with `hmac.compare_digest` before the payload is parsed).
+    """
+    expected = 3 if keys is None else 4
+    if len(frames) != expected:
+        return Dropped("malformed", f"{len(frames)} frames, expected {expected}")
     if any(len(frame) > MAX_FRAME_BYTES for frame in frames):
         return Dropped("oversized", f"frame over {MAX_FRAME_BYTES} bytes")
     try:
@@ -172,11 +255,26 @@ def decode(
         return Dropped("bad_version", str(header.version))
     if run_id is not None and header.run_id != run_id:
         return Dropped("wrong_run", header.run_id)
+    if keys is not None:
+        key = keys(header.sender)
+        if key is None:
+            return Dropped("unauthenticated", f"no key for sender {header.sender}")
+        if not hmac.compare_digest(signature(key, frames[:3]), frames[3]):
+            return Dropped("unauthenticated", f"bad signature for sender {header.sender}")
     try:
         payload = model.model_validate_json(frames[2])
     except (ValidationError, ValueError, RecursionError):
         return Dropped("malformed", f"bad {message_type} payload (not JSON or wrong fields)")
     return Envelope(message_type, header, payload)
+
+
+def initial_seq() -> int:
+    """Where a host program's (or the hub's) seq starts: microseconds since the epoch.
+
+    A restarted program thus starts above everything its previous life sent, so the
+    receiver never has to forget a sender's seq (which a replayed hello could abuse).
+    """
+    return time.time_ns() // 1000
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import zmq
 from pettingzoo.test import parallel_api_test
 from test_bridge_support import (
     HEARTBEAT,
+    KEYS,
     RUN,
     StaticReferee,
     bridge,
@@ -101,6 +103,7 @@ class ScriptedActuator:
     def _run(self, endpoint: str, context: zmq.Context[Any], hosts: tuple[str, ...],
              subnet: str) -> None:
         with ActuatorLink(endpoint, RUN, f"act-{subnet}", hosts, subnet, self._handle,
+                          key=KEYS.key(f"act-{subnet}"),
                           context=context, heartbeat_interval_s=HEARTBEAT) as link:
             link.serve(stop=self._stop, deadline=time.monotonic() + 60)
 
@@ -185,7 +188,8 @@ def test_alerts_and_results_encode_like_the_model(tiny: Scenario,
             bridge(tiny, ends, context, StaticReferee(), step_period_s=0.15) as service, \
             ScriptedActuator(ends.commands, context, tiny, "user") as user_side, \
             ScriptedActuator(ends.commands, context, tiny, "operational") as ops_side, \
-            SensorLink(ends.alerts, RUN, "sensor", context=context) as sensor:
+            SensorLink(ends.alerts, RUN, "sensor", key=KEYS.key("sensor"),
+                       context=context) as sensor:
         wait_for(lambda: len(service.hub._host_route) == model.n_hosts)
         env = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context)
         try:
@@ -400,14 +404,24 @@ def test_curve_on_loopback(tiny: Scenario, context: zmq.Context[Any]) -> None:
 # ----------------------------------------------------------------------- CLI
 
 
-def test_cli_bridge_with_explicit_endpoints(tiny: Scenario, context: zmq.Context[Any]) -> None:
+def test_cli_bridge_with_explicit_endpoints(tiny: Scenario, context: zmq.Context[Any],
+                                           tmp_path: Path) -> None:
     from cyberdial.cli import main
+    from cyberdial.range.emulation.keys import key_line
 
+    key_file = tmp_path / "host.key"
+    key_file.write_bytes(key_line(KEYS.master))
+    key_file.chmod(0o644)
+    argv_base = ["bridge", RUN, "--scenario", "tiny", "--no-referee", "--step-period", "0",
+                 "--host-key-file", str(key_file)]
     with endpoints() as ends:
+        # A key file others can read is refused, before anything binds.
+        assert main([*argv_base, "--alerts", ends.alerts, "--commands", ends.commands,
+                     "--agent-endpoint", ends.agents]) == 2
+        key_file.chmod(0o600)
         codes: list[int] = []
-        argv = ["bridge", RUN, "--alerts", ends.alerts, "--commands", ends.commands,
-                "--scenario", "tiny", "--no-referee", "--agent-endpoint", ends.agents,
-                "--step-period", "0", "--max-hours", str(1.5 / 3600)]
+        argv = [*argv_base, "--alerts", ends.alerts, "--commands", ends.commands,
+                "--agent-endpoint", ends.agents, "--max-hours", str(1.5 / 3600)]
         thread = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
         thread.start()
         try:

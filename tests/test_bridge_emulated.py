@@ -17,7 +17,6 @@ from test_bridge_support import wait_for
 from cyberdial.agents.baselines import ReactPolicy
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.bridge.service import BridgeService, BridgeThread
-from cyberdial.range.hub import HostHub
 from cyberdial.range.scenario import load_scenario
 
 
@@ -31,12 +30,13 @@ def test_react_baseline_plays_tiny_on_real_hosts() -> None:
     with Range(scenario, hub=False) as emulated, \
             tempfile.TemporaryDirectory(dir="/tmp", prefix="cdr") as folder:
         assert emulated.referee is not None
-        hub = HostHub(emulated.run_id, emulated.alert_endpoint, emulated.command_endpoint)
+        hub = emulated.new_hub()
         agents = f"ipc://{Path(folder) / 'agents'}"
         service = BridgeService(scenario, hub, emulated.referee, agents)
         with BridgeThread(service):
             # Every subnet's sensor and actuator finds the hub (they reconnect on their own).
-            wait_for(lambda: len(hub._peers) >= 2 * len(scenario.subnets), timeout_s=10)
+            wait_for(lambda: sum(s.heard for s in hub._peers.values())
+                     >= 2 * len(scenario.subnets), timeout_s=10)
             env = EmulatedRange(scenario, agents, run_id=emulated.run_id)
             policy = ReactPolicy(env.model)
             m = env.model

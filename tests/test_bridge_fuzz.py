@@ -1,9 +1,12 @@
 """Fuzzing every bridge socket: random and mutated frames are counted and dropped, never run.
 
 Seeded mutation of valid frames (plus pure noise) at the hub's PULL, the hub's
-ROUTER and the agent endpoint. Each frame's expected fate is what `decode` says
-of it; frames that happen to stay valid are not sent, except deliberate replays.
-Afterwards the bridge must still play a legitimate step.
+ROUTER and the agent endpoint. On the host side every mutated message is signed:
+with its sender's real key after the mutation (a program that holds its key and
+sends garbage), with the signature of the original (tampering), or not at all.
+Each frame's expected fate is what `decode` says of it; frames that happen to
+stay valid are not sent, except deliberate replays. Afterwards the bridge must
+still play a legitimate step. The actuator's own socket: test_hostile.py.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_bridge_support import HEARTBEAT, RUN, StaticReferee, bridge, endpoints, wait_for
+from test_bridge_support import HEARTBEAT, KEYS, RUN, StaticReferee, bridge, endpoints, wait_for
 
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.bridge.protocol import (
@@ -40,9 +43,17 @@ from cyberdial.bridge.protocol import (
 from cyberdial.range.hub import ACTUATOR_PAYLOADS, SENSOR_PAYLOADS, ActuatorLink
 from cyberdial.range.model import AlertKind
 from cyberdial.range.scenario import Scenario, load_scenario
-from cyberdial.range.wire import Alert, AlertBatch, Bye, Command, CommandResult
+from cyberdial.range.wire import (
+    Alert,
+    AlertBatch,
+    Bye,
+    Command,
+    CommandResult,
+    KeyLookup,
+    signature,
+)
 
-FRAMES_PER_SOCKET = 4000
+FRAMES_PER_SOCKET = 10_000
 OVERSIZED_PER_SOCKET = 3
 REPLAYS_PER_SOCKET = 20
 _JUNK_VALUES: list[Any] = [None, -1, 1 << 70, 1e308, "", "x" * 600, [], {}, [[[]]], True,
@@ -122,20 +133,42 @@ def templates(sender: str, kinds: dict[str, Any], seq: int) -> list[list[bytes]]
             for kind, payload in kinds.items()]
 
 
+def hub_keys(sender: str) -> bytes | None:
+    """The hub's own lookup: every name the run's master secret can key, never the bridge's."""
+    return None if sender == "bridge" else KEYS.key(sender)
+
+
+def signed(frames: list[bytes], sender: str) -> list[bytes]:
+    return [*frames, signature(KEYS.key(sender), frames)]
+
+
+def sign_mutation(rng: random.Random, base: list[bytes], mutated: list[bytes],
+                  sender: str) -> list[bytes]:
+    choice = rng.random()
+    if choice < 0.45:
+        return signed(mutated, sender)  # authenticated garbage
+    if choice < 0.9:
+        return [*mutated, signature(KEYS.key(sender), base)]  # tampered in transit
+    return mutated  # unsigned
+
+
 class FuzzPlan:
     """Frames to send at one socket and the drop counts they must cause."""
 
     def __init__(self, payloads: dict[str, Any], valid: dict[str, Any], sender: str,
-                 seed: int, replay: list[list[bytes]]) -> None:
+                 seed: int, replay: list[list[bytes]], keys: KeyLookup | None = None) -> None:
         rng = random.Random(seed)
         bases = templates(sender, valid, seq=1)
         self.frames: list[list[bytes]] = []
         self.expected: Counter[str] = Counter()
         while len(self.frames) < FRAMES_PER_SOCKET:
-            candidate = mutate(rng, rng.choice(bases))
+            base = rng.choice(bases)
+            candidate = mutate(rng, base)
+            if keys is not None:
+                candidate = sign_mutation(rng, base, candidate, sender)
             if not candidate or not any(candidate):
                 continue
-            result = decode(candidate, payloads, run_id=RUN)
+            result = decode(candidate, payloads, run_id=RUN, keys=keys)
             if isinstance(result, Envelope):
                 continue  # a mutation that stayed valid is a message, not fuzz
             assert isinstance(result, Dropped)
@@ -144,7 +177,7 @@ class FuzzPlan:
         for _ in range(OVERSIZED_PER_SOCKET):
             big = list(rng.choice(bases))
             big[2] = b" " * (MAX_FRAME_BYTES + 1)
-            self.frames.append(big)
+            self.frames.append(signed(big, sender) if keys is not None else big)
             self.expected["oversized"] += 1
         # `replay` is valid messages; the last is then sent again: every copy is a replay.
         self.frames.extend(replay)
@@ -179,14 +212,16 @@ def test_fuzz_every_bridge_socket(context: zmq.Context[Any]) -> None:
                                           messages={"blue_user": (1,)}),
                    "heartbeat": Heartbeat(), "bye": Bye()}
     pull_plan = FuzzPlan(SENSOR_PAYLOADS, sensor_valid, "fz-sensor", 1,
-                         [encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r1", seq=1)])
+                         [encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r1", seq=1,
+                                 key=KEYS.key("fz-r1"))], keys=hub_keys)
     router_plan = FuzzPlan(ACTUATOR_PAYLOADS, actuator_valid, "fz-act", 2,
-                           [encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r2", seq=1)])
+                           [encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r2", seq=1,
+                                   key=KEYS.key("fz-r2"))], keys=hub_keys)
     # On the agent endpoint only clients that said hello are remembered, so replays too.
     agent_plan = FuzzPlan(AGENT_REQUESTS, agent_valid, "fz-agent", 3, [
         encode("agent_hello", AgentHello(client="fz-r3"), run_id=RUN, sender="fz-r3", seq=1),
         encode("heartbeat", Heartbeat(), run_id=RUN, sender="fz-r3", seq=2)])
-    assert sum(len(p.frames) for p in (pull_plan, router_plan, agent_plan)) >= 10_000
+    assert all(len(p.frames) >= 10_000 for p in (pull_plan, router_plan, agent_plan))
 
     executed: list[Command] = []
     stop = threading.Event()
@@ -198,7 +233,8 @@ def test_fuzz_every_bridge_socket(context: zmq.Context[Any]) -> None:
     def actuator(endpoint: str) -> None:
         hosts = tuple(h.name for h in scenario.hosts_in("operational"))
         with ActuatorLink(endpoint, RUN, "act-ops", hosts, "operational", handle,
-                          context=context, heartbeat_interval_s=HEARTBEAT) as link:
+                          key=KEYS.key("act-ops"), context=context,
+                          heartbeat_interval_s=HEARTBEAT) as link:
             link.serve(stop=stop, deadline=time.monotonic() + 60)
 
     with endpoints() as ends, \
@@ -224,7 +260,7 @@ def test_fuzz_every_bridge_socket(context: zmq.Context[Any]) -> None:
             assert service.drops.counts == agent_plan.expected
             assert service.hub.commands_sent == 0 and executed == []
             assert service.steps_served == 0
-            # The fuzzers' one valid heartbeat each got through (tracked, unannounced peers).
+            # The fuzzers' one valid (signed) heartbeat each got through.
             # (Read `_peers`, never `peers()`: the bridge thread owns the hub's sockets.)
             assert {"fz-r1", "fz-r2"} <= set(service.hub._peers)
 

@@ -17,9 +17,12 @@ from cyberdial.bridge.service import BridgeService, BridgeThread, CurveKeys
 from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import HostHub
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.wire import HostKeys
 
 RUN = "test-run"
 HEARTBEAT = 0.05
+# The run's master secret: links sign with KEYS.key(their name), as real programs do.
+KEYS = HostKeys.generate(RUN)
 
 
 @dataclass
@@ -56,7 +59,7 @@ def bridge(
     step_period_s: float, command_timeout_s: float | None = None,
     curve: CurveKeys | None = None, allowed_clients: list[bytes] | None = None,
 ) -> Iterator[BridgeService]:
-    hub = HostHub(RUN, ends.alerts, ends.commands, context=context,
+    hub = HostHub(RUN, ends.alerts, ends.commands, keys=KEYS, context=context,
                   heartbeat_interval_s=HEARTBEAT)
     service = BridgeService(scenario, hub, referee, ends.agents, step_period_s=step_period_s,
                             command_timeout_s=command_timeout_s, curve=curve,
@@ -72,7 +75,7 @@ def simulated_range(
 ) -> Iterator[tuple[BridgeService, SimulatedHosts, Endpoints]]:
     """Bridge + simulator-backed sensors and actuators, all on real ipc sockets."""
     with endpoints() as ends:
-        hosts = SimulatedHosts(scenario, RUN, ends.alerts, ends.commands,
+        hosts = SimulatedHosts(scenario, RUN, ends.alerts, ends.commands, keys=KEYS,
                                step_period_s=step_period_s, seed=seed,
                                heartbeat_interval_s=HEARTBEAT, context=context)
         with bridge(scenario, ends, context, SimReferee(hosts), step_period_s=step_period_s,

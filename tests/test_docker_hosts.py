@@ -545,7 +545,6 @@ def test_the_bridge_plays_an_episode_on_container_hosts(
     from cyberdial.agents.baselines import ReactPolicy
     from cyberdial.bridge.env import EmulatedRange
     from cyberdial.bridge.service import BridgeService, BridgeThread
-    from cyberdial.range.hub import HostHub
 
     scenario = fast_docker().model_copy(update={"episode_length": 16})
     emulated = Range(scenario, hub=False, logs_dir=tmp_path)
@@ -554,10 +553,11 @@ def test_the_bridge_plays_an_episode_on_container_hosts(
         emulated.up()
         records = records_of(emulated.run_id)
         assert emulated.referee is not None
-        hub = HostHub(emulated.run_id, emulated.alert_endpoint, emulated.command_endpoint)
+        hub = emulated.new_hub()
         service = BridgeService(scenario, hub, emulated.referee, f"ipc://{tmp_path / 'agents'}")
         with BridgeThread(service):
-            wait_until(lambda: len(hub._peers) >= 2 * len(scenario.subnets), timeout_s=10)
+            wait_until(lambda: sum(s.heard for s in hub._peers.values())
+                       >= 2 * len(scenario.subnets), timeout_s=10)
             env = EmulatedRange(scenario, f"ipc://{tmp_path / 'agents'}", run_id=emulated.run_id)
             policy = ReactPolicy(env.model)
             m = env.model

@@ -75,10 +75,13 @@ def test_two_episode_drill_on_real_hosts(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_interrupted_drill_takes_the_range_down(tmp_path: Path) -> None:
     out = tmp_path / "drill"
+    # Started as a backgrounded CI job starts it: with SIGINT ignored (what `cmd &` in a
+    # non-interactive shell does). The drill must take SIGINT all the same.
     process = subprocess.Popen(
         [sys.executable, "-m", "cyberdial", "drill", "tiny", "--policy", "react",
          "--episodes", "2", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.monotonic() + 120

@@ -1,4 +1,7 @@
-"""The host hub on real sockets: routing, idempotent commands, timeouts, liveness, drops."""
+"""The host hub on real sockets: routing, idempotent commands, timeouts, liveness, drops.
+
+Hostile host programs (forged, flooding, replaying) are in test_hostile.py.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +22,18 @@ from cyberdial.range.hub import (
     SensorLink,
 )
 from cyberdial.range.model import AlertKind
-from cyberdial.range.wire import Alert, Command, CommandResult, Heartbeat, Hello, encode
+from cyberdial.range.wire import (
+    Alert,
+    Command,
+    CommandResult,
+    Hello,
+    HostKeys,
+    encode,
+)
 
 RUN = "test-run"
 FAST_HEARTBEAT = 0.05
+KEYS = HostKeys.generate(RUN)
 
 
 @pytest.fixture
@@ -36,7 +47,7 @@ def context() -> Iterator[zmq.Context[Any]]:
 
 @pytest.fixture
 def hub(context: zmq.Context[Any]) -> Iterator[HostHub]:
-    with HostHub(RUN, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", context=context,
+    with HostHub(RUN, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", keys=KEYS, context=context,
                  heartbeat_interval_s=FAST_HEARTBEAT, liveness=3) as running:
         yield running
 
@@ -59,7 +70,8 @@ def actuator(
 
     def run() -> None:
         with ActuatorLink(hub.command_endpoint, RUN, sender, hosts, subnet, handler,
-                          context=context, heartbeat_interval_s=FAST_HEARTBEAT) as link:
+                          key=KEYS.key(sender), context=context,
+                          heartbeat_interval_s=FAST_HEARTBEAT) as link:
             link.serve(stop=stop, deadline=time.monotonic() + 60)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -86,8 +98,9 @@ def test_alerts_arrive_in_order_over_ipc(context: zmq.Context[Any]) -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as folder:
         alerts = f"ipc://{Path(folder) / 'alerts'}"
         commands = f"ipc://{Path(folder) / 'commands'}"
-        with HostHub(RUN, alerts, commands, context=context) as hub, \
-                SensorLink(alerts, RUN, "sensor-user", hosts=("user0",), context=context) as link:
+        with HostHub(RUN, alerts, commands, keys=KEYS, context=context) as hub, \
+                SensorLink(alerts, RUN, "sensor-user", key=KEYS.key("sensor-user"),
+                           hosts=("user0",), context=context) as link:
             for i in range(50):
                 link.alert("user0", AlertKind.SCAN, evidence=f"probe {i}")
             link.alerts([Alert(host="user1", kind=AlertKind.EXPLOIT, observed_at=1.0)] * 3)
@@ -164,7 +177,7 @@ def test_slow_actuator_times_out_and_is_marked(hub: HostHub, context: zmq.Contex
 
 
 def test_silent_sensor_goes_dead_and_revives(hub: HostHub, context: zmq.Context[Any]) -> None:
-    link = SensorLink(hub.alert_endpoint, RUN, "s1", context=context,
+    link = SensorLink(hub.alert_endpoint, RUN, "s1", key=KEYS.key("s1"), context=context,
                       heartbeat_interval_s=FAST_HEARTBEAT)
     try:
         link.hello()
@@ -179,9 +192,10 @@ def test_silent_sensor_goes_dead_and_revives(hub: HostHub, context: zmq.Context[
     assert hub.peers()["s1"].said_bye
 
 
-def test_restarted_sensor_resets_replay_guard(hub: HostHub, context: zmq.Context[Any]) -> None:
-    for _ in range(2):  # the second link starts its seq at 0 again, after a hello
-        with SensorLink(hub.alert_endpoint, RUN, "s1", context=context) as link:
+def test_restarted_sensor_is_heard_again(hub: HostHub, context: zmq.Context[Any]) -> None:
+    for _ in range(2):  # the second link's seq starts above the first's (it is a clock)
+        with SensorLink(hub.alert_endpoint, RUN, "s1", key=KEYS.key("s1"),
+                        context=context) as link:
             link.alert("h0", AlertKind.SCAN)
         wait_for(lambda: bool(hub.poll_alerts()))
     assert hub.drops.total == 0
@@ -193,19 +207,21 @@ def test_bad_messages_are_counted_not_fatal(hub: HostHub, context: zmq.Context[A
     push.connect(hub.alert_endpoint)
     try:
         alert = Alert(host="h0", kind=AlertKind.SCAN, observed_at=0.0)
-        good = encode("alert", alert, run_id=RUN, sender="s", seq=5)
+        key = KEYS.key("s")
+        good = encode("alert", alert, run_id=RUN, sender="s", seq=5, key=key)
         push.send_multipart(good)
         push.send_multipart(good)  # replayed
-        push.send_multipart(encode("alert", alert, run_id="other", sender="s", seq=9))
-        push.send_multipart([b"alert", b"{", b"}"])
-        push.send_multipart([b"launch_missiles", good[1], good[2]])
+        push.send_multipart(encode("alert", alert, run_id="other", sender="s", seq=9, key=key))
+        push.send_multipart([b"alert", b"{", b"}", b"0" * 64])
+        push.send_multipart([b"launch_missiles", good[1], good[2], good[3]])
         push.send_multipart(encode("command", Command(command_id="c", action="restore", host="h0"),
-                                   run_id=RUN, sender="s", seq=10))
-        push.send_multipart([b"alert", b"x" * (2 << 20), b"{}"])
-        wait_for(lambda: hub.pump(0.01) >= 0 and hub.drops.total >= 6)
+                                   run_id=RUN, sender="s", seq=10, key=key))
+        push.send_multipart([b"alert", b"x" * (2 << 20), b"{}", b""])
+        push.send_multipart(encode("alert", alert, run_id=RUN, sender="s", seq=11))  # unsigned
+        wait_for(lambda: hub.pump(0.01) >= 0 and hub.drops.total >= 7)
     finally:
         push.close()
-    assert dict(hub.drops.counts) == {"replayed": 1, "wrong_run": 1, "malformed": 1,
+    assert dict(hub.drops.counts) == {"replayed": 1, "wrong_run": 1, "malformed": 2,
                                       "unknown_type": 2, "oversized": 1}
     assert len(hub.poll_alerts()) == 1
 
@@ -219,41 +235,39 @@ def test_spoofed_sender_on_router_is_dropped(hub: HostHub, context: zmq.Context[
         try:
             forged = CommandResult(command_id="c9", action="restore", ok=True)
             intruder.send_multipart(encode("command_result", forged, run_id=RUN, sender="act",
-                                           seq=10_000))
-            wait_for(lambda: hub.pump(0.01) >= 0 and hub.drops.counts["spoofed"] == 1)
+                                           seq=10 ** 18, key=b"k" * 32))
+            wait_for(lambda: hub.pump(0.01) >= 0 and hub.drops.counts["unauthenticated"] == 1)
         finally:
             intruder.close()
+    assert hub.route(Command(command_id="c", action="analyse", host="h0")) == "act"
 
 
-def test_unannounced_peer_is_tracked_not_reported(hub: HostHub, context: zmq.Context[Any]) -> None:
-    link = SensorLink(hub.alert_endpoint, RUN, "drive-by", context=context)
+def test_restarted_hub_hears_a_peer_before_its_hello(hub: HostHub,
+                                                     context: zmq.Context[Any]) -> None:
+    link = SensorLink(hub.alert_endpoint, RUN, "drive-by", key=KEYS.key("drive-by"),
+                      context=context)
     try:
-        link.heartbeat()  # no hello: e.g. a sensor that started before the hub restarted
+        link.heartbeat()  # no hello yet: e.g. a sensor that started before the hub restarted
         wait_for(lambda: "drive-by" in hub.peers())
-        assert not hub.peers()["drive-by"].announced
         time.sleep(FAST_HEARTBEAT * 4)
-        assert not hub.peers()["drive-by"].alive
-        assert hub.dead_peers() == []
+        assert hub.dead_peers() == ["drive-by"]  # authenticated, so a real program
     finally:
         link.close(say_bye=False)
 
 
-def test_peer_table_is_bounded(hub: HostHub, context: zmq.Context[Any],
-                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import cyberdial.range.hub as hub_module
-
-    monkeypatch.setattr(hub_module, "MAX_PEERS", 3)
+def test_peer_table_holds_authenticated_programs_only(hub: HostHub,
+                                                      context: zmq.Context[Any]) -> None:
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     push.connect(hub.alert_endpoint)
     try:
-        for name in ("s0", "s1", "s2", "s3"):  # heartbeats without hello: unannounced
-            push.send_multipart(encode("heartbeat", Heartbeat(), run_id=RUN, sender=name, seq=1))
+        for index in range(500):  # names nobody issued a key for
+            push.send_multipart(encode("hello", Hello(role="sensor"), run_id=RUN,
+                                       sender=f"fake{index}", seq=1, key=b"x" * 32))
         push.send_multipart(encode("hello", Hello(role="sensor"), run_id=RUN, sender="real",
-                                   seq=0))
-        wait_for(lambda: hub.pump(0.01) >= 0 and "real" in hub._peers)
+                                   seq=10 ** 18, key=KEYS.key("real")))
+        wait_for(lambda: hub.pump(0.01) >= 0 and "real" in hub.peers())
     finally:
         push.close()
-    assert hub.drops.counts["overflow"] == 1  # s3 had no room
-    assert len(hub._peers) == 3 and hub._peers["real"].announced
-    assert "s0" not in hub._peers  # the oldest unannounced peer made room for a hello
+    assert hub.drops.counts["unauthenticated"] == 500
+    assert set(hub.peers()) == {"real"}

@@ -2,8 +2,10 @@
 
 Reads the run's state file (`RUNS_ROOT/RUN_ID/state.json`, written by the
 emulator) for the host endpoints, the scenario and the plan its referee needs,
-binds the host hub there and serves agents until interrupted. Without a run
-directory, endpoints and scenario can be given explicitly (see --help).
+asks the run's controller for the host keys (never on disk), binds the host hub
+there and serves agents until interrupted, SIGTERM (`cyberdial range down`), or
+the run's controller is gone. Without a run directory, endpoints, scenario and a
+host key file can be given explicitly (see --help).
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import argparse
 import ipaddress
 import json
 import logging
+import os
+import signal
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import zmq.auth
@@ -26,11 +32,14 @@ from cyberdial.commands.common import console
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.hub import HostHub
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.wire import Hello, HostKeys
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_HOURS = 24.0
 BRIDGE_FILE = "bridge.json"
+# How often a serving bridge checks that its run's controller still lives.
+RUN_CHECK_S = 1.0
 
 
 class BridgeSetupError(CyberdialError):
@@ -56,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="host command endpoint, instead of the run's state file")
     parser.add_argument("--scenario", default=None,
                         help="scenario file or name, instead of the run directory's copy")
+    parser.add_argument("--host-key-file", type=Path, default=None,
+                        help="with explicit endpoints: a file (mode 0600) holding the host"
+                        " programs' master key as one `cyberdial-key HEX` line")
     parser.add_argument("--no-referee", action="store_true",
                         help="serve without ground truth (rewards then hold only comm costs);"
                         " for runs without a run directory")
@@ -103,24 +115,60 @@ def _check_exposure(endpoint: str, curve: CurveKeys | None) -> None:
             " or bind tcp://127.0.0.1")
 
 
-def _from_run(args: argparse.Namespace) -> tuple[Scenario, str, str, Referee | None, Path]:
-    # The emulator is optional at import time: this path needs it, the explicit one does not.
-    from cyberdial.range.emulation.plan import RangePlan
-    from cyberdial.range.emulation.referee import Referee as EmulationReferee
-    from cyberdial.range.emulation.state import RunState
+class _Run:
+    """What attaching to a run needs: its files, its controller, its host programs."""
 
-    state = RunState.load(args.run_id, args.runs_root)
-    run_dir = Path(state.run_dir)
-    if state.status != "up":
-        raise BridgeSetupError(f"run {args.run_id} is {state.status}, not up: wait for"
-                               f" `cyberdial range up` to finish, or start it again")
-    scenario = (load_scenario(args.scenario) if args.scenario else
-                Scenario.model_validate_json((run_dir / "scenario.json").read_text("utf-8")))
-    referee: Referee | None = None
-    if not args.no_referee:
-        referee = EmulationReferee(RangePlan.load(run_dir), scenario)
-    return (scenario, args.alerts or state.endpoints["alerts"],
-            args.commands or state.endpoints["commands"], referee, run_dir)
+    def __init__(self, args: argparse.Namespace) -> None:
+        # The emulator is optional at import time: this path needs it, the explicit one not.
+        from cyberdial.range.emulation.keys import expected_peers, fetch_host_keys
+        from cyberdial.range.emulation.plan import RangePlan
+        from cyberdial.range.emulation.referee import Referee as EmulationReferee
+        from cyberdial.range.emulation.state import RunState
+
+        state = RunState.load(args.run_id, args.runs_root)
+        self.state = state
+        self.run_dir = Path(state.run_dir)
+        if state.status != "up":
+            raise BridgeSetupError(f"run {args.run_id} is {state.status}, not up: wait for"
+                                   f" `cyberdial range up` to finish, or start it again")
+        if not state.controller.alive():
+            raise BridgeSetupError(
+                f"the controller of run {args.run_id} (pid {state.controller.pid}) is gone:"
+                f" run `cyberdial range down {args.run_id}` and bring the range up again")
+        self.scenario = (load_scenario(args.scenario) if args.scenario else
+                         Scenario.model_validate_json(
+                             (self.run_dir / "scenario.json").read_text("utf-8")))
+        plan = RangePlan.load(self.run_dir)
+        self.referee: Referee | None = None
+        if not args.no_referee:
+            self.referee = EmulationReferee(plan, self.scenario)
+        self.alerts = args.alerts or state.endpoints["alerts"]
+        self.commands = args.commands or state.endpoints["commands"]
+        self.keys = fetch_host_keys(args.run_id, state.controller.pid)
+        roles = {p.role for p in state.programs}
+        self.expected: dict[str, Hello] = expected_peers(plan, roles)
+
+    def alive(self) -> bool:
+        return self.state.controller.alive() and (self.run_dir / "state.json").exists()
+
+
+def _read_host_key_file(path: Path | None) -> bytes:
+    from cyberdial.range.emulation.keys import parse_key_line
+
+    if path is None:
+        raise BridgeSetupError("with explicit endpoints give --host-key-file (the master key"
+                               " your host programs' keys derive from; see docs/protocol.md)")
+    try:
+        info = path.stat()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise BridgeSetupError(f"{path} is readable by others: chmod 600 it")
+        with path.open("rb") as file:
+            return parse_key_line(file.read(256))
+    except OSError as error:
+        raise BridgeSetupError(f"cannot read {path}: {error.strerror}") from None
+    except ValueError:
+        raise BridgeSetupError(f"{path} holds no `cyberdial-key HEX` line of 32 bytes or"
+                               " more") from None
 
 
 class _NoReferee:
@@ -132,6 +180,8 @@ class _NoReferee:
 
 def bridge_command(args: argparse.Namespace) -> int:
     explicit = args.alerts and args.commands and args.scenario
+    run: _Run | None = None
+    expected: dict[str, Hello] = {}
     if explicit and args.no_referee:
         scenario = load_scenario(args.scenario)
         alerts, commands, referee, run_dir = args.alerts, args.commands, None, None
@@ -139,7 +189,10 @@ def bridge_command(args: argparse.Namespace) -> int:
         raise BridgeSetupError("with explicit endpoints there is no run directory to read the"
                                " referee from: add --no-referee, or attach by RUN_ID alone")
     else:
-        scenario, alerts, commands, referee, run_dir = _from_run(args)
+        run = _Run(args)
+        scenario, alerts, commands, referee, run_dir = (
+            run.scenario, run.alerts, run.commands, run.referee, run.run_dir)
+        expected = run.expected
     if referee is None:
         logger.warning("no referee: rewards hold only communication costs")
     curve = CurveKeys.load(args.curve_secret) if args.curve_secret else None
@@ -156,28 +209,50 @@ def bridge_command(args: argparse.Namespace) -> int:
     else:
         raise BridgeSetupError("give --agent-endpoint (there is no run directory to put it in)")
     _check_exposure(agent_endpoint, curve)
+    keys = run.keys if run is not None else HostKeys(args.run_id,
+                                                     _read_host_key_file(args.host_key_file))
     for endpoint in (alerts, commands, agent_endpoint):
         _refuse_taken_ipc(endpoint)
 
-    hub = HostHub(args.run_id, alerts, commands)
+    hub = HostHub(args.run_id, alerts, commands, keys=keys, expected=expected)
     service = BridgeService(scenario, hub, referee or _NoReferee(), agent_endpoint,
                             step_period_s=args.step_period, curve=curve, allowed_clients=allowed)
     stop = threading.Event()
+    reason = ["interrupted"]
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        reason[0] = "asked to stop (SIGTERM)"
+        stop.set()
+
+    # `range down` sends SIGTERM; signals can only be caught in the main thread (tests run
+    # this command in another one).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
     with service:
         if run_dir is not None:
+            from cyberdial.range.emulation.netns import process_start_time
+
             info = {"agent_endpoint": service.agent_endpoint, "scenario": scenario.name,
                     "scenario_hash": scenario.scenario_hash,
-                    "server_key": curve.public.decode() if curve else None}
+                    "server_key": curve.public.decode() if curve else None,
+                    "pid": os.getpid(), "start": process_start_time(os.getpid()) or 0}
             (run_dir / BRIDGE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
         console.print(f"bridge for run {args.run_id} ({scenario.name}): agents on"
                       f" {service.agent_endpoint}; hosts on {hub.alert_endpoint},"
                       f" {hub.command_endpoint}. Ctrl-C stops it.")
+        deadline = time.monotonic() + args.max_hours * 3600
         try:
-            service.serve(stop=stop, deadline=time.monotonic() + args.max_hours * 3600)
+            while not stop.is_set() and time.monotonic() < deadline:
+                service.serve(stop=stop, deadline=min(deadline, time.monotonic() + RUN_CHECK_S))
+                if run is not None and not run.alive():
+                    reason[0] = f"run {args.run_id} is gone (its controller stopped)"
+                    break
         finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
             if run_dir is not None:
                 (run_dir / BRIDGE_FILE).unlink(missing_ok=True)
-            console.print(f"bridge stopped after {service.steps_served} steps;"
+            console.print(f"bridge stopped ({reason[0]}) after {service.steps_served} steps;"
                           f" dropped host messages {dict(hub.drops.counts)},"
                           f" agent messages {dict(service.drops.counts)}")
     return 0

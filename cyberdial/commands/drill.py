@@ -184,6 +184,10 @@ def drill_command(args: argparse.Namespace) -> int:
     # Ctrl-C and SIGTERM end the drill the same way: the range comes down, the
     # recording keeps what was played and is reported.
     previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    # A process started in the background of a non-interactive shell (a CI job, `cmd &`)
+    # inherits SIGINT *ignored*, and Python keeps it so: Ctrl-C was then lost and the drill
+    # played on. Its own handler makes SIGINT interrupt however the drill was started.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with contextlib.ExitStack() as stack:
             drill_range: DrillRange
@@ -226,6 +230,7 @@ def drill_command(args: argparse.Namespace) -> int:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     for end in ends:
         console.print(
             f"episode {end.episode}: return {end.episode_return:.2f},"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from rich.table import Table
 
@@ -17,6 +18,7 @@ from cyberdial.range.errors import CyberdialError, HostCommandError
 
 UP_TIMEOUT_S = 600.0
 DOWN_WAIT_S = 60.0
+BRIDGE_WAIT_S = 10.0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,12 +120,45 @@ def status_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def stop_bridge(run_dir: Path) -> int | None:
+    """SIGTERM the `cyberdial bridge` serving a run (its bridge.json names it); its PID."""
+    import json
+
+    from cyberdial.range.emulation.state import ProcessRecord
+
+    try:
+        info = json.loads((run_dir / "bridge.json").read_text(encoding="utf-8"))
+        bridge = ProcessRecord(pid=int(info["pid"]), start=int(info["start"]), role="bridge")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no bridge, or one from before bridges recorded their PID
+    if not bridge.alive() or bridge.pid == os.getpid():
+        return None
+    try:
+        with open(f"/proc/{bridge.pid}/cmdline", "rb") as file:
+            argv = file.read(4096).split(b"\0")
+    except OSError:
+        return None
+    # bridge.json lies in a folder hosts can write to: signal only a real bridge of this run.
+    if b"bridge" not in argv or run_dir.name.encode() not in argv:
+        return None
+    os.kill(bridge.pid, signal.SIGTERM)
+    deadline = time.monotonic() + BRIDGE_WAIT_S
+    while time.monotonic() < deadline and bridge.alive():
+        time.sleep(0.05)
+    if bridge.alive():
+        os.kill(bridge.pid, signal.SIGKILL)
+    return bridge.pid
+
+
 def down_command(args: argparse.Namespace) -> int:
     from cyberdial.range.emulation.emulator import require_root
     from cyberdial.range.emulation.state import RunState, teardown_run
 
     require_root()
     state = RunState.load(args.run_id)
+    stopped = stop_bridge(Path(state.run_dir))
+    if stopped is not None:
+        console.print(f"stopped the bridge of run {args.run_id} (pid {stopped})")
     controller = state.controller
     if controller.alive() and controller.pid != os.getpid():
         # A live controller tears down its own range (and reaps its children).

@@ -6,11 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.table import Table
-
-from cyberdial.commands.common import console
 from cyberdial.range.errors import CyberdialError, ScenarioError
-from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario
 
 
@@ -40,14 +36,20 @@ def validate_command(args: argparse.Namespace) -> int:
             scenario = load_scenario(file)
         except ScenarioError as error:
             failed += 1
-            for problem in error.problems:
-                print(f"error: {problem}", file=sys.stderr)
+            for line in str(error).splitlines():  # each problem, capped in number and length
+                print(f"error: {line}", file=sys.stderr)
             continue
         print(f"{file}: OK ({scenario.name}, {len(scenario.all_hosts)} hosts)")
     return 2 if failed else 0
 
 
 def show_command(args: argparse.Namespace) -> int:
+    # Only `show` needs the game model (numpy) and rich: `validate` starts faster without.
+    from rich.table import Table
+
+    from cyberdial.commands.common import console
+    from cyberdial.range.model import GameModel
+
     scenario = load_scenario(args.file)
     model = GameModel(scenario)
     console.print(

@@ -68,6 +68,8 @@ def validate_command(args: argparse.Namespace) -> int:
     name = f"{scenario.name}__{Path(args.policy).stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     out: Path = args.out or Path("runs") / "validate" / name
     previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    # As in `drill`: a backgrounded start inherits SIGINT ignored; Ctrl-C must still work.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         console.print(f"simulator: {args.episodes} episode(s)...")
         header = header_for(model, range_kind="sim", policy=args.policy, seed=args.seed)
@@ -91,6 +93,7 @@ def validate_command(args: argparse.Namespace) -> int:
             run_drill(emulated, policy, args.episodes, args.seed, recorder)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     command = "cyberdial " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["validate"] else ""
     result = write_validation(
         load_recording(out / "sim"),

@@ -4,7 +4,8 @@ Mininet's host shells live as long as the controller holds their ptys, so the CL
 starts this process in its own session: it brings the range up, reports
 `READY <run_id>` (or `FAILED <reason>`) on stdout, then waits for SIGTERM/SIGINT
 (`cyberdial range down RUN_ID` sends it) or `MAX_LIFETIME_S`, and tears down.
-It runs without a hub: the bridge binds the run's endpoints.
+It runs without a hub: the bridge binds the run's endpoints, and gets the run's
+host keys from this process over its key service (`keys.py`) while it waits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import FrameType
 
 from cyberdial.range.emulation.capture import CaptureLimits
 from cyberdial.range.emulation.emulator import Range
+from cyberdial.range.emulation.keys import KeyService
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.scenario import load_scenario
 
@@ -55,13 +57,17 @@ def main() -> int:
         print(f"FAILED {str(error).splitlines()[0] if str(error) else type(error).__name__}",
               flush=True)
         return 2
-    print(f"READY {emulated.run_id}", flush=True)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
     started = time.monotonic()
     try:
-        while not stop and time.monotonic() - started < MAX_LIFETIME_S:
-            time.sleep(0.2)
+        with KeyService(emulated.host_keys) as keys:
+            print(f"READY {emulated.run_id}", flush=True)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            while not stop and time.monotonic() - started < MAX_LIFETIME_S:
+                keys.serve_once(0.2)
+    except OSError as error:
+        print(f"FAILED cannot serve the run's host keys ({error})", flush=True)
+        return 2
     finally:
         emulated.down()
     return 0

@@ -32,6 +32,7 @@ from typing import Any
 from cyberdial.range.emulation import state as run_state
 from cyberdial.range.emulation.capture import BridgeCapture, CaptureLimits
 from cyberdial.range.emulation.docker_hosts import DockerHost, DockerHosts
+from cyberdial.range.emulation.keys import KEYED_ROLES, expected_peers, key_line
 from cyberdial.range.emulation.netns import (
     in_netns,
     listening_ports,
@@ -50,7 +51,7 @@ from cyberdial.range.emulation.state import KILL_WAIT_S, ProcessRecord, RunState
 from cyberdial.range.errors import HostCommandError, NotRootError
 from cyberdial.range.hub import HostHub
 from cyberdial.range.scenario import Scenario
-from cyberdial.range.wire import Alert, Command, CommandResult
+from cyberdial.range.wire import Alert, Command, CommandResult, Hello, HostKeys
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class Range:
         self.docker: DockerHosts | None = None  # the engine of the container hosts, if any
         self._popens: list[subprocess.Popen[bytes]] = []
         self._program_names: list[str] = []
+        # The host side's master secret: in memory only; each program gets its own key.
+        self.host_keys = HostKeys.generate(self.run_id)
         self.t0 = 0.0
         self.step = 0
         self.timings: dict[str, float] = {}
@@ -171,7 +174,7 @@ class Range:
                 self.capture.start(self.state)
             self._write_files()
             if self._want_hub:
-                self.hub = HostHub(self.run_id, self.alert_endpoint, self.command_endpoint)
+                self.hub = self.new_hub()
                 self.hub.open()
             self._start_programs()
             self._wait_ready()
@@ -261,6 +264,15 @@ class Range:
         """Run a program inside `host`'s namespace to completion (drills, tests: nmap, ping)."""
         return subprocess.run([*self.plan.exec_prefix(host), *argv],
                               capture_output=True, text=True, timeout=timeout_s, check=False)
+
+    def expected_peers(self) -> dict[str, Hello]:
+        """The sensors and actuators this range starts, as their hellos will say."""
+        return expected_peers(self.plan, self._roles)
+
+    def new_hub(self, **options: Any) -> HostHub:
+        """A hub for this range's host programs (the bridge's, or the range's own)."""
+        return HostHub(self.run_id, self.alert_endpoint, self.command_endpoint,
+                       keys=self.host_keys, expected=self.expected_peers(), **options)
 
     def _require_hub(self) -> HostHub:
         if self.hub is None:
@@ -465,15 +477,24 @@ class Range:
     def _start(self, role: str, name: str, extra: list[str]) -> None:
         assert self.state is not None
         log = open(self.logs_dir / f"{name}.log", "ab")
+        keyed = role in KEYED_ROLES
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-m", f"cyberdial.range.emulation.programs.{role}",
                  "--run-dir", str(self.run_dir), *extra],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
+                stdin=subprocess.PIPE if keyed else subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         finally:
             log.close()
+        if popen.stdin is not None:
+            # Its own key, through a pipe only it holds; never in a file a host can open.
+            try:
+                popen.stdin.write(key_line(self.host_keys.key(name)))
+                popen.stdin.close()
+            except BrokenPipeError:
+                pass  # it died at once: _wait_ready reports its exit status
+            popen.stdin = None
         self._popens.append(popen)
         self._program_names.append(name)
         self.state.programs.append(ProcessRecord.of(popen.pid, role, name))

@@ -222,7 +222,7 @@ class Actuator:
         sender = f"actuator-{self.subnet.name}"
         with ActuatorLink(self.plan.command_endpoint, self.plan.run_id, sender,
                           hosts=list(self.hosts), subnet=self.subnet.name,
-                          handler=self.handle) as link:
+                          handler=self.handle, key=self.program.key) as link:
             self.program.ready()
             episode = self.episode_stamp()
             while self.program.running():
@@ -249,7 +249,8 @@ def _running(pid: int) -> bool:
 
 
 def main() -> int:
-    program = Program("actuator", "carry out blue's commands on one subnet's hosts")
+    program = Program("actuator", "carry out blue's commands on one subnet's hosts",
+                      keyed=True)
     Actuator(program).run()
     return 0
 

@@ -1,7 +1,9 @@
 """What every range program shares: arguments, the plan, logging, bounds and the step clock.
 
-A program runs until SIGTERM/SIGKILL, until its run directory disappears, or
-until `MAX_LIFETIME_S` passes: no loop in the range is unbounded.
+A program runs until SIGTERM/SIGKILL, until its run directory disappears, until
+the controller that started it dies (its parent changes), or until
+`MAX_LIFETIME_S` passes: no loop in the range is unbounded. Programs that talk
+to the bridge (`keyed`) read their own key from stdin first (`keys.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cyberdial.range.emulation.keys import read_program_key
 from cyberdial.range.emulation.netns import raise_fd_limit
 from cyberdial.range.emulation.plan import RangePlan
 
@@ -29,7 +32,8 @@ class Program:
     """Parsed arguments, the run's plan and a stop flag set by SIGTERM."""
 
     def __init__(self, role: str, description: str, *, subnet: bool = True,
-                 extra: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+                 extra: list[tuple[str, dict[str, Any]]] | None = None,
+                 keyed: bool = False) -> None:
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--run-dir", required=True, type=Path)
         if subnet:
@@ -37,6 +41,9 @@ class Program:
         for name, options in extra or []:
             parser.add_argument(name, **options)
         self.args = parser.parse_args()
+        # Before anything else: the controller's pipe holds this program's key.
+        self.key: bytes = read_program_key() if keyed else b""
+        self.parent = os.getppid()
         self.role = role
         self.run_dir: Path = self.args.run_dir
         self.plan = RangePlan.load(self.run_dir)
@@ -57,10 +64,24 @@ class Program:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
+    def controller_gone(self) -> bool:
+        """True once the controller that started us died (SIGKILL): its hosts' namespaces
+        go with it, so the program stops (saying so once) and leaves the rest to
+        `cyberdial range down`. A cheap check (getppid), made on every `running()`."""
+        if os.getppid() == self.parent:
+            return False
+        if not self.stopping:
+            self.log.warning("the range controller (pid %d) is gone: stopping; run"
+                             " `cyberdial range down %s` to remove what is left",
+                             self.parent, self.plan.run_id)
+            self.stopping = True
+        return True
+
     def running(self) -> bool:
-        """False once asked to stop, the run is gone, or the lifetime bound passed."""
+        """False once asked to stop, the run or its controller is gone, or the lifetime
+        bound passed."""
         now = time.monotonic()
-        if self.stopping or now - self.started > MAX_LIFETIME_S:
+        if self.stopping or self.controller_gone() or now - self.started > MAX_LIFETIME_S:
             return False
         if now - self._checked > RUN_CHECK_S:
             self._checked = now

@@ -134,7 +134,12 @@ class Green:
                 if rng.random() < green["fp_scan"]:
                     tasks.append(self.admin_scan(user))
             if tasks:
-                await asyncio.gather(*tasks)
+                try:
+                    await asyncio.gather(*tasks)
+                except Exception:
+                    if self.program.controller_gone():
+                        break  # its hosts vanished under the work: stop, quietly
+                    raise
             step = max(step + 1, int((time.time() - t0) / self.plan.step_period))
 
 

@@ -318,7 +318,12 @@ class Red:
             self.program.sleep_until(t0 + self.step * period)
             if not self.program.running():
                 break
-            self.act()
+            try:
+                self.act()
+            except Exception:
+                if self.program.controller_gone():
+                    break  # its hosts vanished under the action: stop, quietly
+                raise
             # A slow action overran its step: continue at the current step, not behind.
             self.step = max(self.step + 1, int((time.time() - t0) / period))
         for child in self.children:

@@ -240,7 +240,8 @@ class Sensor:
         poller.register(sock, select.POLLIN)
         sender = f"sensor-{self.subnet.name}"
         with SensorLink(self.plan.alert_endpoint, self.plan.run_id, sender,
-                        hosts=[h.name for h in self.hosts], subnet=self.subnet.name) as link:
+                        key=self.program.key, hosts=[h.name for h in self.hosts],
+                        subnet=self.subnet.name) as link:
             self.program.ready()
             next_watch = 0.0
             while self.program.running():
@@ -253,14 +254,22 @@ class Sensor:
                         self.packet(frame)
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + WATCH_S
-                    self.watch()
+                    try:
+                        self.watch()
+                    except OSError as error:
+                        # A host's namespace vanished (its controller died, or a teardown
+                        # began): nothing left to watch there; `running()` sees why.
+                        if not self.program.controller_gone():
+                            self.program.log.warning("cannot watch the hosts (%s): skipping"
+                                                     " a round", error)
                 self.flush(link)
                 link.maybe_heartbeat()
         sock.close()
 
 
 def main() -> int:
-    program = Program("sensor", "sense one subnet: sniff its bridge, watch its hosts")
+    program = Program("sensor", "sense one subnet: sniff its bridge, watch its hosts",
+                      keyed=True)
     Sensor(program).run()
     return 0
 
