@@ -578,8 +578,10 @@ def write_report(config: CompareConfig) -> Path:
                     reading = f"{b} ahead"
                 else:
                     reading = "not resolved (interval holds 0)"
+                interval = ("-" if math.isnan(d["low"])
+                            else f"[{d['low']:+.2f}, {d['high']:+.2f}]")
                 lines.append(f"| {a} − {b} | {int(d['n'])} | {d['mean']:+.2f} |"
-                             f" [{d['low']:+.2f}, {d['high']:+.2f}] | {reading} |")
+                             f" {interval} | {reading} |")
         missing = sorted(a for s, a in expected if s == scenario and (s, a) not in summary)
         if missing:
             lines += ["", f"Not finished yet: {', '.join(missing)}."]

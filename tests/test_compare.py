@@ -80,7 +80,7 @@ def test_compare_cli_on_tiny_reports_every_algorithm_and_resumes(
     assert {"dial-sau − qmix", "dial-sau − dial-sau-nocomm", "dial-sau − dial",
             "dial-sau − react"} <= set(pairs)
     for cells in pairs.values():
-        assert cells[0] == "2" and cells[2].startswith("[")
+        assert cells[0] == "2" and cells[2].startswith("[") and "nan" not in cells[2]
     assert (out_dir / "curves_tiny.png").stat().st_size > 1000
     finished = sorted((out_dir / "final").glob("*.json"))
     assert len(finished) == len(ALGOS) * 2
