@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[Any]]:
+    """A ZeroMQ context for a test's real sockets, terminated after it."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.term()
 
 
 def _is_root() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +39,6 @@ from cyberdial.range.model import Activity, AlertKind, GameModel, Observed
 from cyberdial.range.scenario import Scenario, load_scenario
 from cyberdial.range.sim import SimRange
 from cyberdial.range.wire import Command, CommandResult
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context[Any]]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.term()
 
 
 @pytest.fixture(scope="module")

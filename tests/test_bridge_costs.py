@@ -3,25 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import zmq
 from test_bridge_support import RUN, simulated_range
 
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import load_scenario, scenario_from_dict
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context[Any]]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.term()
 
 
 def test_bridge_charges_wasted_actions_as_the_simulator(context: zmq.Context[Any]) -> None:

@@ -16,7 +16,6 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -59,15 +58,6 @@ REPLAYS_PER_SOCKET = 20
 _JUNK_VALUES: list[Any] = [None, -1, 1 << 70, 1e308, "", "x" * 600, [], {}, [[[]]], True,
                            "../../etc/passwd", "$(reboot)", "; rm -rf /", "\u0000", 0.5]
 _TYPES = [*PAYLOADS, "", "ALERT", "command ", "\u00e9t\u00e9", "x" * 200]
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context[Any]]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.term()
 
 
 def _json_mutation(rng: random.Random, frame: bytes) -> bytes:

@@ -57,15 +57,6 @@ ACTUATOR_FUZZ_FRAMES = 10_000
 
 
 @pytest.fixture
-def context() -> Iterator[zmq.Context[Any]]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.term()
-
-
-@pytest.fixture
 def tiny() -> Scenario:
     return load_scenario("tiny")
 

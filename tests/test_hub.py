@@ -37,15 +37,6 @@ KEYS = HostKeys.generate(RUN)
 
 
 @pytest.fixture
-def context() -> Iterator[zmq.Context[Any]]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.term()
-
-
-@pytest.fixture
 def hub(context: zmq.Context[Any]) -> Iterator[HostHub]:
     with HostHub(RUN, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", keys=KEYS, context=context,
                  heartbeat_interval_s=FAST_HEARTBEAT, liveness=3) as running:
