@@ -260,14 +260,18 @@ class DialPolicy:
         q, _, _ = self.network(obs, incoming, self.hidden)
         factual = greedy_actions(q, union)
         bits = self.network.message_bits
-        for receiver in range(agents):
-            for position, sender in enumerate(self.network.peers[receiver].tolist()):
-                flipped = incoming.clone()
-                column = position * bits
+        peers = self.network.peers.tolist()
+        # Agents are separate rows of the network, so one pass per sender flips its bit
+        # for every receiver at once.
+        for sender in range(agents):
+            flipped = incoming.clone()
+            receivers = [r for r in range(agents) if r != sender]
+            for receiver in receivers:
+                column = peers[receiver].index(sender) * bits
                 flipped[:, receiver, column] = 1.0 - flipped[:, receiver, column]
-                q_flip, _, _ = self.network(obs, flipped, self.hidden)
-                other = greedy_actions(q_flip[:, receiver], union[:, receiver])
-                changes[:, receiver, sender] = (other != factual[:, receiver]).numpy()
+            q_flip, _, _ = self.network(obs, flipped, self.hidden)
+            other = greedy_actions(q_flip, union)
+            changes[:, receivers, sender] = (other != factual)[:, receivers].numpy()
         return changes
 
 

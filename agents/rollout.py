@@ -66,8 +66,8 @@ def run_episodes(
     on_episodes_done: Callable[[int], None] | None = None,
 ) -> EpisodeStats:
     """Play `episodes` full episodes in batches of at most `max_batch` copies."""
-    stats = EpisodeStats(messages=MessageStats(model.n_agents))
-    assert stats.messages is not None
+    messages_carried = MessageStats(model.n_agents)
+    stats = EpisodeStats(messages=messages_carried)
     targets = np.array([model.scenario.host_index[t] for t in model.scenario.red.targets])
     # (H, A): which agent defends each host, for "what the sender sees" and "red is there".
     own_hosts = np.zeros((model.n_hosts, model.n_agents), dtype=np.float32)
@@ -89,11 +89,11 @@ def run_episodes(
         done = False
         while not done:
             if probe is not None:
-                stats.messages.add_probe(probe(observations, masks))
+                messages_carried.add_probe(probe(observations, masks))
             activity = ((batch.activity > 0).astype(np.float32) @ own_hosts) > 0
             red_there = ((batch.compromise > 0).astype(np.float32) @ own_hosts) > 0
             actions, messages = policy.act(observations, masks)
-            stats.messages.add_step(np.asarray(messages), activity, red_there)
+            messages_carried.add_step(np.asarray(messages), activity, red_there)
             result = batch.step(actions, messages)
             observations, masks, done = result.observations, result.masks, result.done
             totals += result.rewards
