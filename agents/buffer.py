@@ -66,17 +66,24 @@ class EpisodeBuffer:
         self.next = int((self.next + n) % self.capacity)
         self.filled = min(self.filled + n, self.capacity)
 
-    def sample(self, n: int, rng: np.random.Generator) -> EpisodeBatch:
+    def sample(self, n: int, rng: np.random.Generator,
+               device: torch.device | str = "cpu") -> EpisodeBatch:
+        """`n` whole episodes drawn without replacement (all of them if fewer), on `device`."""
         if n >= self.filled:
             index = np.arange(self.filled)
         else:
             index = rng.choice(self.filled, size=n, replace=False)
+
+        def tensor(array: NDArray[Any], dtype: Any = None) -> torch.Tensor:
+            values = torch.from_numpy(array if dtype is None else array.astype(dtype))
+            return values.to(device, non_blocking=True)
+
         return EpisodeBatch(
-            observations=torch.from_numpy(self.observations[index].astype(np.float32)),
-            masks=torch.from_numpy(self.masks[index]),
-            actions=torch.from_numpy(self.actions[index]),
-            messages=torch.from_numpy(self.messages[index].astype(np.float32)),
-            rewards=torch.from_numpy(self.rewards[index]),
-            states=torch.from_numpy(self.states[index]),
-            noise=torch.from_numpy(self.noise[index]),
+            observations=tensor(self.observations[index], np.float32),
+            masks=tensor(self.masks[index]),
+            actions=tensor(self.actions[index]),
+            messages=tensor(self.messages[index], np.float32),
+            rewards=tensor(self.rewards[index]),
+            states=tensor(self.states[index]),
+            noise=tensor(self.noise[index]),
         )

@@ -9,14 +9,20 @@ with what differs, so a policy never silently drives the wrong range.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cyberdial.agents.baselines import BatchPolicy
-from cyberdial.agents.training import Learner, TrainConfig, make_learner, prepare_scenario
+from cyberdial.agents.training import (
+    Learner,
+    TrainConfig,
+    make_learner,
+    prepare_scenario,
+    resolve_device,
+)
 from cyberdial.range.errors import CheckpointMismatch, CyberdialError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, scenario_from_dict
@@ -178,14 +184,18 @@ def check_layout(checkpoint: Checkpoint, model: GameModel, allow_other_hash: boo
 
 
 def load_policy(
-    path: str | Path, scenario: Scenario | None = None, allow_other_hash: bool = False
+    path: str | Path, scenario: Scenario | None = None, allow_other_hash: bool = False,
+    device: str = "cpu",
 ) -> tuple[BatchPolicy, GameModel, Checkpoint]:
     """A trained policy, greedy, for `scenario` (default: the one it was trained on).
 
     The checkpoint's switches (SAU off, message width) are applied to `scenario`
-    first, as training applied them, then the layout is checked.
+    first, as training applied them, then the layout is checked. The policy runs on
+    `device` (`--device`), wherever it was trained.
     """
     checkpoint = load_checkpoint(path)
+    checkpoint = replace(checkpoint, config=replace(checkpoint.config, device=device))
+    resolve_device(device)  # a clear error for a device this machine lacks
     if scenario is None:
         prepared = checkpoint.scenario
     else:

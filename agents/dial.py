@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from cyberdial.agents.qlearning import (
     double_q_next_values,
     epsilon_greedy,
     greedy_actions,
+    gru_sequence,
     td_target,
 )
 from cyberdial.agents.training import Learner, TrainConfig
@@ -141,7 +142,7 @@ class DialNetwork(nn.Module):
         )
 
     def initial_hidden(self, batch: int) -> torch.Tensor:
-        return torch.zeros(batch, self.n_agents, self.hidden_size)
+        return self.keep.new_zeros(batch, self.n_agents, self.hidden_size)
 
     def incoming_from_observations(self, observations: torch.Tensor) -> torch.Tensor:
         """Peers' executed bits as the range delivers them: (B, A, (A-1)·bits)."""
@@ -171,25 +172,82 @@ class DialNetwork(nn.Module):
         one_hot = observations.gather(2, index) * self.action_valid
         return one_hot.argmax(dim=2)
 
+    def embed_inputs(self, observations: torch.Tensor) -> torch.Tensor:
+        """The inputs that do not depend on messages, embedded: (..., A, max_obs) -> (..., A, H).
+
+        Observation (without its message and last-action slices), own previous action
+        and agent index. Leading dimensions are free, so the learner embeds whole
+        episodes in one pass and only the messages are fed step by step.
+        """
+        lead = observations.shape[:-2]
+        flat = observations.reshape(-1, self.n_agents, observations.shape[-1])
+        embedded = (
+            self.observation_embedding(flat * self.keep)
+            + self.action_embedding(self.previous_actions(flat))
+            + self.agent_embedding.weight
+        )
+        return embedded.reshape(*lead, self.n_agents, self.hidden_size)
+
+    def recur(self, embedded: torch.Tensor, incoming: torch.Tensor,
+              hidden: torch.Tensor) -> torch.Tensor:
+        """One GRU step for all agents from embedded inputs and the peers' messages: (B, A, H)."""
+        batch = embedded.shape[0]
+        x = embedded
+        if self.message_embedding is not None:
+            x = x + self.message_embedding(incoming)
+        x = torch.relu(x)
+        return self.rnn(
+            x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
+        ).reshape(batch, self.n_agents, -1)
+
+    def recur_silent(self, embedded: torch.Tensor) -> torch.Tensor:
+        """GRU states over whole episodes when no peer ever speaks: (B, T, A, H).
+
+        With every incoming message 0 the GRU's inputs do not depend on its outputs,
+        so the sequence goes through torch's GRU in one call (the same weights and
+        arithmetic as `recur` step by step, without a Python loop).
+        """
+        batch, steps = embedded.shape[:2]
+        x = embedded
+        if self.message_embedding is not None:
+            x = x + self.message_embedding.bias
+        x = torch.relu(x).permute(1, 0, 2, 3).reshape(steps, batch * self.n_agents, -1)
+        return gru_sequence(self.rnn, x).reshape(steps, batch, self.n_agents, -1).permute(
+            1, 0, 2, 3)
+
+    def outputs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q-values (..., A, max_actions) and message logits (..., A, bits) from GRU states."""
+        out = self.head(hidden)
+        return out[..., : self.max_actions], out[..., self.max_actions :]
+
+    def message_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Message logits (..., A, bits) and the head's hidden layer, to finish Q later.
+
+        The head's last layer is split by rows: the learner needs the logits step by
+        step (they feed the peers), the Q-values only once the episode is unrolled.
+        """
+        first, last = self._head_layers()
+        features = torch.relu(first(hidden))
+        logits = nn.functional.linear(features, last.weight[self.max_actions:],
+                                      last.bias[self.max_actions:])
+        return logits, features
+
+    def q_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Q-values (..., A, max_actions) from the head's hidden layer (`message_logits`)."""
+        last = self._head_layers()[1]
+        return nn.functional.linear(features, last.weight[: self.max_actions],
+                                    last.bias[: self.max_actions])
+
+    def _head_layers(self) -> tuple[nn.Linear, nn.Linear]:
+        return cast(nn.Linear, self.head[0]), cast(nn.Linear, self.head[2])
+
     def forward(
         self, observations: torch.Tensor, incoming: torch.Tensor, hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step for all agents: (Q (B, A, max_actions), message logits (B, A, bits), hidden)."""
-        batch = observations.shape[0]
-        agents = torch.arange(self.n_agents)
-        x = (
-            self.observation_embedding(observations * self.keep)
-            + self.action_embedding(self.previous_actions(observations))
-            + self.agent_embedding(agents)
-        )
-        if self.message_embedding is not None:
-            x = x + self.message_embedding(incoming)
-        x = torch.relu(x)
-        hidden = self.rnn(
-            x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
-        ).reshape(batch, self.n_agents, -1)
-        out = self.head(hidden)
-        return out[..., : self.max_actions], out[..., self.max_actions :], hidden
+        hidden = self.recur(self.embed_inputs(observations), incoming, hidden)
+        q, logits = self.outputs(hidden)
+        return q, logits, hidden
 
 
 # ------------------------------------------------------------------ execution
@@ -210,8 +268,10 @@ class DialPolicy:
         self.comm = comm
         self.gate = gate
         # (A, max_actions) Analyse slots: a peer's 1 may unmask them (for `listener_changes`).
-        self.analyse_slots = (torch.zeros(network.n_agents, network.max_actions, dtype=torch.bool)
-                              if analyse_slots is None else torch.as_tensor(analyse_slots))
+        self.device = network.keep.device
+        self.analyse_slots = (
+            torch.zeros(network.n_agents, network.max_actions, dtype=torch.bool)
+            if analyse_slots is None else torch.as_tensor(analyse_slots)).to(self.device)
         self.hidden = network.initial_hidden(1)
 
     def reset(self, n_envs: int) -> None:
@@ -225,15 +285,16 @@ class DialPolicy:
     def act(
         self, observations: NDArray[np.float32], masks: NDArray[np.int8]
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
-        obs = torch.as_tensor(observations, dtype=torch.float32)
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         if self.hidden.shape[0] != obs.shape[0]:
             self.reset(obs.shape[0])
         q, logits, self.hidden = self.network(obs, self._incoming(obs), self.hidden)
-        actions = greedy_actions(q, torch.as_tensor(masks) > 0)
+        actions = greedy_actions(q, torch.as_tensor(masks, device=self.device) > 0)
         bits = dru(logits, 0.0, training=False) if self.comm else torch.zeros_like(logits)
         if self.gate:
             bits = bits * self.network.sees_activity(obs)[..., None]
-        return actions.numpy().astype(np.int64), bits.numpy().astype(np.uint8)
+        return (actions.cpu().numpy().astype(np.int64),
+                bits.cpu().numpy().astype(np.uint8))
 
     @torch.no_grad()
     def listener_changes(
@@ -248,12 +309,12 @@ class DialPolicy:
         is what the network does with the bit, not SAU's unmasking. Width 1 per peer
         (the first bit of each peer's message).
         """
-        obs = torch.as_tensor(observations, dtype=torch.float32)
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         n, agents = obs.shape[0], self.network.n_agents
         changes = np.zeros((n, agents, agents), dtype=bool)
         if not self.comm or self.hidden.shape[0] != n:
             return changes
-        legal = torch.as_tensor(masks) > 0
+        legal = torch.as_tensor(masks, device=self.device) > 0
         busy = legal.sum(dim=2) <= 1  # a busy agent may only continue (Sleep)
         union = legal | (self.analyse_slots[None] & ~busy[..., None])
         incoming = self._incoming(obs)
@@ -271,7 +332,7 @@ class DialPolicy:
                 flipped[:, receiver, column] = 1.0 - flipped[:, receiver, column]
             q_flip, _, _ = self.network(obs, flipped, self.hidden)
             other = greedy_actions(q_flip, union)
-            changes[:, receivers, sender] = (other != factual)[:, receivers].numpy()
+            changes[:, receivers, sender] = (other != factual)[:, receivers].cpu().numpy()
         return changes
 
 
@@ -306,7 +367,7 @@ class DialLearner(Learner):
         super().__init__(model, config)
         self.comm = not config.no_comm and model.message_bits > 0 and model.n_agents > 1
         self.gate = config.gate_messages
-        self.network = DialNetwork(model, config.hidden)
+        self.network = DialNetwork(model, config.hidden).to(self.device)
         self.target = copy.deepcopy(self.network)
         self.target.requires_grad_(False)
         self.optimiser = torch.optim.RMSprop(
@@ -320,7 +381,8 @@ class DialLearner(Learner):
 
     def reset(self, n_envs: int) -> None:
         self.hidden = self.network.initial_hidden(n_envs)
-        self.sent = torch.zeros(n_envs, self.model.n_agents, self.model.message_bits)
+        self.sent = torch.zeros(n_envs, self.model.n_agents, self.model.message_bits,
+                                device=self.device)
         self.acting_noise = None
 
     def soft_messages(self, network: DialNetwork, logits: torch.Tensor,
@@ -337,36 +399,56 @@ class DialLearner(Learner):
     def act(
         self, observations: NDArray[np.float32], masks: NDArray[np.int8], epsilon: float
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
-        obs = torch.as_tensor(observations, dtype=torch.float32)
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         # Receivers hear the peers' noisy DRU outputs, as they will in the learner's replay.
         incoming = self.network.incoming_from_messages(self.sent)
         q, logits, self.hidden = self.network(obs, incoming, self.hidden)
+        # Drawn on the CPU whatever the device, so a seed gives the same noise everywhere.
         noise = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
         self.acting_noise = noise.numpy()
-        self.sent = self.soft_messages(self.network, logits, obs, noise)
+        self.sent = self.soft_messages(self.network, logits, obs, noise.to(self.device))
         actions = epsilon_greedy(q, masks > 0, epsilon, self.rng)
         # The bits the range gets are the soft messages' (same noise): 1 iff m + σ·ε > 0.
-        bits = (self.sent > 0.5).numpy().astype(np.uint8)
+        bits = (self.sent > 0.5).cpu().numpy().astype(np.uint8)
         return actions, bits
 
     # --------------------------------------------------------- learning
 
     def unroll(self, network: DialNetwork, batch: EpisodeBatch) -> Unroll:
-        """Replay whole episodes with the noise that acted; messages reach peers next step."""
+        """Replay whole episodes with the noise that acted; messages reach peers next step.
+
+        What does not depend on messages (input embeddings, the gates, the noise) is
+        computed for every step at once; only the messages' path is stepped, and the
+        Q-values are finished over the whole episode after the loop. Without messages
+        the GRU runs the sequence in one call.
+        """
         n, steps = batch.size, batch.steps
+        embedded = network.embed_inputs(batch.observations)  # (B, T+1, A, H)
+        if not self.comm:
+            hidden_all = network.recur_silent(embedded)
+            q, logits = network.outputs(hidden_all)
+            zeros = torch.zeros_like(logits)
+            return Unroll(q, logits, zeros, list(logits.unbind(1)))
+        # Per-step views from unbind: one gradient for all steps in the backward pass, not
+        # a full-size zero tensor per step as indexing [:, t] would give.
+        inputs = embedded.unbind(1)
+        noise = (self.config.dru_sigma * batch.noise).unbind(1)
+        gates = (network.sees_activity(batch.observations)[..., None].to(embedded.dtype)
+                 .unbind(1) if self.gate else None)
         hidden = network.initial_hidden(n)
-        sent = torch.zeros(n, self.model.n_agents, self.model.message_bits)
-        qs, logits_seen, messages = [], [], []
+        sent = hidden.new_zeros(n, self.model.n_agents, self.model.message_bits)
+        features_seen, logits_seen, messages = [], [], []
         for t in range(steps + 1):
-            observations = batch.observations[:, t]
-            incoming = network.incoming_from_messages(sent)
-            q, logits, hidden = network(observations, incoming, hidden)
-            sent = self.soft_messages(network, logits, observations, batch.noise[:, t])
-            qs.append(q)
+            hidden = network.recur(inputs[t], network.incoming_from_messages(sent), hidden)
+            logits, features = network.message_logits(hidden)
+            sent = torch.sigmoid(logits + noise[t])  # the DRU, with the noise that acted
+            if gates is not None:
+                sent = sent * gates[t]
+            features_seen.append(features)
             logits_seen.append(logits)
             messages.append(sent)
-        return Unroll(torch.stack(qs, 1), torch.stack(logits_seen, 1), torch.stack(messages, 1),
-                      logits_seen)
+        q = network.q_from_features(torch.stack(features_seen, 1))
+        return Unroll(q, torch.stack(logits_seen, 1), torch.stack(messages, 1), logits_seen)
 
     def losses(self, batch: EpisodeBatch) -> LossTerms:
         """Per-agent double-Q TD errors on the team reward, through the messages."""

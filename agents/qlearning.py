@@ -1,4 +1,5 @@
-"""What every recurrent Q-learner here shares: masked action selection and the TD target.
+"""What every recurrent Q-learner here shares: masked action selection, the TD target, the GRU
+over whole episodes.
 
 DIAL(-SAU), QMIX and IQL all pick actions the same way (greedy over the legal
 actions, ε-random among the legal ones while exploring, as pymarl's
@@ -10,9 +11,12 @@ action can never be chosen nor bootstrapped by one learner and not by another.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import nn
 
 
 def greedy_actions(q: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -24,7 +28,8 @@ def epsilon_greedy(
     q: torch.Tensor, legal: NDArray[np.bool_], epsilon: float, rng: np.random.Generator
 ) -> NDArray[np.int64]:
     """ε-greedy behaviour (B, A): with probability ε a uniformly random *legal* action."""
-    greedy = greedy_actions(q, torch.as_tensor(legal)).numpy().astype(np.int64)
+    greedy = greedy_actions(q, torch.as_tensor(legal, device=q.device)).cpu().numpy()
+    greedy = greedy.astype(np.int64)
     random_actions = np.where(legal, rng.random(legal.shape), -1.0).argmax(axis=-1)
     explore = rng.random(greedy.shape) < epsilon
     return np.where(explore, random_actions, greedy)
@@ -54,3 +59,31 @@ def td_target(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float) ->
     shape = (1, steps) + (1,) * (next_values.dim() - 2)
     reward = rewards.reshape(*rewards.shape, *(1,) * (next_values.dim() - 2))
     return reward + gamma * not_last.reshape(shape) * next_values
+
+
+def gru_sequence(cell: nn.GRUCell, inputs: torch.Tensor) -> torch.Tensor:
+    """A `GRUCell` run over a whole sequence (T, N, in) from a zero state: (T, N, hidden).
+
+    torch's `nn.GRU` with the cell's own parameters (no copy: gradients reach the cell),
+    one call instead of T.
+    """
+    gru = _sequence_gru(cell.input_size, cell.hidden_size)
+    weights = {"weight_ih_l0": cell.weight_ih, "weight_hh_l0": cell.weight_hh,
+               "bias_ih_l0": cell.bias_ih, "bias_hh_l0": cell.bias_hh}
+    hidden0 = inputs.new_zeros(1, inputs.shape[1], cell.hidden_size)
+    with warnings.catch_warnings():
+        # cuDNN would like the weights in one flat buffer; the cell's are separate tensors.
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single")
+        output, _ = torch.func.functional_call(gru, weights, (inputs, hidden0))
+    return output
+
+
+_SEQUENCE_GRUS: dict[tuple[int, int], nn.GRU] = {}
+
+
+def _sequence_gru(input_size: int, hidden_size: int) -> nn.GRU:
+    """A parameter-less shell of `nn.GRU` for `functional_call`, one per shape."""
+    key = (input_size, hidden_size)
+    if key not in _SEQUENCE_GRUS:
+        _SEQUENCE_GRUS[key] = nn.GRU(input_size, hidden_size).requires_grad_(False)
+    return _SEQUENCE_GRUS[key]

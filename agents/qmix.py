@@ -31,6 +31,7 @@ from cyberdial.agents.qlearning import (
     double_q_next_values,
     epsilon_greedy,
     greedy_actions,
+    gru_sequence,
     td_target,
 )
 from cyberdial.agents.training import Learner, TrainConfig
@@ -69,7 +70,7 @@ class DrqnNetwork(nn.Module):
         self.fc2 = nn.Linear(hidden, model.max_actions)
 
     def initial_hidden(self, batch: int) -> torch.Tensor:
-        return torch.zeros(batch, self.n_agents, self.hidden_size)
+        return self.agent_ids.new_zeros(batch, self.n_agents, self.hidden_size)
 
     def forward(
         self, observations: torch.Tensor, hidden: torch.Tensor
@@ -82,6 +83,20 @@ class DrqnNetwork(nn.Module):
             x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
         ).reshape(batch, self.n_agents, -1)
         return self.fc2(hidden), hidden
+
+    def sequence(self, observations: torch.Tensor) -> torch.Tensor:
+        """Q-values over whole episodes, (B, T, A, obs) -> (B, T, A, max_actions).
+
+        The same arithmetic as `forward` step by step from a zero state, but the layers
+        before and after the GRU see every step at once and the GRU runs the sequence in
+        one call: nothing here depends on the previous step's output.
+        """
+        batch, steps = observations.shape[:2]
+        ids = self.agent_ids.expand(batch, steps, -1, -1)
+        x = torch.relu(self.fc1(torch.cat([observations, ids], dim=3)))
+        x = x.permute(1, 0, 2, 3).reshape(steps, batch * self.n_agents, -1)
+        hidden = gru_sequence(self.rnn, x).reshape(steps, batch, self.n_agents, -1)
+        return self.fc2(hidden.permute(1, 0, 2, 3))
 
 
 # ------------------------------------------------------------------ the mixer
@@ -143,11 +158,13 @@ class DrqnPolicy:
     def act(
         self, observations: NDArray[np.float32], masks: NDArray[np.int8]
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
-        obs = torch.as_tensor(observations, dtype=torch.float32)
+        device = self.network.agent_ids.device
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=device)
         if self.hidden.shape[0] != obs.shape[0]:
             self.reset(obs.shape[0])
         q, self.hidden = self.network(obs, self.hidden)
-        actions = greedy_actions(q, torch.as_tensor(masks) > 0).numpy().astype(np.int64)
+        actions = greedy_actions(q, torch.as_tensor(masks, device=device) > 0)
+        actions = actions.cpu().numpy().astype(np.int64)
         silence = np.zeros((*actions.shape, self.message_bits), dtype=np.uint8)
         return actions, silence
 
@@ -162,8 +179,9 @@ class DrqnLearner(Learner):
 
     def __init__(self, model: GameModel, config: TrainConfig) -> None:
         super().__init__(model, config)
-        self.network = DrqnNetwork(model, config.hidden)
-        self.mixer = QMixer(model.n_agents, model.state_size) if self.use_mixer else None
+        self.network = DrqnNetwork(model, config.hidden).to(self.device)
+        self.mixer = (QMixer(model.n_agents, model.state_size).to(self.device)
+                      if self.use_mixer else None)
         self.target = copy.deepcopy(self.network).requires_grad_(False)
         self.target_mixer = (
             copy.deepcopy(self.mixer).requires_grad_(False) if self.mixer is not None else None
@@ -186,8 +204,8 @@ class DrqnLearner(Learner):
     def act(
         self, observations: NDArray[np.float32], masks: NDArray[np.int8], epsilon: float
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
-        q, self.hidden = self.network(torch.as_tensor(observations, dtype=torch.float32),
-                                      self.hidden)
+        q, self.hidden = self.network(
+            torch.as_tensor(observations, dtype=torch.float32, device=self.device), self.hidden)
         actions = epsilon_greedy(q, masks > 0, epsilon, self.rng)
         silence = np.zeros((*actions.shape, self.model.message_bits), dtype=np.uint8)
         return actions, silence
@@ -197,12 +215,7 @@ class DrqnLearner(Learner):
     @staticmethod
     def unroll(network: DrqnNetwork, observations: torch.Tensor) -> torch.Tensor:
         """Q-values over whole episodes (B, T+1, A, max_actions), the GRU carried along."""
-        hidden = network.initial_hidden(observations.shape[0])
-        qs = []
-        for t in range(observations.shape[1]):
-            q, hidden = network(observations[:, t], hidden)
-            qs.append(q)
-        return torch.stack(qs, dim=1)
+        return network.sequence(observations)
 
     def td_errors(self, batch: EpisodeBatch) -> torch.Tensor:
         """Double-Q TD errors: (B, T) of Q_tot with the mixer, (B, T, A) without."""
@@ -267,6 +280,7 @@ class QmixLearner(DrqnLearner):
     """QMIX: the agents' chosen Q-values mixed monotonically by a state-conditioned mixer."""
 
     use_mixer = True
+    uses_state = True
 
 
 class IqlLearner(DrqnLearner):

@@ -157,6 +157,9 @@ class TrainConfig:
     threads spin when the cores are shared)"""
     tensorboard: bool = True
     """write TensorBoard scalars (charts/, losses/, comm/)"""
+    device: str = "auto"
+    """where the networks, sampled batches and unrolls live: cpu, cuda (cuda:N) or auto
+    (a GPU when torch sees one); the simulator and the episode buffer stay on the CPU"""
 
     def validate(self) -> None:
         """Refuse settings that cannot work, with the reason (no asserts)."""
@@ -177,6 +180,7 @@ class TrainConfig:
             raise ConfigError("--gamma must lie in [0, 1]")
         if self.message_bits is not None and not 0 <= self.message_bits <= 8:
             raise ConfigError("--message-bits must lie in 0..8")
+        resolve_device(self.device)
 
     @property
     def variant(self) -> str:
@@ -195,6 +199,25 @@ class TrainConfig:
 
 class ConfigError(CyberdialError):
     """Training settings that cannot work together."""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device` as a torch device: auto is the first GPU when torch sees one, else the CPU."""
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: torch sees no GPU here"
+                              f" (torch {torch.__version__}); use --device cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return torch.device(name)
 
 
 def config_for(algo: str, **settings: Any) -> TrainConfig:
@@ -236,6 +259,9 @@ class Learner(ABC):
     """What an algorithm provides to the loop: behaviour, learning, a greedy policy, state."""
 
     uses_messages: ClassVar[bool] = False
+    uses_state: ClassVar[bool] = False
+    """whether `update` reads the global `state()` (a mixer does); if not, the loop leaves
+    the episodes' states at 0 instead of asking the simulator every step"""
     acting_noise: NDArray[np.float32] | None = None
     """the DRU noise (B, A, bits) the last `act` drew, or None: the loop stores it with
     the episode so that the replay feeds receivers the very messages that acted"""
@@ -243,6 +269,7 @@ class Learner(ABC):
     def __init__(self, model: GameModel, config: TrainConfig) -> None:
         self.model = model
         self.config = config
+        self.device = resolve_device(config.device)
 
     @abstractmethod
     def reset(self, n_envs: int) -> None:
@@ -343,7 +370,8 @@ def collect_episodes(
     for t in range(t_max):
         episode["observations"][t] = observations
         episode["masks"][t] = masks > 0
-        episode["states"][t] = sim.state()
+        if learner.uses_state:
+            episode["states"][t] = sim.state()
         actions, messages = learner.act(observations, masks, epsilon)
         if learner.acting_noise is not None:
             episode["noise"][t] = learner.acting_noise
@@ -355,7 +383,8 @@ def collect_episodes(
         observations, masks = result.observations, result.masks
     episode["observations"][t_max] = observations
     episode["masks"][t_max] = masks > 0
-    episode["states"][t_max] = sim.state()
+    if learner.uses_state:
+        episode["states"][t_max] = sim.state()
     # Batch-major, as the buffer stores episodes.
     return {name: np.swapaxes(value, 0, 1) for name, value in episode.items()}
 
@@ -445,7 +474,8 @@ def train(
     buffer = EpisodeBuffer(model, config.buffer_episodes)
     rng = np.random.default_rng(config.seed)
     log = RunLog(config, scenario)
-    logger.info("training %s on %s into %s", config.variant, scenario.name, log.run_dir)
+    logger.info("training %s on %s into %s (%s)", config.variant, scenario.name, log.run_dir,
+                learner.device)
 
     sim = SimBatch(model, n_envs=config.envs, seed=config.seed)
     target_copy, evaluation, checkpointing = (
@@ -470,7 +500,7 @@ def train(
         #    (DIAL's references) or every N episodes (pymarl's QMIX).
         metrics: dict[str, float] = {}
         for _ in range(config.updates_per_iteration):
-            metrics = learner.update(buffer.sample(config.batch_episodes, rng))
+            metrics = learner.update(buffer.sample(config.batch_episodes, rng, learner.device))
             updates_done += 1
         if target_copy.due(updates_done if config.target_update_unit == "updates"
                            else episodes_done):

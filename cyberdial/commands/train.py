@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--episodes", type=_positive, default=100,
                           help="episodes (default: 100)")
     evaluate.add_argument("--seed", type=int, default=0, help="first episode seed (default: 0)")
+    evaluate.add_argument("--device", default="auto",
+                          help="where the trained network runs: auto (a GPU when torch sees"
+                          " one), cpu, cuda or cuda:N (default: auto)")
     evaluate.add_argument("--ignore-scenario-hash", action="store_true",
                           help="accept a scenario with the same layout but other settings")
     evaluate.set_defaults(func=evaluate_command)
@@ -106,7 +109,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         trained = ""
     else:
         policy, model, checkpoint = load_policy(args.checkpoint, scenario,
-                                                args.ignore_scenario_hash)
+                                                args.ignore_scenario_hash, device=args.device)
         name = checkpoint.config.variant
         trained = f" ({checkpoint.episodes} training episodes)"
     with progress_bar() as bar:

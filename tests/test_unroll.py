@@ -1,0 +1,132 @@
+"""The learners' fast paths compute what the step-by-step networks compute.
+
+DIAL's unroll embeds every step's inputs at once and finishes the Q-values after the
+loop; without messages, and in QMIX/IQL, the GRU runs whole sequences in one call.
+Each must give the Q-values, messages and gradients the per-step `forward` gives,
+which is what the policies execute. And `--device`: a clear error where the device
+is missing, the CPU where `auto` finds no GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
+from cyberdial.agents.dial import DialLearner
+from cyberdial.agents.qmix import QmixLearner
+from cyberdial.agents.training import (
+    ConfigError,
+    Learner,
+    collect_episodes,
+    config_for,
+    make_learner,
+    prepare_scenario,
+    resolve_device,
+)
+from cyberdial.cli import main
+from cyberdial.range.model import GameModel
+from cyberdial.range.sim import SimBatch
+
+torch.set_num_threads(1)
+
+
+def _learner_and_batch(algo: str, **settings: object) -> tuple[Learner, EpisodeBatch]:
+    config = config_for(algo, scenario="small", tensorboard=False, **settings)
+    torch.manual_seed(0)
+    model = GameModel(prepare_scenario(config))
+    learner = make_learner(model, config)
+    buffer = EpisodeBuffer(model, 8)
+    buffer.add(collect_episodes(SimBatch(model, n_envs=8, seed=5), learner, epsilon=0.5, seed=5))
+    return learner, buffer.sample(8, np.random.default_rng(0))
+
+
+def _dial_step_by_step(learner: DialLearner, batch: EpisodeBatch
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The replay as the network's per-step `forward` gives it (what execution runs)."""
+    network = learner.network
+    hidden = network.initial_hidden(batch.size)
+    sent = torch.zeros(batch.size, network.n_agents, network.message_bits)
+    qs, messages = [], []
+    for t in range(batch.steps + 1):
+        observations = batch.observations[:, t]
+        q, logits, hidden = network(observations, network.incoming_from_messages(sent), hidden)
+        sent = learner.soft_messages(network, logits, observations, batch.noise[:, t])
+        qs.append(q)
+        messages.append(sent)
+    return torch.stack(qs, 1), torch.stack(messages, 1)
+
+
+def _gradients(loss: torch.Tensor, module: torch.nn.Module) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, list(module.parameters()), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, module.parameters(),
+                                                                     strict=True)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("no_comm", [False, True], ids=["messages", "no-comm"])
+def test_dial_unroll_equals_the_step_by_step_network(no_comm: bool) -> None:
+    learner, batch = _learner_and_batch("dial-sau", no_comm=no_comm)
+    assert isinstance(learner, DialLearner)
+    if not no_comm:
+        assert float(batch.messages.sum()) > 0, "no message was sent: the test shows nothing"
+    fast = learner.unroll(learner.network, batch)
+    q, messages = _dial_step_by_step(learner, batch)
+    assert torch.allclose(fast.q, q, atol=1e-5)
+    assert torch.allclose(fast.messages, messages, atol=1e-6)
+    # The same gradients reach every parameter, the message path's included.
+    fast_grads = _gradients(fast.q.pow(2).mean() + fast.messages.sum(), learner.network)
+    slow_grads = _gradients(q.pow(2).mean() + messages.sum(), learner.network)
+    for fast_grad, slow_grad in zip(fast_grads, slow_grads, strict=True):
+        assert torch.allclose(fast_grad, slow_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_qmix_sequence_equals_the_step_by_step_network() -> None:
+    learner, batch = _learner_and_batch("qmix")
+    assert isinstance(learner, QmixLearner)
+    network = learner.network
+    fast = learner.unroll(network, batch.observations)
+    hidden, qs = network.initial_hidden(batch.size), []
+    for t in range(batch.observations.shape[1]):
+        q, hidden = network(batch.observations[:, t], hidden)
+        qs.append(q)
+    slow = torch.stack(qs, 1)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    for fast_grad, slow_grad in zip(_gradients(fast.pow(2).mean(), network),
+                                    _gradients(slow.pow(2).mean(), network), strict=True):
+        assert torch.allclose(fast_grad, slow_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.timeout(120)
+def test_only_a_mixer_gets_the_global_state() -> None:
+    _, dial_batch = _learner_and_batch("dial-sau")
+    _, qmix_batch = _learner_and_batch("qmix")
+    assert float(dial_batch.states.abs().sum()) == 0  # not asked of the simulator
+    assert float(qmix_batch.states.abs().sum()) > 0
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_unknown_devices_are_refused() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "cpu:1", ""):
+        with pytest.raises(ConfigError, match="--device must be"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cli_refuses_a_missing_gpu_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--scenario", "tiny", "--episodes", "16", "--device", "cuda"]) == 2
+    policy = Path(__file__).resolve().parent.parent / "scenarios/policies/tiny_dial_sau.pt"
+    assert main(["evaluate", str(policy), "--episodes", "2",
+                 "--device", "cuda"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == ["error: --device cuda: torch sees no GPU here"
+                      f" (torch {torch.__version__}); use --device cpu or auto"] * 2
