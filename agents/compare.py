@@ -363,8 +363,10 @@ def make_engine(name: str, workers: int, address: str | None = None) -> Engine:
             raise CompareError("--address is for --engine ray (the local workers need none)")
         return LocalEngine(workers)
     if name == "ray":
-        from cyberdial.agents.ray_engine import RayEngine
+        from cyberdial.agents.ray_engine import RayEngine, reachable
 
+        if address:
+            reachable(address)  # before anything is written: a wrong address is one line
         return RayEngine(address=address, cpus=workers)
     raise CompareError(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")
 

@@ -44,6 +44,8 @@ RUN_RETRIES = 1
 retried (it would fail again)."""
 POLL_SECONDS = 1.0
 """How long one wait for a finished run lasts, so Ctrl-C is seen promptly."""
+CONNECT_SECONDS = 10.0
+"""How long `--address` may take to answer a TCP connect before the command gives up."""
 OBJECT_STORE_BYTES = 256 * 1024**2
 """The object store of the local Ray the command starts: results are a few MB per run."""
 
@@ -85,6 +87,19 @@ def write_back(config: CompareConfig, job: Job, files: dict[str, bytes]) -> None
         partial.replace(path)  # whole or absent: resuming trusts the result file
     if not final.is_file():
         raise CompareError(f"run {job.key} came back without its result file")
+
+
+def reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """Refuse at once an address where nothing listens (Ray itself retries for minutes)."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit():
+        return  # "auto", "ray://...": Ray resolves those
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise CompareError(f"cannot join the Ray cluster at {address}: nothing answers there"
+                           f" ({error.strerror or error}); is `ray start --head` running?"
+                           ) from None
 
 
 def scenario_text(scenario: str) -> str:
@@ -134,6 +149,7 @@ class RayEngine:
         """Connect to the cluster, or start a local Ray in a folder of its own."""
         common = {"logging_level": logging.WARNING, "log_to_driver": False}
         if self.address:
+            reachable(self.address)
             try:
                 ray.init(address=self.address, **common)
             except Exception as error:  # Ray raises ConnectionError, RuntimeError, ...

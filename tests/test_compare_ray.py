@@ -56,6 +56,23 @@ def _records(results: Path) -> dict[str, dict]:
             for path in sorted((results / "t" / "final").glob("*.json"))}
 
 
+@pytest.mark.timeout(60)
+def test_an_address_where_no_ray_listens_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    assert main(_sweep(tmp_path, "--engine", "ray", "--address", f"127.0.0.2:{port}")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot join the Ray cluster" in err[0], err
+    assert not (tmp_path / "t").exists()  # nothing half-made
+    assert main(_sweep(tmp_path, "--address", f"127.0.0.2:{port}")) == 2
+    assert "--address is for --engine ray" in capsys.readouterr().err
+
+
 @pytest.mark.timeout(400)
 def test_ray_sweep_gives_the_local_rows_and_reports_a_failed_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
