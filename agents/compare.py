@@ -2,8 +2,9 @@
 
 Each (scenario, algorithm, seed) is one *run*: a learner trained by the shared
 loop (`agents/training.py`) and then scored greedily on held-out episodes, or a
-hand-written blue (react, random, sleep) scored on the same episodes. Runs go
-to a pool of worker processes (one torch thread each); each finished run leaves
+hand-written blue (react, random, sleep) scored on the same episodes. Runs go to
+an `Engine`: a pool of local worker processes (one torch thread each, the default)
+or Ray tasks (`agents/ray_engine.py`, docs/scale.md); each finished run leaves
 `final/<run>.json` (its learning curve and held-out figures), so a cut
 comparison resumes where it stopped. `write_report` turns those files into
 `report.md` (mean ± std over seeds) and one PNG of learning curves per scenario.
@@ -363,8 +364,12 @@ def make_engine(name: str, workers: int, address: str | None = None) -> Engine:
             raise CompareError("--address is for --engine ray (the local workers need none)")
         return LocalEngine(workers)
     if name == "ray":
+        import importlib.util
+
         from cyberdial.agents.ray_engine import RayEngine, reachable
 
+        if importlib.util.find_spec("ray") is None:
+            raise CompareError("--engine ray needs Ray: pip install 'cyberdial[ray]'")
         if address:
             reachable(address)  # before anything is written: a wrong address is one line
         return RayEngine(address=address, cpus=workers)
