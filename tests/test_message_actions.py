@@ -6,12 +6,17 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 from pettingzoo.test import parallel_api_test
+from test_bridge_support import RUN, simulated_range
 
+from cyberdial.bridge.env import EmulatedRange
 from cyberdial.range.message_actions import MessageActions
+from cyberdial.range.scenario import load_scenario
 from cyberdial.range.sim import SimRange
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rllib_ppo.py"
@@ -74,6 +79,26 @@ def test_bits_in_the_action_are_the_bits_the_range_gets() -> None:
         np.testing.assert_array_equal(first[a]["action_mask"][n:], [1.0, 1.0])
         np.testing.assert_array_equal(first[a]["action_mask"][:n],
                                       SimRange("tiny", seed=5).reset(seed=5)[0][a]["action_mask"])
+
+
+@pytest.mark.slow
+def test_wrapped_emulated_range_client_passes_the_api_test_and_sends_the_bits(
+    context: zmq.Context[Any],
+) -> None:
+    """The same wrapper over `EmulatedRange` (the bridge's client, real ZeroMQ sockets, hosts
+    simulated behind the bridge): PettingZoo's API test, and bits in the action are the
+    bits the bridge counts."""
+    tiny = load_scenario("tiny")
+    with simulated_range(tiny, context, step_period_s=0.01) as (_, _, ends):
+        env = MessageActions(EmulatedRange(tiny, ends.agents, run_id=RUN, context=context))
+        try:
+            parallel_api_test(env, num_cycles=40)
+            env.reset(seed=0)
+            sent = [env.step({a: np.array([0, bit]) for a in env.possible_agents})[4]
+                    for bit in (1, 0, 1)]
+            assert [info[env.possible_agents[0]]["bits_sent"] for info in sent] == [2, 0, 2]
+        finally:
+            env.close()
 
 
 def test_bad_formats_and_bits_are_refused() -> None:
