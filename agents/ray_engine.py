@@ -44,21 +44,25 @@ RUN_RETRIES = 1
 retried (it would fail again)."""
 POLL_SECONDS = 1.0
 """How long one wait for a finished run lasts, so Ctrl-C is seen promptly."""
+CANCEL_GRACE_SECONDS = 10.0
+"""How long cancelled runs get to stop by themselves before their workers are killed."""
 CONNECT_SECONDS = 10.0
 """How long `--address` may take to answer a TCP connect before the command gives up."""
 OBJECT_STORE_BYTES = 256 * 1024**2
 """The object store of the local Ray the command starts: results are a few MB per run."""
 
 
-def run_on_node(job: Job, config: CompareConfig, scenario_text: str) -> dict[str, Any]:
+def run_on_node(job: Job, config: CompareConfig, scenario_text: str,
+                scratch_root: str | None = None) -> dict[str, Any]:
     """One run on a Ray worker, in a scratch folder of its own: its record and its files.
 
     `config.results_dir` names the driver's folder, which may not exist here; the run
-    writes under the scratch folder instead and sends everything back.
+    writes under the scratch folder instead (in `scratch_root`, default the node's temporary
+    folder) and sends everything back.
     """
     import ray
 
-    scratch = Path(tempfile.mkdtemp(prefix="cyberdial-run-"))
+    scratch = Path(tempfile.mkdtemp(prefix="cyberdial-run-", dir=scratch_root))
     try:
         local = replace(config, results_dir=str(scratch))
         scenario = parse_scenario(scenario_text, job.scenario)
@@ -129,7 +133,11 @@ class RayEngine:
             task = ray.remote(num_cpus=RUN_CPUS, max_retries=RUN_RETRIES)(run_on_node)
             texts = {name: ray.put(scenario_text(name)) for name in config.scenarios}
             config_ref = ray.put(config)
-            refs = {task.remote(job, config_ref, texts[job.scenario]): job for job in jobs}
+            # The local Ray's runs keep their scratch folders in its own folder, so a run
+            # killed on Ctrl-C leaves nothing behind once that folder is removed.
+            scratch_root = str(temp_dir) if temp_dir is not None else None
+            refs = {task.remote(job, config_ref, texts[job.scenario], scratch_root): job
+                    for job in jobs}
             remaining = list(refs)
             complete = False
             try:
@@ -182,11 +190,25 @@ class RayEngine:
 
     @staticmethod
     def _cancel(ray: Any, refs: Sequence[Any]) -> None:
-        for ref in refs:
+        """Cancel runs: politely first (a running run gets KeyboardInterrupt and removes its
+        scratch folder), then, after `CANCEL_GRACE_SECONDS`, by killing their workers."""
+        if not refs:
+            return
+        for force in (False, True):
+            for ref in refs:
+                try:
+                    ray.cancel(ref, force=force)
+                except Exception as error:  # the cluster may be going down already
+                    logger.debug("cancel failed: %s", error)
+            if force:
+                return
             try:
-                ray.cancel(ref, force=True)  # force: kills the worker of a running run
-            except Exception as error:  # the cluster may be going down already
-                logger.debug("cancel failed: %s", error)
+                _, refs = ray.wait(list(refs), num_returns=len(refs),
+                                   timeout=CANCEL_GRACE_SECONDS)
+            except Exception as error:
+                logger.debug("waiting for cancelled runs failed: %s", error)
+            if not refs:
+                return
 
     @staticmethod
     def _stop(ray: Any, temp_dir: Path | None) -> None:

@@ -170,6 +170,7 @@ def test_ctrl_c_stops_our_ray_and_the_sweep_resumes(tmp_path: Path) -> None:
                *_sweep(results, "--engine", "ray", algos=("qmix", "dial-sau"), seeds=2,
                        episodes=64)]
     finals = results / "t" / "final"
+    scratch_before = set(Path("/tmp").glob("cyberdial-*"))
     seen: dict[int, str] = {}
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_enabled)
@@ -192,6 +193,8 @@ def test_ctrl_c_stops_our_ray_and_the_sweep_resumes(tmp_path: Path) -> None:
     assert len(seen) >= 4  # Ray's GCS, raylet, workers: all started below the command
     time.sleep(2)  # a process killed a moment ago may still be a zombie being reaped
     assert _still_alive(seen) == []
+    # No Ray folder, no scratch folder of a killed run left (other users make none of these).
+    assert set(Path("/tmp").glob("cyberdial-*")) - scratch_before == set()
     done = {path.name: path.stat().st_mtime_ns for path in finals.glob("*.json")}
     assert 1 <= len(done) < 4  # 2 CPUs: the last two runs start only as the first two end
 
