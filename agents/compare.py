@@ -2,8 +2,9 @@
 
 Each (scenario, algorithm, seed) is one *run*: a learner trained by the shared
 loop (`agents/training.py`) and then scored greedily on held-out episodes, or a
-hand-written blue (react, random, sleep) scored on the same episodes. Runs go
-to a pool of worker processes (one torch thread each); each finished run leaves
+hand-written blue (react, random, sleep) scored on the same episodes. Runs go to
+an `Engine`: a pool of local worker processes (one torch thread each, the default)
+or Ray tasks (`agents/ray_engine.py`, docs/scale.md); each finished run leaves
 `final/<run>.json` (its learning curve and held-out figures), so a cut
 comparison resumes where it stopped. `write_report` turns those files into
 `report.md` (mean ± std over seeds) and one PNG of learning curves per scenario.
@@ -11,17 +12,19 @@ comparison resumes where it stopped. `write_report` turns those files into
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import multiprocessing
 import os
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -35,7 +38,7 @@ from cyberdial.agents.rollout import run_episodes
 from cyberdial.agents.training import ALGORITHMS, TrainConfig, config_for
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
-from cyberdial.range.scenario import load_scenario
+from cyberdial.range.scenario import Scenario, load_scenario
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +232,16 @@ def every_step_bits(model: GameModel) -> int:
     return model.n_agents * model.message_bits * model.scenario.episode_length
 
 
-def run_job(job: Job, config: CompareConfig) -> dict[str, Any]:
-    """Train (or not) and score one run; writes and returns its result record."""
+def run_job(
+    job: Job, config: CompareConfig, scenario: Scenario | None = None,
+    where: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or not) and score one run; writes and returns its result record.
+
+    `scenario` is `job.scenario` already parsed (an engine whose worker may not see the
+    driver's files passes the driver's text); `where` says where the run ran (the record's
+    `where`; default: this host and process).
+    """
     import torch
 
     from cyberdial.agents.checkpoint import load_policy
@@ -240,8 +251,10 @@ def run_job(job: Job, config: CompareConfig) -> dict[str, Any]:
     started = time.perf_counter()
     curve: list[dict[str, float]] = []
     episodes = 0
+    if scenario is None:
+        scenario = load_scenario(job.scenario)
     if is_baseline(job.algo):
-        model = GameModel(load_scenario(job.scenario))
+        model = GameModel(scenario)
         policy = make_baseline(job.algo, model, seed=job.seed)
     else:
         algo, changes = parse_algo(job.algo)
@@ -253,7 +266,7 @@ def run_job(job: Job, config: CompareConfig) -> dict[str, Any]:
             runs_dir=str(config.out_dir / "runs"), run_name=job.key, threads=1, **changes,
             **config.options.get(job.algo, {}),
         )
-        result = train(settings)
+        result = train(settings, scenario=scenario)
         curve = result.evaluations
         policy, model, _ = load_policy(result.checkpoint)
     train_seconds = time.perf_counter() - started
@@ -268,6 +281,7 @@ def run_job(job: Job, config: CompareConfig) -> dict[str, Any]:
         "final": stats.summary(),
         "every_step_bits": every_step_bits(model),
         "comm_cost": model.scenario.blue.comm_cost,
+        "where": where or {"engine": "local", "host": socket.gethostname(), "pid": os.getpid()},
     }
     path = result_path(config, job)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +291,89 @@ def run_job(job: Job, config: CompareConfig) -> dict[str, Any]:
     return record
 
 
-# ------------------------------------------------------------------ the pool
+# ------------------------------------------------------------------ engines
+
+
+@dataclass
+class Outcome:
+    """How one run ended: its record, or why it failed."""
+
+    job: Job
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Engine(Protocol):
+    """Where runs execute. `run` yields each run's outcome as it ends; a run that fails
+    yields an error and the others go on. It stops what it started, also on Ctrl-C
+    (KeyboardInterrupt passes through it after the cleanup)."""
+
+    def describe(self) -> str:
+        """One line for the user: where the runs go."""
+        ...
+
+    def run(
+        self, jobs: Sequence[Job], config: CompareConfig
+    ) -> Generator[Outcome, None, None]: ...
+
+
+@dataclass
+class LocalEngine:
+    """Worker processes on this machine (the default): one torch thread each."""
+
+    workers: int = 2
+
+    def describe(self) -> str:
+        return f"{self.workers} workers"
+
+    def run(self, jobs: Sequence[Job], config: CompareConfig) -> Generator[Outcome, None, None]:
+        # spawn, not fork: a forked child would inherit torch's thread pools and locks.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+            futures: dict[Future[dict[str, Any]], Job] = {
+                pool.submit(run_job, job, config): job for job in jobs
+            }
+            remaining = set(futures)
+            complete = False
+            try:
+                while remaining:
+                    finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        try:
+                            outcome = Outcome(futures[future], record=future.result())
+                        except Exception as error:  # one broken run must not stop the others
+                            outcome = Outcome(futures[future], error=describe_error(error))
+                        yield outcome
+                complete = True
+            finally:
+                if not complete:  # Ctrl-C, or the caller stopped listening: start nothing more
+                    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+ENGINES = ("local", "ray")
+
+
+def make_engine(name: str, workers: int, address: str | None = None) -> Engine:
+    """The engine `--engine NAME` asks for (Ray is imported only when asked for)."""
+    if name == "local":
+        if address is not None:
+            raise CompareError("--address is for --engine ray (the local workers need none)")
+        return LocalEngine(workers)
+    if name == "ray":
+        import importlib.util
+
+        from cyberdial.agents.ray_engine import RayEngine, reachable
+
+        if importlib.util.find_spec("ray") is None:
+            raise CompareError("--engine ray needs Ray: pip install 'cyberdial[ray]'")
+        if address:
+            reachable(address)  # before anything is written: a wrong address is one line
+        return RayEngine(address=address, cpus=workers)
+    raise CompareError(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")
 
 
 def check_manifest(config: CompareConfig) -> None:
@@ -299,8 +395,10 @@ def check_manifest(config: CompareConfig) -> None:
 def run_comparison(
     config: CompareConfig,
     on_done: Callable[[Job, dict[str, Any] | None, int, int], None] | None = None,
+    engine: Engine | None = None,
 ) -> list[tuple[Job, str]]:
-    """Run every pending run in `config.workers` processes; returns the runs that failed.
+    """Run every pending run on `engine` (default: `config.workers` local processes);
+    returns the runs that failed.
 
     `on_done(job, record or None, done, total)` is called as each run ends.
     """
@@ -311,32 +409,16 @@ def run_comparison(
     failures: list[tuple[Job, str]] = []
     if not jobs:
         return failures
-    logger.info("%d runs to do in %d workers", total, config.workers)
-    # spawn, not fork: a forked child would inherit torch's thread pools and locks.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
-        futures: dict[Future[dict[str, Any]], Job] = {
-            pool.submit(run_job, job, config): job for job in jobs
-        }
-        done_count = 0
-        remaining = set(futures)
-        try:
-            while remaining:
-                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    job = futures[future]
-                    done_count += 1
-                    record: dict[str, Any] | None = None
-                    try:
-                        record = future.result()
-                    except Exception as error:  # one broken run must not stop the others
-                        logger.error("run %s failed: %s", job.key, error)
-                        failures.append((job, f"{type(error).__name__}: {error}"))
-                    if on_done is not None:
-                        on_done(job, record, done_count, total)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    engine = engine or LocalEngine(config.workers)
+    logger.info("%d runs to do on %s", total, engine.describe())
+    # closing(): an exception here (Ctrl-C in on_done) stops the engine at once, not at GC.
+    with contextlib.closing(engine.run(jobs, config)) as outcomes:
+        for done_count, outcome in enumerate(outcomes, start=1):
+            if outcome.record is None:
+                logger.error("run %s failed: %s", outcome.job.key, outcome.error)
+                failures.append((outcome.job, outcome.error or "failed"))
+            if on_done is not None:
+                on_done(outcome.job, outcome.record, done_count, total)
     return failures
 
 

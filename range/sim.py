@@ -406,7 +406,8 @@ def agent_spaces(
         )
         for layout in model.agents
     }
-    action_spaces = {
+    # Annotated: gymnasium 1.2 (which Ray pins) types Discrete's generic less precisely.
+    action_spaces: dict[str, gymnasium.spaces.Discrete] = {
         layout.name: gymnasium.spaces.Discrete(layout.n_actions) for layout in model.agents
     }
     return observation_spaces, action_spaces

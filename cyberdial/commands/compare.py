@@ -11,11 +11,13 @@ import json
 import shlex
 
 from cyberdial.agents.compare import (
+    ENGINES,
     MANIFEST,
     CompareConfig,
     CompareError,
     Job,
     default_workers,
+    make_engine,
     parse_option,
     pending,
     run_comparison,
@@ -31,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train each (algorithm, scenario, seed) in the simulator, score it greedily"
         " on held-out episodes, and write results/NAME/report.md (mean ± std over seeds, bits"
         " sent, green failures, red impact) with learning-curve PNGs. Runs go to parallel"
-        " worker processes; a finished run is never redone, so an interrupted comparison"
-        " resumes when the same command is run again.",
+        " worker processes on this machine, or with --engine ray to Ray tasks (a local Ray,"
+        " or a cluster with --address); a finished run is never redone, so an interrupted"
+        " comparison resumes when the same command is run again.",
     )
     parser.add_argument("--name", default="compare",
                         help="results/NAME holds the runs and the report (default: compare)")
@@ -59,8 +62,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--final-episodes", type=int, default=500,
                         help="held-out episodes each run is scored on (default: 500)")
     parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="parallel worker processes, one torch thread each"
+                        help="parallel worker processes, one torch thread each; with --engine"
+                        " ray and no --address, the CPUs of the local Ray"
                         f" (default: {default_workers()})")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="where runs execute: local worker processes, or one Ray task each"
+                        " (needs cyberdial[ray]; docs/scale.md) (default: local)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --engine ray: a running Ray cluster (HOST:PORT of `ray start"
+                        " --head`, or auto); without it the command starts a local Ray and"
+                        " stops it at the end")
     parser.add_argument("--results-dir", default="results", help="(default: results)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the runs finished so far; train nothing")
@@ -108,18 +119,19 @@ def compare_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         results_dir=args.results_dir,
     )
-    config.command = _command_line(config)
+    config.command = _command_line(config, args.engine, args.address)
     if args.report_only:
         config = _saved_command(config)
         report = write_report(config)
         console.print(f"report: {report}", soft_wrap=True)
         return 0
     config.validate()
+    engine = make_engine(args.engine, config.workers, args.address)
     todo = pending(config)
     console.print(f"{config.out_dir}: {len(todo)} runs to do"
                   f" ({config.seeds} seeds × {len(config.algos)} algorithms ×"
                   f" {len(config.scenarios)} scenarios, finished ones kept),"
-                  f" {config.workers} workers", soft_wrap=True)
+                  f" on {engine.describe()}", soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("runs", total=len(todo))
 
@@ -132,9 +144,9 @@ def compare_command(args: argparse.Namespace) -> int:
             assert isinstance(final, dict)
             console.print(f"[{count}/{total}] {job.key}: held-out return"
                           f" {final['return_mean']:.2f}, {final['bits_per_episode']:.1f} bits,"
-                          f" {record['train_seconds']:.0f} s", soft_wrap=True)
+                          f" {record['train_seconds']:.0f} s{_where(record)}", soft_wrap=True)
 
-        failures = run_comparison(config, on_done=done)
+        failures = run_comparison(config, on_done=done, engine=engine)
     report = write_report(config)
     console.print(f"report: {report}", soft_wrap=True)
     if failures:
@@ -146,7 +158,16 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(config: CompareConfig) -> str:
+def _where(record: dict[str, object]) -> str:
+    """`, on node 1a2b3c4d (host)` for a run that ran on a Ray node; empty otherwise."""
+    where = record.get("where")
+    if not isinstance(where, dict) or where.get("engine") != "ray":
+        return ""
+    return f", on node {str(where['node'])[:8]} ({where['host']})"
+
+
+def _command_line(config: CompareConfig, engine: str = "local",
+                  address: str | None = None) -> str:
     """The full command that makes this comparison, every setting spelled out."""
     words = ["cyberdial", "compare", "--name", config.name, "--scenarios", *config.scenarios,
              "--algos", *config.algos, "--seeds", str(config.seeds)]
@@ -161,6 +182,10 @@ def _command_line(config: CompareConfig) -> str:
               "--workers", str(config.workers)]
     if config.results_dir != "results":
         words += ["--results-dir", config.results_dir]
+    if engine != "local":
+        words += ["--engine", engine]
+    if address:
+        words += ["--address", address]
     return shlex.join(words)
 
 
