@@ -35,7 +35,7 @@ import numpy as np
 from cyberdial.agents.baselines import BASELINES, make_baseline
 from cyberdial.agents.options import parse_setting
 from cyberdial.agents.rollout import run_episodes
-from cyberdial.agents.training import ALGORITHMS, TrainConfig, config_for
+from cyberdial.agents.training import ALGORITHMS, TrainConfig, check_device_name, config_for
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
@@ -80,6 +80,9 @@ class CompareConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """per-algorithm training settings: {algorithm as compare names it: {field: value}}"""
     results_dir: str = "results"
+    device: str = "auto"
+    """where each run's networks live (`TrainConfig.device`), resolved where the run
+    trains; not a setting a resume must match (the same learner on another device)"""
     command: str = ""
     """the command line that started the comparison, quoted in the report"""
 
@@ -110,6 +113,7 @@ class CompareConfig:
             raise CompareError("--seeds, --workers and --final-episodes must be at least 1")
         if self.eval_points < 1 or self.eval_episodes < 1:
             raise CompareError("--eval-points and --eval-episodes must be at least 1")
+        check_device_name(self.device)
 
 
 def is_baseline(token: str) -> bool:
@@ -142,7 +146,8 @@ def parse_algo(token: str) -> tuple[str, dict[str, Any]]:
 
 # Settings that compare itself sets per run; an --option may not change them.
 RUN_SETTINGS = frozenset({"algo", "scenario", "seed", "episodes", "eval_every", "eval_episodes",
-                          "checkpoint_every", "runs_dir", "run_name", "threads"})
+                          "checkpoint_every", "runs_dir", "run_name", "threads",
+                          "device"})
 # Settings that only mean something for a learner that sends messages.
 MESSAGE_SETTINGS = frozenset({"no_comm", "gate_messages", "comm_penalty", "dru_sigma",
                               "message_bits"})
@@ -264,11 +269,11 @@ def run_job(
             eval_every=max(1, episodes // config.eval_points),
             eval_episodes=config.eval_episodes, checkpoint_every=episodes,
             runs_dir=str(config.out_dir / "runs"), run_name=job.key, threads=1, **changes,
-            **config.options.get(job.algo, {}),
+            device=config.device, **config.options.get(job.algo, {}),
         )
         result = train(settings, scenario=scenario)
         curve = result.evaluations
-        policy, model, _ = load_policy(result.checkpoint)
+        policy, model, _ = load_policy(result.checkpoint, device=config.device)
     train_seconds = time.perf_counter() - started
     stats = run_episodes(model, policy, config.final_episodes, seed=HELD_OUT_SEED)
     record = {

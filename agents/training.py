@@ -204,11 +204,17 @@ class ConfigError(CyberdialError):
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(name: str) -> torch.device:
-    """`--device` as a torch device: auto is the first GPU when torch sees one, else the CPU."""
+def check_device_name(name: str) -> None:
+    """Refuse a `--device` that is not auto, cpu, cuda or cuda:N (whatever this machine has)."""
     kind, _, index = name.partition(":")
     if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device` as a torch device: auto is the first GPU when torch sees one, else the CPU."""
+    check_device_name(name)
+    kind, _, index = name.partition(":")
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":

@@ -122,11 +122,22 @@ def test_device_auto_is_the_cpu_without_a_gpu_and_unknown_devices_are_refused() 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_cli_refuses_a_missing_gpu_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--scenario", "tiny", "--episodes", "16", "--device", "cuda"]) == 2
+def test_cli_refuses_a_missing_gpu_in_one_line(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", "--scenario", "tiny", "--episodes", "16", "--device", "cuda",
+                 "--runs-dir", str(runs)]) == 2
     policy = Path(__file__).resolve().parent.parent / "scenarios/policies/tiny_dial_sau.pt"
-    assert main(["evaluate", str(policy), "--episodes", "2",
+    assert main(["evaluate", str(policy), "--episodes", "2", "--device", "cuda"]) == 2
+    results = tmp_path / "results"
+    assert main(["compare", "--name", "gpu", "--results-dir", str(results), "--scenarios",
+                 "tiny", "--algos", "dial-sau", "--seeds", "1", "--episodes", "16",
                  "--device", "cuda"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == ["error: --device cuda: torch sees no GPU here"
-                      f" (torch {torch.__version__}); use --device cpu or auto"] * 2
+                      f" (torch {torch.__version__}); use --device cpu or auto"] * 3
+    assert not runs.exists() and not results.exists()  # nothing half-built
+    assert main(["compare", "--name", "gpu", "--results-dir", str(results), "--scenarios",
+                 "tiny", "--algos", "dial-sau", "--seeds", "1", "--episodes", "16",
+                 "--device", "gpu"]) == 2
+    assert "--device must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from cyberdial.agents.compare import (
     run_comparison,
     write_report,
 )
+from cyberdial.agents.training import resolve_device
 from cyberdial.commands.common import console, progress_bar
 
 
@@ -72,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --engine ray: a running Ray cluster (HOST:PORT of `ray start"
                         " --head`, or auto); without it the command starts a local Ray and"
                         " stops it at the end")
+    parser.add_argument("--device", default="auto",
+                        help="where each run's networks train: auto (a GPU when torch sees one"
+                        " where the run trains), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--results-dir", default="results", help="(default: results)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the runs finished so far; train nothing")
@@ -118,8 +122,11 @@ def compare_command(args: argparse.Namespace) -> int:
         final_episodes=args.final_episodes,
         workers=args.workers,
         results_dir=args.results_dir,
+        device=args.device,
     )
     config.command = _command_line(config, args.engine, args.address)
+    if args.engine == "local":
+        resolve_device(config.device)  # the runs train here: a missing GPU is an error now
     if args.report_only:
         config = _saved_command(config)
         report = write_report(config)
@@ -182,6 +189,8 @@ def _command_line(config: CompareConfig, engine: str = "local",
               "--workers", str(config.workers)]
     if config.results_dir != "results":
         words += ["--results-dir", config.results_dir]
+    if config.device != "auto":
+        words += ["--device", config.device]
     if engine != "local":
         words += ["--engine", engine]
     if address:
