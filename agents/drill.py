@@ -120,10 +120,14 @@ class EmulatedDrillRange:
     LOG_WAIT_S = 10.0
 
     def __init__(
-        self, model: GameModel, workdir: Path, pcap_limits: CaptureLimits | None = None
+        self, model: GameModel, workdir: Path, pcap_limits: CaptureLimits | None = None,
+        step_period_s: float | None = None,
     ) -> None:
         self.model = model
         self.workdir = workdir
+        # The least a step lasts (the bridge's pace): None for the scenario's step period,
+        # a drill people watch; 0 steps as fast as the hosts allow (validation).
+        self.step_period_s = step_period_s
         # With limits, every subnet bridge is captured to <workdir>/pcap/ (see capture.py).
         self.pcap_limits = pcap_limits
         self._logs: queue.Queue[Any] = queue.Queue()
@@ -147,7 +151,8 @@ class EmulatedDrillRange:
             hub = emulated.new_hub()
             self.workdir.mkdir(parents=True, exist_ok=True)
             endpoint = f"ipc://{self.workdir.resolve() / f'agents-{emulated.run_id}.sock'}"
-            service = BridgeService(scenario, hub, emulated.referee, endpoint)
+            service = BridgeService(scenario, hub, emulated.referee, endpoint,
+                                    step_period_s=self.step_period_s)
             service.step_log = self._logs.put
             self._stack.enter_context(BridgeThread(service))
             self._wait_for_peers(hub, 2 * len(scenario.subnets))

@@ -112,6 +112,7 @@ class Range:
         self.host_keys = HostKeys.generate(self.run_id)
         self.t0 = 0.0
         self.step = 0
+        self.episode = 0
         self.timings: dict[str, float] = {}
         # Packet captures of every subnet bridge (pcapng rings), when asked for.
         self.capture_dir = capture_dir
@@ -241,23 +242,31 @@ class Range:
         """Alerts raised since the last call (drained)."""
         return self._require_hub().poll_alerts(timeout_s)
 
-    def wait_step(self) -> int:
-        """Sleep until the next step boundary of the range's clock; returns the new step."""
+    def wait_step(self, pace: bool = True) -> int:
+        """Play one step of the range's clock through its own hub; returns the new step.
+
+        Red and green make their move of the current step, then every sensor reports
+        what it saw and closes the step (`HostHub.run_phase`). With `pace`, the step
+        lasts at least the scenario's `step_period` (a watched range); without, it
+        lasts what the hosts take. A range without its own hub is stepped by its
+        bridge instead.
+        """
         if not self.t0:
             raise RuntimeError("the range is not up")
+        hub = self._require_hub()
+        started = time.monotonic()
+        hub.run_phase("act", episode=self.episode, step=self.step)
+        hub.run_phase("close", episode=self.episode, step=self.step)
+        if pace:
+            while (left := started + self.plan.step_period - time.monotonic()) > 0:
+                hub.pump(min(left, 0.05))
         self.step += 1
-        delay = self.t0 + self.step * self.plan.step_period - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            # We fell behind (a slow caller): resynchronise instead of rushing steps.
-            self.step = int((time.time() - self.t0) / self.plan.step_period)
-        if self.hub is not None:
-            self.hub.step = self.step
+        hub.step = self.step
         return self.step
 
     def current_step(self) -> int:
-        return int((time.time() - self.t0) / self.plan.step_period) if self.t0 else 0
+        """Steps played since the range came up or was last reset."""
+        return self.step
 
     def run_in(self, host: str, argv: Sequence[str], timeout_s: float = 60.0
                ) -> subprocess.CompletedProcess[str]:
@@ -272,7 +281,8 @@ class Range:
     def new_hub(self, **options: Any) -> HostHub:
         """A hub for this range's host programs (the bridge's, or the range's own)."""
         return HostHub(self.run_id, self.alert_endpoint, self.command_endpoint,
-                       keys=self.host_keys, expected=self.expected_peers(), **options)
+                       keys=self.host_keys, expected=self.expected_peers(),
+                       clock_endpoint=self.plan.clock_endpoint, **options)
 
     def _require_hub(self) -> HostHub:
         if self.hub is None:
@@ -593,6 +603,7 @@ class Range:
         self._wait_services(time.monotonic() + READY_TIMEOUT_S)
         self.t0 = time.time()
         self.step = 0
+        self.episode += 1
         self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
         if "red" in self._roles:
             episode_seed = self.seed if seed is None else seed

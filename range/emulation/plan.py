@@ -181,6 +181,11 @@ class RangePlan:
         return f"ipc://{self.root / 'commands.sock'}"
 
     @property
+    def clock_endpoint(self) -> str:
+        """The step clock (the bridge's PUB socket): red, green, sensors, actuators follow it."""
+        return f"ipc://{self.root / 'clock.sock'}"
+
+    @property
     def clock_file(self) -> Path:
         """Written when the range is up: the wall-clock time of step 0."""
         return self.root / "clock"

@@ -27,12 +27,17 @@ from cyberdial.range.emulation.plan import IMPLANT_PORT, HostPlan
 from cyberdial.range.emulation.programs.common import Program
 from cyberdial.range.emulation.programs.payloads import EXPLOIT_OFFSET, exploit_request
 from cyberdial.range.emulation.state import record_pid
+from cyberdial.range.hub import SensorLink
 from cyberdial.range.model import Compromise, GameModel, RedActionKind
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.wire import StepTick
 
 IMPLANT_MODULE = "cyberdial.range.emulation.programs.implant"
 IMPLANT_READY_S = 10.0
 C2_TIMEOUT_S = 1.0
+PROBE_TIMEOUT_S = 0.5
+# An exploit's whole exchange (a vulnerable service answers at once; a blocked path never).
+EXPLOIT_TIMEOUT_S = 2.0
 # Scapy warns about every interface it cannot resolve in the root namespace; quiet it.
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
@@ -70,7 +75,9 @@ class Red:
             RedActionKind.ESCALATE: red.durations.escalate,
             RedActionKind.IMPACT: red.durations.impact,
         }
-        self.timeout = min(max(0.6 * plan.step_period, 0.3), 2.0)
+        # How long an unanswered probe is waited for: the range is one machine, so
+        # answers take milliseconds; this is only paid on paths that drop (blocked).
+        self.timeout = PROBE_TIMEOUT_S
 
     # ---------------------------------------------------------- helpers
 
@@ -230,7 +237,7 @@ class Red:
             with in_netns(self.pid_of(source)):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             with sock:
-                sock.settimeout(max(self.timeout, 1.0) * 3)
+                sock.settimeout(EXPLOIT_TIMEOUT_S)
                 sock.connect((target.ip, service.port))
                 sock.sendall(exploit_request(service.protocol, offset))
                 while len(reply) < 4096:
@@ -310,29 +317,29 @@ class Red:
             RedActionKind.IMPACT: self.impact,
         }[kind](target)
 
-    def run(self) -> None:
-        self.program.ready()
-        t0 = self.program.wait_clock()
-        period = self.plan.step_period
-        while self.program.running():
-            self.program.sleep_until(t0 + self.step * period)
-            if not self.program.running():
-                break
-            try:
-                self.act()
-            except Exception:
-                if self.program.controller_gone():
-                    break  # its hosts vanished under the action: stop, quietly
+    def on_tick(self, tick: StepTick) -> None:
+        """Red's move of one step of the bridge's clock."""
+        if tick.step < 0:
+            return
+        self.step = tick.step
+        try:
+            self.act()
+        except Exception:
+            if not self.program.controller_gone():
                 raise
-            # A slow action overran its step: continue at the current step, not behind.
-            self.step = max(self.step + 1, int((time.time() - t0) / period))
+            # Its hosts vanished under the action: `running()` now stops us, quietly.
+
+    def run(self) -> None:
+        with SensorLink(self.plan.alert_endpoint, self.plan.run_id, self.program.name,
+                        key=self.program.key, role="red") as link:
+            self.program.follow_steps(link, self.on_tick)
         for child in self.children:
             child.poll()
 
 
 def main() -> int:
     program = Program("red", "red's kill chain, for real", subnet=False,
-                      extra=[("--seed", {"type": int, "default": 0})])
+                      extra=[("--seed", {"type": int, "default": 0})], keyed=True)
     Red(program, program.args.seed).run()
     return 0
 
