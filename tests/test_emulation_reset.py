@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,13 +13,17 @@ from cyberdial.range.emulation.referee import blocked_subnets, implants_by_host
 from cyberdial.range.scenario import load_scenario
 from cyberdial.range.wire import Command
 
+if TYPE_CHECKING:
+    from cyberdial.range.emulation.emulator import Range
 
-def _wait(condition: object, timeout_s: float) -> bool:
+
+def _wait(emulated: Range, condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Step the range (red moves only on its step clock) until `condition` holds."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
-        time.sleep(0.2)
+        emulated.wait_step(pace=False)
     return False
 
 
@@ -33,7 +39,7 @@ def test_reset_episode_returns_every_host_to_step_zero() -> None:
         plan = emulated.plan
         assert emulated.referee is not None
         # Red lands on its entry host and spreads; blue blocks the user subnet.
-        assert _wait(lambda: sum(map(len, implants_by_host(plan).values())) >= 2, 60)
+        assert _wait(emulated, lambda: sum(map(len, implants_by_host(plan).values())) >= 2, 60)
         result = emulated.execute(Command(command_id="b1", action="block", subnet="user"))
         assert result.ok, result.detail
         assert blocked_subnets(plan) == ["user"]
@@ -58,4 +64,4 @@ def test_reset_episode_returns_every_host_to_step_zero() -> None:
         reds = [p for p in emulated.state.programs if p.role == "red"]  # type: ignore[union-attr]
         assert len(reds) == 1 and reds[0].pid not in first_red and reds[0].alive()
         # The new red starts the kill chain again from its entry host.
-        assert _wait(lambda: bool(implants_by_host(plan)[scenario.red.entry]), 30)
+        assert _wait(emulated, lambda: bool(implants_by_host(plan)[scenario.red.entry]), 30)
