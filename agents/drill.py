@@ -155,7 +155,7 @@ class EmulatedDrillRange:
                                     step_period_s=self.step_period_s)
             service.step_log = self._logs.put
             self._stack.enter_context(BridgeThread(service))
-            self._wait_for_peers(hub, 2 * len(scenario.subnets))
+            self._wait_for_peers(hub, len(hub.expected))
             self.env = EmulatedRange(scenario, endpoint, run_id=emulated.run_id)
             self._stack.callback(self.env.close)
         except BaseException:
@@ -167,13 +167,14 @@ class EmulatedDrillRange:
         self._stack.close()
 
     def _wait_for_peers(self, hub: Any, count: int) -> None:
+        # The bridge's thread serves the hub: look without touching its sockets.
         deadline = time.monotonic() + self.PEERS_WAIT_S
         while time.monotonic() < deadline:
-            if sum(1 for status in hub.peers().values() if status.alive) >= count:
+            if sum(1 for status in hub.peers(pump=False).values() if status.alive) >= count:
                 return
             time.sleep(0.1)
-        logger.warning("only %d of %d sensors/actuators reached the bridge",
-                       sum(1 for s in hub.peers().values() if s.alive), count)
+        logger.warning("only %d of %d host programs reached the bridge",
+                       sum(1 for s in hub.peers(pump=False).values() if s.alive), count)
 
     def _arrays(self, observations: dict[str, Any]) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
         m = self.model

@@ -53,7 +53,7 @@ def bench(name: str, episodes: int, pace: str, policy_name: str) -> dict[str, fl
         service = BridgeService(scenario, hub, emulated.referee, agents, step_period_s=period)
         with BridgeThread(service):
             deadline = time.monotonic() + 30
-            while (sum(s.heard for s in hub.peers().values()) < len(hub.expected)
+            while (sum(s.heard for s in hub.peers(pump=False).values()) < len(hub.expected)
                    and time.monotonic() < deadline):
                 time.sleep(0.05)
             env = EmulatedRange(scenario, agents, run_id=emulated.run_id)

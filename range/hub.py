@@ -465,8 +465,12 @@ class HostHub:
             return self._subnet_route.get(command.subnet)
         return None
 
-    def peers(self) -> dict[str, PeerStatus]:
-        self.pump(0.0)
+    def peers(self, pump: bool = True) -> dict[str, PeerStatus]:
+        """Every program the hub knows, with `alive` up to date. `pump=False` touches no
+        socket: for another thread than the one serving the hub (ZeroMQ sockets are not
+        thread-safe), which then sees what the serving thread last handled."""
+        if pump:
+            self.pump(0.0)
         now = time.monotonic()
         for status in self._peers.values():
             status.alive = self._is_alive(status, now)

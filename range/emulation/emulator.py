@@ -47,7 +47,7 @@ from cyberdial.range.emulation.plan import (
 )
 from cyberdial.range.emulation.programs.payloads import icmp_echo_request
 from cyberdial.range.emulation.referee import Referee
-from cyberdial.range.emulation.state import KILL_WAIT_S, ProcessRecord, RunState, kill_all, teardown
+from cyberdial.range.emulation.state import ProcessRecord, RunState, kill_all, teardown
 from cyberdial.range.errors import HostCommandError, NotRootError
 from cyberdial.range.hub import HostHub
 from cyberdial.range.scenario import Scenario
@@ -587,43 +587,30 @@ class Range:
     def reset_episode(self, seed: int | None = None) -> float:
         """Put the range back at step 0 for a new episode; returns the seconds it took.
 
-        Red is stopped (by PID); every host goes back to its golden state: its guest
-        processes are killed (implants, and any shell a person opened there), its
-        files reset, its services restarted and its link up; the router's blocked set
-        is emptied and the actuators drop their decoys. Then the step clock starts
-        again and a new red (seeded with `seed`) begins the kill chain from its entry
-        host. Returns once every service listens again, like `up()`.
+        Every host goes back to its golden state: its guest processes are killed
+        (red's implants, and any shell a person opened there), its files reset, its
+        services restarted and its link up; the router's blocked set is emptied and
+        the actuators drop their decoys. The episode's seed goes to the episode file:
+        red (the same process: no second start of Python and scapy) begins the kill
+        chain again from its entry host, seeded with it, at its first tick of the new
+        episode. Returns once every service listens again, like `up()`.
         """
         if self.state is None or not self.t0:
             raise RuntimeError("the range is not up")
         started = time.monotonic()
-        self._stop_red()
         self._restore_all_hosts()
-        self.plan.episode_file.write_text(f"{time.time()!r}\n", encoding="utf-8")
+        # Red (like every program) starts the new episode at its first tick of it, with
+        # this seed; its implants died with the hosts' guest processes.
+        episode_seed = self.seed if seed is None else seed
+        self.plan.episode_file.write_text(f"{time.time()!r} {episode_seed}\n", encoding="utf-8")
         self._wait_services(time.monotonic() + READY_TIMEOUT_S)
         self.t0 = time.time()
         self.step = 0
         self.episode += 1
         self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
-        if "red" in self._roles:
-            episode_seed = self.seed if seed is None else seed
-            self._start("red", "red", ["--seed", str(episode_seed)])
-            self._save()
-            self._wait_program_ready("red", time.monotonic() + READY_TIMEOUT_S)
         took = time.monotonic() - started
         logger.info("range %s reset for a new episode in %.1f s", self.run_id, took)
         return took
-
-    def _stop_red(self) -> None:
-        assert self.state is not None
-        reds = [p for p in self.state.programs if p.role == "red"]
-        kill_all(reds)
-        for index in reversed(range(len(self._program_names))):
-            if self._program_names[index] == "red":
-                self._popens[index].wait(timeout=KILL_WAIT_S)
-                del self._popens[index], self._program_names[index]
-        self.state.programs = [p for p in self.state.programs if p.role != "red"]
-        (self.run_dir / "ready" / "red").unlink(missing_ok=True)
 
     def _restore_all_hosts(self) -> None:
         # A host's own processes (its namespace holder; a container image's daemons) stay.
@@ -652,18 +639,6 @@ class Range:
         while deaf := self._services_not_listening():
             if time.monotonic() > deadline:
                 raise HostCommandError(f"services did not come back after the reset: {deaf[:5]}")
-            time.sleep(0.05)
-
-    def _wait_program_ready(self, name: str, deadline: float) -> None:
-        index = self._program_names.index(name)
-        while not (self.run_dir / "ready" / name).exists():
-            popen = self._popens[index]
-            if popen.poll() is not None:
-                raise HostCommandError(
-                    f"program {name} exited with status {popen.returncode}: see"
-                    f" {self.logs_dir / (name + '.log')}")
-            if time.monotonic() > deadline:
-                raise HostCommandError(f"{name} not ready after the reset")
             time.sleep(0.05)
 
     def _close_mininet(self) -> None:

@@ -112,10 +112,16 @@ class Green:
         ports = self.plan.scan_ports[:ADMIN_SCAN_PORTS]
 
         async def probe(port: int) -> None:
+            # A connect scan: the handshake (or its refusal) is all it waits for.
+            sock = socket_in(self.plan.host_pids[admin.name])
+            sock.setblocking(False)
             try:
-                await asyncio.wait_for(self.exchange(admin, target.ip, port, b""), 0.3)
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().sock_connect(sock, (target.ip, port)), 0.3)
             except (TimeoutError, OSError):
                 pass
+            finally:
+                sock.close()
 
         await asyncio.gather(*(probe(p) for p in ports))
 

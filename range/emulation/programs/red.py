@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,32 +43,26 @@ EXPLOIT_TIMEOUT_S = 2.0
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 
+def episode_seed(path: Path, default: int) -> int:
+    """The seed the controller wrote for this episode (`<time> <seed>`), else `default`."""
+    try:
+        words = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return default
+    return int(words[1]) if len(words) > 1 and words[1].lstrip("-").isdigit() else default
+
+
 class Red:
     def __init__(self, program: Program, seed: int) -> None:
         self.program = program
+        self.seed = seed
         plan = self.plan = program.plan
         self.scenario = Scenario.model_validate_json(
             (plan.root / "scenario.json").read_text(encoding="utf-8"))
         self.model = GameModel(self.scenario)
-        m = self.model
-        self.rng = np.random.default_rng(seed)
-        self.compromise = np.zeros(m.n_hosts, dtype=np.int8)
-        self.impacted = np.zeros(m.n_hosts, dtype=bool)
-        self.discovered = np.zeros(m.n_hosts, dtype=bool)
-        self.scanned = np.zeros(m.n_hosts, dtype=bool)
-        self.swept = np.zeros(m.n_subnets, dtype=bool)
-        self.silent_until = np.zeros(m.n_subnets, dtype=np.int64)  # believed blocked
-        self.implants: dict[int, int] = {}  # host index -> implant pid
         self.children: list[subprocess.Popen[bytes]] = []
-        self.wait = self.scenario.red.start_delay
-        if self.scenario.red.start_jitter:
-            # As the simulator: an extra start delay drawn once per episode (run).
-            self.wait += int(self.rng.integers(0, self.scenario.red.start_jitter + 1))
-        # The action under way and the steps until it takes effect, as in the simulator:
-        # chosen at step t, a d-step action acts at step t + d - 1.
-        self.timer = 0
-        self.pending: tuple[RedActionKind, int] | None = None
-        self.step = 0
+        self.episode: int | None = None  # the step clock's episode this red plays
+        self.begin_episode(seed)
         red = self.scenario.red
         self.durations = {
             RedActionKind.SWEEP: red.durations.sweep, RedActionKind.SCAN: red.durations.scan,
@@ -78,6 +73,27 @@ class Red:
         # How long an unanswered probe is waited for: the range is one machine, so
         # answers take milliseconds; this is only paid on paths that drop (blocked).
         self.timeout = PROBE_TIMEOUT_S
+
+    def begin_episode(self, seed: int) -> None:
+        """Red at step 0: no foothold, nothing learnt, its random stream seeded afresh."""
+        m = self.model
+        self.rng = np.random.default_rng(seed)
+        self.compromise = np.zeros(m.n_hosts, dtype=np.int8)
+        self.impacted = np.zeros(m.n_hosts, dtype=bool)
+        self.discovered = np.zeros(m.n_hosts, dtype=bool)
+        self.scanned = np.zeros(m.n_hosts, dtype=bool)
+        self.swept = np.zeros(m.n_subnets, dtype=bool)
+        self.silent_until = np.zeros(m.n_subnets, dtype=np.int64)  # believed blocked
+        self.implants: dict[int, int] = {}  # host index -> implant pid
+        self.wait = self.scenario.red.start_delay
+        if self.scenario.red.start_jitter:
+            # As the simulator: an extra start delay drawn once per episode (run).
+            self.wait += int(self.rng.integers(0, self.scenario.red.start_jitter + 1))
+        # The action under way and the steps until it takes effect, as in the simulator:
+        # chosen at step t, a d-step action acts at step t + d - 1.
+        self.timer = 0
+        self.pending: tuple[RedActionKind, int] | None = None
+        self.step = 0
 
     # ---------------------------------------------------------- helpers
 
@@ -321,6 +337,11 @@ class Red:
         """Red's move of one step of the bridge's clock."""
         if tick.step < 0:
             return
+        if tick.episode != self.episode:
+            # A new episode: the controller reset every host (our implants are gone);
+            # it wrote the episode's seed (`RangePlan.episode_file`).
+            self.begin_episode(episode_seed(self.plan.episode_file, self.seed))
+            self.episode = tick.episode
         self.step = tick.step
         try:
             self.act()
@@ -337,9 +358,19 @@ class Red:
             child.poll()
 
 
+def load_scapy() -> None:
+    """Import scapy before saying ready: its first import reads every interface of the
+    root namespace (seconds on a loaded machine with a range's veths), which would
+    otherwise stall red's first sweep, and with it that step of the episode."""
+    import scapy.layers.inet
+    import scapy.sendrecv
+    import scapy.supersocket  # noqa: F401
+
+
 def main() -> int:
     program = Program("red", "red's kill chain, for real", subnet=False,
                       extra=[("--seed", {"type": int, "default": 0})], keyed=True)
+    load_scapy()
     Red(program, program.args.seed).run()
     return 0
 
