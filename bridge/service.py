@@ -56,11 +56,17 @@ from cyberdial.bridge.protocol import (
     encode,
 )
 from cyberdial.bridge.referee import Measurement, Referee
+from cyberdial.range.blue import (
+    advance_timers,
+    global_state,
+    learn_alerts,
+    learn_analysed,
+    learn_blocked,
+    learn_restored,
+)
 from cyberdial.range.hub import PHASE_DEADLINE_S, PUMP_BATCH, HostHub, configure_socket
 from cyberdial.range.model import (
-    ACTIVITY_BITS,
     ALERT_ACTIVITY,
-    COMPROMISE_BITS,
     ActionKind,
     Activity,
     BlueAction,
@@ -88,6 +94,8 @@ DRIVER_IDLE_S = 120.0
 CLIENT_IDLE_S = 120.0
 _COMPROMISE_CODE = {"clean": Compromise.CLEAN, "none": Compromise.CLEAN,
                     "user": Compromise.USER, "privileged": Compromise.PRIVILEGED}
+# The bridge's one environment, as an index array for the batch-shaped `range.blue` rules.
+_FIRST = np.zeros(1, dtype=np.int64)
 _OBSERVED_CODE = {"none": Observed.NONE, "user": Observed.USER, "privileged": Observed.PRIVILEGED}
 
 
@@ -539,16 +547,15 @@ class BridgeService:
         )
 
     def _advance_blue(self, chosen: NDArray[np.int64]) -> list[tuple[int, BlueAction]]:
-        """Durations as in `SimBatch._blue_step`: a busy agent continues; done ones act."""
+        """Blue's timers (`range.blue`, as the simulator's): a busy agent continues; done
+        ones act."""
         m = self.model
-        agents = np.arange(m.n_agents)
-        idle = self.timer == 0
-        self.pending = np.where(idle, chosen, self.pending)
-        self.timer = np.where(idle, m.action_duration[agents, self.pending], self.timer)
+        pending, timer, finished = advance_timers(m, chosen[None], self.pending[None],
+                                                  self.timer[None])
+        self.pending, self.timer = pending[0], timer[0]
         self.last_action[0] = self.pending
-        self.timer -= 1
         done: list[tuple[int, BlueAction]] = []
-        for index in np.flatnonzero(self.timer == 0):
+        for index in np.flatnonzero(finished[0]):
             action = m.agents[index].actions[int(self.pending[index])]
             if action.kind != ActionKind.SLEEP:
                 done.append((int(index), action))
@@ -577,16 +584,19 @@ class BridgeService:
         return failed, restores
 
     def _apply_result(self, action: BlueAction, result: CommandResult) -> int:
-        index = self.scenario.host_index
+        """What blue learns from a result: the simulator's rules (`range.blue`) on real data."""
+        index, first = self.scenario.host_index, _FIRST
         if action.kind == ActionKind.ANALYSE and action.host is not None:
             if result.compromise is not None:
-                self.observed[0, index[action.host]] = _OBSERVED_CODE[result.compromise]
+                learn_analysed(self.observed, first, np.array([index[action.host]]),
+                               np.array([_OBSERVED_CODE[result.compromise]], dtype=np.int8))
         elif action.kind == ActionKind.RESTORE and action.host is not None:
-            self.observed[0, index[action.host]] = Observed.NONE
+            learn_restored(self.observed, first, np.array([index[action.host]]))
             return 1
         elif action.kind in (ActionKind.BLOCK, ActionKind.UNBLOCK) and action.subnet is not None:
-            self.blocked[0, self.scenario.subnet_index[action.subnet]] = (
-                action.kind == ActionKind.BLOCK)
+            learn_blocked(self.blocked, first,
+                          np.array([self.scenario.subnet_index[action.subnet]]),
+                          action.kind == ActionKind.BLOCK)
         return 0
 
     def _collect_alerts(self, window_end: float) -> list[Alert]:
@@ -617,8 +627,7 @@ class BridgeService:
             if self._host_agent[h] >= 0:
                 per_agent[self._host_agent[h]] += 1
         # An exploit seen on a host blue believes clean makes it "unknown", as in the sim.
-        seen = (self.activity == Activity.EXPLOIT) & (self.observed == Observed.NONE)
-        self.observed[seen] = Observed.UNKNOWN
+        learn_alerts(self.activity, self.observed)
         return per_agent
 
     def _measure(self) -> Measurement:
@@ -664,15 +673,11 @@ class BridgeService:
         return {name: float(value[0]) for name, value in terms.items()}
 
     def state(self) -> NDArray[np.float32]:
-        """The global state in `SimBatch.state()`'s layout, from the referee's ground truth."""
+        """The global state in `SimBatch.state()`'s layout (`range.blue.global_state`), from
+        the referee's ground truth."""
         compromise, impacted, decoy, down = self._truth_arrays()
-        per_host = np.concatenate(
-            [np.eye(3, dtype=np.float32)[compromise], impacted[..., None], decoy[..., None],
-             down[..., None], ACTIVITY_BITS[self.activity], COMPROMISE_BITS[self.observed]],
-            axis=2, dtype=np.float32).reshape(1, -1)
-        progress = np.full((1, 1), self.step / self.scenario.episode_length, dtype=np.float32)
-        return np.concatenate([per_host, self.blocked, self.messages.reshape(1, -1), progress],
-                              axis=1, dtype=np.float32)[0]
+        return global_state(self.model, self.step, compromise, impacted, decoy, down,
+                            self.activity, self.observed, self.blocked, self.messages)[0]
 
     def _observation_batch(self, outcome: dict[str, Any] | None) -> ObservationBatch:
         m = self.model
