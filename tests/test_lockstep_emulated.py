@@ -7,12 +7,16 @@ emulated range must do the same by construction (the bridge's step clock), not b
 timing luck. Both tests play tiny with every exploit detectable and green's false
 positives off, so the exploit bits agents see must be exactly red's exploits.
 
-The emulated test needs root and mnexec; it plays as fast as the hosts allow, on
-whatever load the machine carries, until red made 100 exploits.
+The emulated tests need root and mnexec; they play as fast as the hosts allow, on
+whatever load the machine carries (the first until red made 100 exploits). The
+last stops a sensor (SIGSTOP) mid-episode: it is named late, then dead, and the
+episode goes on.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ from test_bridge_support import wait_for
 
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.bridge.service import BridgeService, BridgeThread, StepLog
+from cyberdial.range.hub import PHASE_DEADLINE_S
 from cyberdial.range.model import GameModel, RedActionKind
 from cyberdial.range.scenario import Scenario, load_scenario
 from cyberdial.range.sim import SimBatch
@@ -127,3 +132,56 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
     assert exploits >= EXPLOITS, f"red made only {exploits} exploits in {MAX_EPISODES} episodes"
     assert mismatches == [], mismatches
     assert late == set()
+
+
+@pytest.mark.root
+@pytest.mark.mininet
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_stopped_sensor_is_named_late_then_dead_and_the_episode_goes_on() -> None:
+    from cyberdial.range.emulation.emulator import Range
+
+    scenario = load_scenario("tiny")
+    model = GameModel(scenario)
+    with Range(scenario, hub=False) as emulated, \
+            tempfile.TemporaryDirectory(dir="/tmp", prefix="cdl") as folder:
+        assert emulated.referee is not None and emulated.state is not None
+        hub = emulated.new_hub()
+        agents = f"ipc://{Path(folder) / 'agents'}"
+        service = BridgeService(scenario, hub, emulated.referee, agents, step_period_s=0.0)
+        sensor = next(p for p in emulated.state.programs if p.name == "sensor-user")
+        with BridgeThread(service):
+            wait_for(lambda: sum(s.heard for s in hub._peers.values()) >= len(hub.expected),
+                     timeout_s=30)
+            env = EmulatedRange(scenario, agents, run_id=emulated.run_id)
+            sleep = {name: 0 for name in model.agent_names}
+            try:
+                env.reset(seed=0)
+                env.step(sleep)
+                os.kill(sensor.pid, signal.SIGSTOP)  # alive a moment ago: it is waited for
+                try:
+                    started = time.monotonic()
+                    _, _, _, _, infos = env.step(sleep)
+                    took = time.monotonic() - started
+                    late = infos[model.agent_names[0]]["late_peers"]
+                    assert late == ("sensor-user",) and took >= PHASE_DEADLINE_S["close"]
+                    # Silent past the liveness span: dead, no longer waited for.
+                    time.sleep(2 * hub.heartbeat_interval_s * hub.liveness)
+                    started = time.monotonic()
+                    _, _, _, _, infos = env.step(sleep)
+                    info = infos[model.agent_names[0]]
+                    assert "sensor-user" in info["dead_peers"] and info["late_peers"] == ()
+                    assert time.monotonic() - started < PHASE_DEADLINE_S["close"]
+                finally:
+                    os.kill(sensor.pid, signal.SIGCONT)
+                # Back: it closes steps again, and the episode plays to its end.
+                deadline = time.monotonic() + 30
+                steps = 3
+                while env.agents and time.monotonic() < deadline:
+                    _, _, _, _, infos = env.step(sleep)
+                    steps += 1
+                info = infos[model.agent_names[0]]
+                assert steps == scenario.episode_length
+                assert info["dead_peers"] == () and info["late_peers"] == ()
+            finally:
+                env.close()
