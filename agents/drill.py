@@ -116,7 +116,6 @@ class EmulatedDrillRange:
     """
 
     kind = "emulated"
-    PEERS_WAIT_S = 20.0
     LOG_WAIT_S = 10.0
 
     def __init__(
@@ -136,28 +135,16 @@ class EmulatedDrillRange:
 
     def __enter__(self) -> EmulatedDrillRange:
         # Imported here: the emulator needs root and Mininet; sim drills need neither.
-        from cyberdial.bridge.env import EmulatedRange
-        from cyberdial.bridge.service import BridgeService, BridgeThread
-        from cyberdial.range.emulation.emulator import Range
+        from cyberdial.bridge.lab import emulated_lab
 
-        scenario = self.model.scenario
         try:
             capture_dir = self.workdir / PCAP_DIR if self.pcap_limits is not None else None
-            emulated = self._stack.enter_context(
-                Range(scenario, hub=False, capture_dir=capture_dir,
-                      capture_limits=self.pcap_limits)
-            )
-            self.run_id = emulated.run_id
-            hub = emulated.new_hub()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            endpoint = f"ipc://{self.workdir.resolve() / f'agents-{emulated.run_id}.sock'}"
-            service = BridgeService(scenario, hub, emulated.referee, endpoint,
-                                    step_period_s=self.step_period_s)
-            service.step_log = self._logs.put
-            self._stack.enter_context(BridgeThread(service))
-            self._wait_for_peers(hub, len(hub.expected))
-            self.env = EmulatedRange(scenario, endpoint, run_id=emulated.run_id)
-            self._stack.callback(self.env.close)
+            lab = self._stack.enter_context(emulated_lab(
+                self.model.scenario, self.workdir, step_period_s=self.step_period_s,
+                step_log=self._logs.put, capture_dir=capture_dir,
+                capture_limits=self.pcap_limits))
+            self.run_id = lab.run_id
+            self.env = lab.env
         except BaseException:
             self._stack.close()
             raise
@@ -165,16 +152,6 @@ class EmulatedDrillRange:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
-
-    def _wait_for_peers(self, hub: Any, count: int) -> None:
-        # The bridge's thread serves the hub: look without touching its sockets.
-        deadline = time.monotonic() + self.PEERS_WAIT_S
-        while time.monotonic() < deadline:
-            if sum(1 for status in hub.peers(pump=False).values() if status.alive) >= count:
-                return
-            time.sleep(0.1)
-        logger.warning("only %d of %d host programs reached the bridge",
-                       sum(1 for s in hub.peers(pump=False).values() if s.alive), count)
 
     def _arrays(self, observations: dict[str, Any]) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
         m = self.model

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,61 +27,46 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import describe_machine
 
+from cyberdial.bridge.lab import emulated_lab
 from cyberdial.commands.drill import resolve_policy
-from cyberdial.bridge.env import EmulatedRange
-from cyberdial.bridge.service import BridgeService, BridgeThread
-from cyberdial.range.emulation.emulator import Range
 from cyberdial.range.scenario import load_scenario
 
 
 def bench(name: str, episodes: int, pace: str, policy_name: str) -> dict[str, float]:
     scenario = load_scenario(name)
     period = scenario.step_period if pace == "scenario" else float(pace)
-    policy, model = resolve_policy(policy_name, scenario, 0)
+    policy, _ = resolve_policy(policy_name, scenario, 0)
     started = time.monotonic()
     resets: list[float] = []
     plays: list[float] = []
     steps: list[float] = []
     late = dead = 0
-    with Range(scenario, hub=False) as emulated, \
-            tempfile.TemporaryDirectory(dir="/tmp", prefix="cde") as folder:
+    with emulated_lab(scenario, step_period_s=period) as lab:
         up_s = time.monotonic() - started
-        assert emulated.referee is not None
-        hub = emulated.new_hub()
-        agents = f"ipc://{Path(folder) / 'agents'}"
-        service = BridgeService(scenario, hub, emulated.referee, agents, step_period_s=period)
-        with BridgeThread(service):
-            deadline = time.monotonic() + 30
-            while (sum(s.heard for s in hub.peers(pump=False).values()) < len(hub.expected)
-                   and time.monotonic() < deadline):
-                time.sleep(0.05)
-            env = EmulatedRange(scenario, agents, run_id=emulated.run_id)
-            m = env.model
-            try:
-                for episode in range(episodes):
-                    t0 = time.monotonic()
-                    observations, _ = env.reset(seed=episode)
-                    policy.reset(1)
-                    t1 = time.monotonic()
-                    while env.agents:
-                        obs = np.zeros((1, m.n_agents, m.max_obs), dtype=np.float32)
-                        masks = np.zeros((1, m.n_agents, m.max_actions), dtype=np.int8)
-                        for a in m.agents:
-                            obs[0, a.index, : a.obs_size] = observations[a.name]["observation"]
-                            masks[0, a.index, : a.n_actions] = observations[a.name]["action_mask"]
-                        chosen, bits = policy.act(obs, masks)
-                        s0 = time.monotonic()
-                        observations, _, _, _, infos = env.step(
-                            {a.name: int(chosen[0, a.index]) for a in m.agents},
-                            {a.name: bits[0, a.index] for a in m.agents})
-                        steps.append(time.monotonic() - s0)
-                        info = infos[m.agent_names[0]]
-                        late += bool(info["late_peers"])
-                        dead += bool(info["dead_peers"])
-                    resets.append(t1 - t0)
-                    plays.append(time.monotonic() - t1)
-            finally:
-                env.close()
+        env = lab.env
+        m = env.model
+        for episode in range(episodes):
+            t0 = time.monotonic()
+            observations, _ = env.reset(seed=episode)
+            policy.reset(1)
+            t1 = time.monotonic()
+            while env.agents:
+                obs = np.zeros((1, m.n_agents, m.max_obs), dtype=np.float32)
+                masks = np.zeros((1, m.n_agents, m.max_actions), dtype=np.int8)
+                for a in m.agents:
+                    obs[0, a.index, : a.obs_size] = observations[a.name]["observation"]
+                    masks[0, a.index, : a.n_actions] = observations[a.name]["action_mask"]
+                chosen, bits = policy.act(obs, masks)
+                s0 = time.monotonic()
+                observations, _, _, _, infos = env.step(
+                    {a.name: int(chosen[0, a.index]) for a in m.agents},
+                    {a.name: bits[0, a.index] for a in m.agents})
+                steps.append(time.monotonic() - s0)
+                info = infos[m.agent_names[0]]
+                late += bool(info["late_peers"])
+                dead += bool(info["dead_peers"])
+            resets.append(t1 - t0)
+            plays.append(time.monotonic() - t1)
     steps.sort()
     return {
         "hosts": len(scenario.all_hosts), "length": scenario.episode_length, "period": period,
