@@ -82,7 +82,7 @@ def test_router_rules_follow_flows() -> None:
     assert "ip saddr 10.1.0.0/24 ip daddr 10.1.1.0/24 accept" in rules  # user -> dmz
     assert "ip saddr 10.1.0.0/24 ip daddr 10.1.3.0/24 accept" not in rules  # user -> operational
     # Blocks come before established traffic, so a block also cuts live sessions.
-    assert rules.index("@blocked drop") < rules.index("established")
+    assert rules.index("@blocked reject") < rules.index("established")
 
 
 def test_run_ids_are_checked() -> None:

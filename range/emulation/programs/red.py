@@ -196,7 +196,9 @@ class Red:
                                  timeout=self.timeout, verbose=0, threaded=False)
         finally:
             sock.close()
-        alive = {received[IP].src for _, received in answered}
+        # Echo replies only (the router refuses a blocked path with an ICMP error).
+        alive = {received[IP].src for _, received in answered
+                 if received.haslayer(ICMP) and received[ICMP].type == 0}
         for h in targets:
             if h.ip in alive:
                 self.discovered[h.index] = True
@@ -227,15 +229,18 @@ class Red:
             answered, _ = sndrcv(sock, probes, timeout=self.timeout, verbose=0, threaded=False)
         finally:
             sock.close()
+        # Only the target's own answers: the router refuses a blocked path with ICMP.
+        replies = [(sent, received) for sent, received in answered
+                   if received[IP].src == target.ip and received.haslayer(TCP)]
         open_ports = sorted(
-            int(sent[TCP].dport) for sent, received in answered
-            if received.haslayer(TCP) and int(received[TCP].flags) & 0x12 == 0x12
+            int(sent[TCP].dport) for sent, received in replies
+            if int(received[TCP].flags) & 0x12 == 0x12
         )
-        if answered:
+        if replies:
             self.scanned[index] = True
         elif subnet != self.model.host_subnet[source]:
             self.silent_until[subnet] = self.step + max(self.scenario.red.reentry_delay, 1)
-        self.log("scan", target.name, bool(answered), f"open ports {open_ports}", src.name)
+        self.log("scan", target.name, bool(replies), f"open ports {open_ports}", src.name)
 
     def exploit(self, index: int) -> None:
         target = self.host(index)
