@@ -116,14 +116,17 @@ class EmulatedDrillRange:
     """
 
     kind = "emulated"
-    PEERS_WAIT_S = 20.0
     LOG_WAIT_S = 10.0
 
     def __init__(
-        self, model: GameModel, workdir: Path, pcap_limits: CaptureLimits | None = None
+        self, model: GameModel, workdir: Path, pcap_limits: CaptureLimits | None = None,
+        step_period_s: float | None = None,
     ) -> None:
         self.model = model
         self.workdir = workdir
+        # The least a step lasts (the bridge's pace): None for the scenario's step period,
+        # a drill people watch; 0 steps as fast as the hosts allow (validation).
+        self.step_period_s = step_period_s
         # With limits, every subnet bridge is captured to <workdir>/pcap/ (see capture.py).
         self.pcap_limits = pcap_limits
         self._logs: queue.Queue[Any] = queue.Queue()
@@ -132,27 +135,16 @@ class EmulatedDrillRange:
 
     def __enter__(self) -> EmulatedDrillRange:
         # Imported here: the emulator needs root and Mininet; sim drills need neither.
-        from cyberdial.bridge.env import EmulatedRange
-        from cyberdial.bridge.service import BridgeService, BridgeThread
-        from cyberdial.range.emulation.emulator import Range
+        from cyberdial.bridge.lab import emulated_lab
 
-        scenario = self.model.scenario
         try:
             capture_dir = self.workdir / PCAP_DIR if self.pcap_limits is not None else None
-            emulated = self._stack.enter_context(
-                Range(scenario, hub=False, capture_dir=capture_dir,
-                      capture_limits=self.pcap_limits)
-            )
-            self.run_id = emulated.run_id
-            hub = emulated.new_hub()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            endpoint = f"ipc://{self.workdir.resolve() / f'agents-{emulated.run_id}.sock'}"
-            service = BridgeService(scenario, hub, emulated.referee, endpoint)
-            service.step_log = self._logs.put
-            self._stack.enter_context(BridgeThread(service))
-            self._wait_for_peers(hub, 2 * len(scenario.subnets))
-            self.env = EmulatedRange(scenario, endpoint, run_id=emulated.run_id)
-            self._stack.callback(self.env.close)
+            lab = self._stack.enter_context(emulated_lab(
+                self.model.scenario, self.workdir, step_period_s=self.step_period_s,
+                step_log=self._logs.put, capture_dir=capture_dir,
+                capture_limits=self.pcap_limits))
+            self.run_id = lab.run_id
+            self.env = lab.env
         except BaseException:
             self._stack.close()
             raise
@@ -160,15 +152,6 @@ class EmulatedDrillRange:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
-
-    def _wait_for_peers(self, hub: Any, count: int) -> None:
-        deadline = time.monotonic() + self.PEERS_WAIT_S
-        while time.monotonic() < deadline:
-            if sum(1 for status in hub.peers().values() if status.alive) >= count:
-                return
-            time.sleep(0.1)
-        logger.warning("only %d of %d sensors/actuators reached the bridge",
-                       sum(1 for s in hub.peers().values() if s.alive), count)
 
     def _arrays(self, observations: dict[str, Any]) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
         m = self.model

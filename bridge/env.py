@@ -131,7 +131,8 @@ class EmulatedRange(ParallelEnv):
             self.close()
             raise
         if timeout_s is None:
-            self._timeout_s = 2 * self.welcome.step_period_s + REPLY_MARGIN_S
+            self._timeout_s = (2 * self.welcome.step_period_s + self.welcome.step_deadline_s
+                               + REPLY_MARGIN_S)
 
     @classmethod
     def attach(cls, run_id: str, *, runs_root: Path | None = None, **options: Any) -> EmulatedRange:

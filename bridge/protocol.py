@@ -115,6 +115,9 @@ class Welcome(_Message):
     message_bits: Annotated[int, Field(ge=0, le=MAX_MESSAGE_BITS)]
     episode_length: Annotated[int, Field(ge=1)]
     step_period_s: Annotated[float, Field(ge=0.0)]
+    # How much longer than its period a step may take: the step clock's deadlines for
+    # late programs, and commands' timeout (0: the bridge keeps no clock).
+    step_deadline_s: Annotated[float, Field(ge=0.0)] = 0.0
     heartbeat_interval_s: Annotated[float, Field(gt=0.0)]
     liveness: Annotated[int, Field(ge=1)]
     state_size: Annotated[int, Field(ge=0)]
@@ -160,6 +163,10 @@ class AgentInfo(_Message):
         default=(), description="this step's failed commands: 'label: detail'"
     )
     alerts: int = Field(default=0, description="alerts about this agent's hosts this step")
+    late_peers: tuple[Identifier, ...] = Field(
+        default=(), description="programs (red, green, sensors, actuators) that did not finish"
+        " their part of this step before its deadline: their later alerts count next step"
+    )
 
 
 class ObservationBatch(_Message):

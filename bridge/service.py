@@ -56,11 +56,17 @@ from cyberdial.bridge.protocol import (
     encode,
 )
 from cyberdial.bridge.referee import Measurement, Referee
-from cyberdial.range.hub import PUMP_BATCH, HostHub, configure_socket
+from cyberdial.range.blue import (
+    advance_timers,
+    global_state,
+    learn_alerts,
+    learn_analysed,
+    learn_blocked,
+    learn_restored,
+)
+from cyberdial.range.hub import PHASE_DEADLINE_S, PUMP_BATCH, HostHub, configure_socket
 from cyberdial.range.model import (
-    ACTIVITY_BITS,
     ALERT_ACTIVITY,
-    COMPROMISE_BITS,
     ActionKind,
     Activity,
     BlueAction,
@@ -77,6 +83,8 @@ BRIDGE_SENDER = "bridge"
 # Share of the step period that commands may take before they count as timed out;
 # the rest of the window is for the alerts their effects (and red) cause.
 COMMAND_SHARE = 0.5
+# With a step clock a step lasts what the hosts take: commands get this long.
+CLOCK_COMMAND_TIMEOUT_S = 5.0
 # Agent clients remembered at once; one drives a bridge, a few may watch or retry.
 MAX_CLIENTS = 64
 # A driving client silent this long (seconds) no longer holds the episode: another may
@@ -86,6 +94,8 @@ DRIVER_IDLE_S = 120.0
 CLIENT_IDLE_S = 120.0
 _COMPROMISE_CODE = {"clean": Compromise.CLEAN, "none": Compromise.CLEAN,
                     "user": Compromise.USER, "privileged": Compromise.PRIVILEGED}
+# The bridge's one environment, as an index array for the batch-shaped `range.blue` rules.
+_FIRST = np.zeros(1, dtype=np.int64)
 _OBSERVED_CODE = {"none": Observed.NONE, "user": Observed.USER, "privileged": Observed.PRIVILEGED}
 
 
@@ -147,9 +157,18 @@ class BridgeService:
     `step_log`, if set, is called in the serving thread with a `StepLog` after
     every step and before its reply is sent (drills record ground truth with it).
 
-    `step_period_s` defaults to the scenario's; 0 means "do not wait": each step
-    uses whatever alerts arrived (benchmarks and fast tests). Commands get
-    `command_timeout_s` (default half a step period, at least 50 ms).
+    With a hub that keeps the step clock (`HostHub.has_clock`, the emulated range's),
+    a step is lockstep: blue's commands, then red's and green's moves (the "act"
+    phase), then every sensor closes the step ("close"); the observation holds
+    exactly the alerts of that step, whatever the pace. `step_period_s` (default the
+    scenario's) is then the least a step lasts, the pace of a watched drill; 0 steps as
+    fast as the hosts allow (validation, evaluation). Commands get `command_timeout_s`
+    (default the larger of half a period and 5 s).
+
+    Without a clock (simulator-backed hosts), a step is a window of `step_period_s`
+    from the actions' arrival; 0 means "do not wait": each step uses whatever alerts
+    arrived (benchmarks and fast tests). Commands get `command_timeout_s` (default
+    half a step period, at least 50 ms).
     """
 
     def __init__(
@@ -172,8 +191,9 @@ class BridgeService:
         self.run_id = hub.run_id
         self.agent_endpoint = agent_endpoint
         self.step_period_s = scenario.step_period if step_period_s is None else step_period_s
+        floor = CLOCK_COMMAND_TIMEOUT_S if hub.has_clock else 0.05
         self.command_timeout_s = (
-            max(COMMAND_SHARE * self.step_period_s, 0.05) if command_timeout_s is None
+            max(COMMAND_SHARE * self.step_period_s, floor) if command_timeout_s is None
             else command_timeout_s
         )
         self.curve = curve
@@ -412,7 +432,8 @@ class BridgeService:
             agents=tuple(AgentSpec(name=a.name, obs_size=a.obs_size, n_actions=a.n_actions,
                                    actions=tuple(x.label for x in a.actions)) for a in m.agents),
             message_bits=m.message_bits, episode_length=self.scenario.episode_length,
-            step_period_s=self.step_period_s, heartbeat_interval_s=self.hub.heartbeat_interval_s,
+            step_period_s=self.step_period_s, step_deadline_s=self.step_deadline_s,
+            heartbeat_interval_s=self.hub.heartbeat_interval_s,
             liveness=self.hub.liveness, state_size=m.state_size, session=session,
         )
 
@@ -436,6 +457,13 @@ class BridgeService:
             # Time to serve a step beyond its window: what benchmarks call the bridge overhead.
             self.step_seconds.append(time.perf_counter() - started - self.step_period_s)
 
+    @property
+    def step_deadline_s(self) -> float:
+        """How much longer than `step_period_s` a step may take (late programs, slow commands)."""
+        if not self.hub.has_clock:
+            return 0.0
+        return self.command_timeout_s + sum(PHASE_DEADLINE_S.values())
+
     # --------------------------------------------------------- the game
 
     def _reset_state(self) -> None:
@@ -458,8 +486,11 @@ class BridgeService:
         if callable(reset):
             reset(seed)
         self._reset_state()
-        self.hub.poll_alerts(0.0)  # alerts from before this episode are not its activity
         self.episode += 1
+        # Alerts from before this episode are not its activity: with a clock, every
+        # sensor first closes the time before step 0 (the reset's own noise).
+        self.hub.run_phase("close", episode=self.episode, step=-1)
+        self.hub.poll_alerts(0.0)
         self.step = 0
         self.hub.step = 0
         self._started = True
@@ -484,8 +515,18 @@ class BridgeService:
         action_costs = self._action_costs(finished)
         failed, restores = self._execute(finished)
 
-        # The step window: alerts that arrive until it closes are this step's activity.
-        alerts = self._collect_alerts(started + self.step_period_s)
+        late: tuple[str, ...] = ()
+        if self.hub.has_clock:
+            # Lockstep: red and green move, then every sensor closes the step.
+            act = self.hub.run_phase("act", episode=self.episode, step=self.step)
+            while (left := started + self.step_period_s - time.monotonic()) > 0:
+                self.hub.pump(min(left, 0.05))  # the pace of a watched drill
+            close = self.hub.run_phase("close", episode=self.episode, step=self.step)
+            late = tuple(sorted({*act.late, *close.late}))
+            alerts = self.hub.poll_alerts(0.0)
+        else:
+            # The step window: alerts that arrive until it closes are this step's activity.
+            alerts = self._collect_alerts(started + self.step_period_s)
         per_agent_alerts = self._apply_alerts(alerts)
 
         self.messages = sent
@@ -502,20 +543,19 @@ class BridgeService:
                                    (self.timer > 0)[None, :])
         return self._observation_batch(
             {"terms": terms, "bits_sent": bits_sent, "failed": failed,
-             "alerts": per_agent_alerts, "dead": tuple(self.hub.dead_peers())}
+             "alerts": per_agent_alerts, "dead": tuple(self.hub.dead_peers()), "late": late}
         )
 
     def _advance_blue(self, chosen: NDArray[np.int64]) -> list[tuple[int, BlueAction]]:
-        """Durations as in `SimBatch._blue_step`: a busy agent continues; done ones act."""
+        """Blue's timers (`range.blue`, as the simulator's): a busy agent continues; done
+        ones act."""
         m = self.model
-        agents = np.arange(m.n_agents)
-        idle = self.timer == 0
-        self.pending = np.where(idle, chosen, self.pending)
-        self.timer = np.where(idle, m.action_duration[agents, self.pending], self.timer)
+        pending, timer, finished = advance_timers(m, chosen[None], self.pending[None],
+                                                  self.timer[None])
+        self.pending, self.timer = pending[0], timer[0]
         self.last_action[0] = self.pending
-        self.timer -= 1
         done: list[tuple[int, BlueAction]] = []
-        for index in np.flatnonzero(self.timer == 0):
+        for index in np.flatnonzero(finished[0]):
             action = m.agents[index].actions[int(self.pending[index])]
             if action.kind != ActionKind.SLEEP:
                 done.append((int(index), action))
@@ -544,16 +584,19 @@ class BridgeService:
         return failed, restores
 
     def _apply_result(self, action: BlueAction, result: CommandResult) -> int:
-        index = self.scenario.host_index
+        """What blue learns from a result: the simulator's rules (`range.blue`) on real data."""
+        index, first = self.scenario.host_index, _FIRST
         if action.kind == ActionKind.ANALYSE and action.host is not None:
             if result.compromise is not None:
-                self.observed[0, index[action.host]] = _OBSERVED_CODE[result.compromise]
+                learn_analysed(self.observed, first, np.array([index[action.host]]),
+                               np.array([_OBSERVED_CODE[result.compromise]], dtype=np.int8))
         elif action.kind == ActionKind.RESTORE and action.host is not None:
-            self.observed[0, index[action.host]] = Observed.NONE
+            learn_restored(self.observed, first, np.array([index[action.host]]))
             return 1
         elif action.kind in (ActionKind.BLOCK, ActionKind.UNBLOCK) and action.subnet is not None:
-            self.blocked[0, self.scenario.subnet_index[action.subnet]] = (
-                action.kind == ActionKind.BLOCK)
+            learn_blocked(self.blocked, first,
+                          np.array([self.scenario.subnet_index[action.subnet]]),
+                          action.kind == ActionKind.BLOCK)
         return 0
 
     def _collect_alerts(self, window_end: float) -> list[Alert]:
@@ -584,8 +627,7 @@ class BridgeService:
             if self._host_agent[h] >= 0:
                 per_agent[self._host_agent[h]] += 1
         # An exploit seen on a host blue believes clean makes it "unknown", as in the sim.
-        seen = (self.activity == Activity.EXPLOIT) & (self.observed == Observed.NONE)
-        self.observed[seen] = Observed.UNKNOWN
+        learn_alerts(self.activity, self.observed)
         return per_agent
 
     def _measure(self) -> Measurement:
@@ -631,15 +673,11 @@ class BridgeService:
         return {name: float(value[0]) for name, value in terms.items()}
 
     def state(self) -> NDArray[np.float32]:
-        """The global state in `SimBatch.state()`'s layout, from the referee's ground truth."""
+        """The global state in `SimBatch.state()`'s layout (`range.blue.global_state`), from
+        the referee's ground truth."""
         compromise, impacted, decoy, down = self._truth_arrays()
-        per_host = np.concatenate(
-            [np.eye(3, dtype=np.float32)[compromise], impacted[..., None], decoy[..., None],
-             down[..., None], ACTIVITY_BITS[self.activity], COMPROMISE_BITS[self.observed]],
-            axis=2, dtype=np.float32).reshape(1, -1)
-        progress = np.full((1, 1), self.step / self.scenario.episode_length, dtype=np.float32)
-        return np.concatenate([per_host, self.blocked, self.messages.reshape(1, -1), progress],
-                              axis=1, dtype=np.float32)[0]
+        return global_state(self.model, self.step, compromise, impacted, decoy, down,
+                            self.activity, self.observed, self.blocked, self.messages)[0]
 
     def _observation_batch(self, outcome: dict[str, Any] | None) -> ObservationBatch:
         m = self.model
@@ -667,7 +705,7 @@ class BridgeService:
                 executed=a.actions[int(self.last_action[0, a.index])].label,
                 dead_peers=outcome["dead"],
                 failed_commands=tuple(outcome["failed"].get(a.index, ())),
-                alerts=int(outcome["alerts"][a.index]))
+                alerts=int(outcome["alerts"][a.index]), late_peers=outcome["late"])
             for a in m.agents
         }
         return ObservationBatch.model_construct(

@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 from pydantic import BaseModel
@@ -46,6 +46,9 @@ from cyberdial.range.wire import (
     Hello,
     HostKeys,
     ReplayGuard,
+    StepDone,
+    StepPhase,
+    StepTick,
     decode,
     encode,
     initial_seq,
@@ -83,17 +86,45 @@ RESULT_CACHE = 4096
 LINK_LINGER_MS = 200
 
 SENSOR_PAYLOADS: dict[str, type[BaseModel]] = {
-    name: HOST_PAYLOADS[name] for name in ("hello", "bye", "heartbeat", "alert", "alert_batch")
+    name: HOST_PAYLOADS[name]
+    for name in ("hello", "bye", "heartbeat", "alert", "alert_batch", "step_done")
 }
 ACTUATOR_PAYLOADS: dict[str, type[BaseModel]] = {
-    name: HOST_PAYLOADS[name] for name in ("hello", "bye", "heartbeat", "command_result")
+    name: HOST_PAYLOADS[name]
+    for name in ("hello", "bye", "heartbeat", "command_result", "step_done")
 }
+CLOCK_PAYLOADS: dict[str, type[BaseModel]] = {"step_tick": HOST_PAYLOADS["step_tick"]}
+# Who speaks on which hub socket: programs on the PULL (alerts) socket, actuators on the
+# ROUTER. A program keeps the role it said hello with.
+PULL_ROLES = frozenset({"sensor", "red", "green"})
+# The step clock: who takes part in each phase of a step (see `HostHub.run_phase`).
+PHASE_ROLES: dict[str, frozenset[str]] = {
+    "act": frozenset({"red", "green"}),
+    "close": frozenset({"sensor", "actuator"}),
+}
+# How long a phase waits for its programs before it names the late ones and goes on.
+# Generous: a red exploit on a silently dropping path takes ~3 s; a loaded machine more.
+PHASE_DEADLINE_S = {"act": 15.0, "close": 10.0}
+# A tick not yet answered is published again this often (a program that (re)connected
+# after the first copy, PUB/SUB's slow joiner, still gets it).
+TICK_REPEAT_S = 0.1
 BRIDGE_TO_ACTUATOR_PAYLOADS: dict[str, type[BaseModel]] = {
     name: HOST_PAYLOADS[name] for name in ("command", "heartbeat")
 }
 HUB_SENDER = "bridge"
 
 CommandHandler = Callable[[Command], CommandResult]
+
+
+@dataclass(frozen=True)
+class PhaseReport:
+    """One phase of the step clock: the programs it waited for and those that were late."""
+
+    phase: str
+    tick: int
+    waited: tuple[str, ...]
+    late: tuple[str, ...]
+    seconds: float
 
 
 @dataclass
@@ -111,6 +142,8 @@ class PeerStatus:
     pid: int = 0
     # False for an expected program (see `HostHub`) not heard from since the hub opened.
     heard: bool = True
+    # The newest step-clock tick it answered (`StepDone`), -1 for none.
+    tick_done: int = -1
 
 
 def configure_socket(sock: zmq.Socket[Any], *, linger_ms: int = 0) -> None:
@@ -119,6 +152,11 @@ def configure_socket(sock: zmq.Socket[Any], *, linger_ms: int = 0) -> None:
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+
+
+def clock_topic(name: str) -> bytes:
+    """The PUB/SUB topic of one program's ticks (NUL-ended: no name is another's prefix)."""
+    return name.encode() + b"\0"
 
 
 def timeout_result(command: Command, detail: str) -> CommandResult:
@@ -139,6 +177,11 @@ class HostHub:
     started (name -> their `Hello`): they are known from the start (a restarted
     bridge reports one that stays silent dead, and routes to an actuator as soon as
     it speaks), and a program's hello must match its entry.
+
+    `clock_endpoint` (a PUB socket) makes the hub the range's step clock: the red,
+    green, sensor and actuator programs among `expected` follow its ticks
+    (`run_phase`), so a step's moves and every alert they cause belong to that step
+    by construction, whatever the pace.
     """
 
     def __init__(
@@ -152,10 +195,12 @@ class HostHub:
         context: zmq.Context[Any] | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         liveness: int = LIVENESS,
+        clock_endpoint: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.alert_endpoint = alert_endpoint
         self.command_endpoint = command_endpoint
+        self.clock_endpoint = clock_endpoint
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness = liveness
         self.keys = keys
@@ -169,6 +214,12 @@ class HostHub:
         self._context = context
         self._pull: zmq.Socket[Any] | None = None
         self._router: zmq.Socket[Any] | None = None
+        self._clock: zmq.Socket[Any] | None = None
+        # The step clock: the newest tick (only grows, also across hub restarts), the
+        # programs that closed the current step (their later alerts are the next step's).
+        self.tick = initial_seq()
+        self._closed: set[str] = set()
+        self._held: deque[Alert] = deque()
         self._poller = zmq.Poller()
         self._peers: dict[str, PeerStatus] = {}
         # Routing: actuator sender -> ROUTER identity; host / subnet name -> actuator sender.
@@ -218,6 +269,11 @@ class HostHub:
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._router.bind(self.command_endpoint)
             self.command_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self.clock_endpoint is not None:
+                self._clock = self._context.socket(zmq.PUB)
+                configure_socket(self._clock)
+                self._clock.bind(self.clock_endpoint)
+                self.clock_endpoint = self._clock.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as error:
             self.close()
             raise OSError(
@@ -238,17 +294,89 @@ class HostHub:
                     self.alert_endpoint, self.command_endpoint)
 
     def close(self) -> None:
-        for sock in (self._pull, self._router):
+        for sock in (self._pull, self._router, self._clock):
             if sock is not None:
                 if sock in self._poller:
                     self._poller.unregister(sock)
                 sock.close(linger=0)
-        self._pull = self._router = None
+        self._pull = self._router = self._clock = None
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
 
     # --------------------------------------------------------------- public
+
+    @property
+    def has_clock(self) -> bool:
+        """True when this hub is the step clock of its programs (a `clock_endpoint`)."""
+        return self.clock_endpoint is not None
+
+    def clock_members(self, phase: StepPhase) -> list[str]:
+        """The expected programs that take part in `phase` of every step."""
+        roles = PHASE_ROLES[phase]
+        return sorted(name for name, hello in self.expected.items() if hello.role in roles)
+
+    def run_phase(self, phase: StepPhase, *, episode: int, step: int,
+                  deadline_s: float | None = None) -> PhaseReport:
+        """One phase of a step: tick every live program of `phase`, wait for all to answer.
+
+        "act": red and green make their move of `step`; "close": every sensor reports
+        what it saw up to now and then says so (`StepDone` after its alerts, on the
+        same socket), and actuators count the step off. A program is waited for when it
+        is alive or starting (silent less than the liveness span) when the phase starts,
+        or speaks during it; one still not done after `deadline_s` is named in the
+        report's `late` and the step goes on. Alerts a sensor sends after closing the
+        step are held for the next one. Without a clock, returns at once.
+        """
+        started = time.monotonic()
+        self._alerts.extend(self._held)
+        self._held.clear()
+        self._closed.clear()
+        if self._clock is None:
+            return PhaseReport(phase, -1, (), (), 0.0)
+        self.tick += 1
+        tick = StepTick(tick=self.tick, episode=episode, step=step, phase=phase)
+        deadline = started + (PHASE_DEADLINE_S[phase] if deadline_s is None else deadline_s)
+        members = self.clock_members(phase)
+        self.pump(0.0)
+        now = time.monotonic()
+        waiting = {name for name in members if self._may_answer(self._peers.get(name), now)}
+        waited = set(waiting)
+        next_send = 0.0
+        while True:
+            for name in members:
+                status = self._peers.get(name)
+                if status is None or status.said_bye or status.tick_done >= tick.tick:
+                    waiting.discard(name)
+                elif name not in waited and status.heard and not self._silent(status, now):
+                    waiting.add(name)  # it spoke during the phase: a (re)started program
+                    waited.add(name)
+            now = time.monotonic()
+            if not waiting or now >= deadline:
+                break
+            if now >= next_send:
+                for name in sorted(waiting):
+                    self._publish_tick(name, tick)
+                next_send = now + TICK_REPEAT_S
+            self.pump(max(min(next_send, deadline) - now, 0.0))
+        late = tuple(sorted(waiting))
+        if late:
+            logger.warning("step %d %s: %s did not answer within %.1f s", step, phase,
+                           ", ".join(late), deadline - started)
+        return PhaseReport(phase, tick.tick, tuple(sorted(waited)), late,
+                           time.monotonic() - started)
+
+    def _may_answer(self, status: PeerStatus | None, now: float) -> bool:
+        return status is not None and not status.said_bye and not self._silent(status, now)
+
+    def _publish_tick(self, name: str, tick: StepTick) -> None:
+        clock = self._require(self._clock)
+        frames = encode("step_tick", tick, run_id=self.run_id, sender=HUB_SENDER,
+                        seq=self._next_seq(), step=max(tick.step, 0), key=self._key_for(name))
+        try:
+            clock.send_multipart([clock_topic(name), *frames], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # sent again on the next repeat
 
     def poll_alerts(self, timeout_s: float = 0.0) -> list[Alert]:
         """Every alert received so far, oldest first; waits up to `timeout_s` for the first."""
@@ -337,8 +465,12 @@ class HostHub:
             return self._subnet_route.get(command.subnet)
         return None
 
-    def peers(self) -> dict[str, PeerStatus]:
-        self.pump(0.0)
+    def peers(self, pump: bool = True) -> dict[str, PeerStatus]:
+        """Every program the hub knows, with `alive` up to date. `pump=False` touches no
+        socket: for another thread than the one serving the hub (ZeroMQ sockets are not
+        thread-safe), which then sees what the serving thread last handled."""
+        if pump:
+            self.pump(0.0)
         now = time.monotonic()
         for status in self._peers.values():
             status.alive = self._is_alive(status, now)
@@ -427,21 +559,25 @@ class HostHub:
             self.drops.drop(result, logger)
             return
         sender, payload = result.header.sender, result.payload
-        role = "actuator" if identity is not None else "sensor"
+        roles = frozenset({"actuator"}) if identity is not None else PULL_ROLES
+        socket_name = "actuator" if identity is not None else "alert"
         status = self._peers.get(sender)
         if status is None and len(self._peers) >= MAX_PEERS:
             self.drops.drop(Dropped("overflow", f"over {MAX_PEERS} peers; {sender} ignored"),
                             logger)
             return
         # A program keeps the role it was started as: a sensor's key cannot command routes.
-        claimed = payload.role if isinstance(payload, Hello) else role
-        if claimed != role or (status is not None and status.role != role):
-            self.drops.drop(Dropped("spoofed", f"{sender} as {claimed} on the {role} socket"),
-                            logger)
+        default = "actuator" if identity is not None else "sensor"
+        claimed = payload.role if isinstance(payload, Hello) else (
+            status.role if status is not None else default)
+        if claimed not in roles or (status is not None and status.role != claimed):
+            self.drops.drop(Dropped("spoofed", f"{sender} as {claimed} on the {socket_name}"
+                                    " socket"), logger)
             return
         if isinstance(payload, Hello) and sender in self.expected:
             known = self.expected[sender]
-            if (payload.subnet, tuple(payload.hosts)) != (known.subnet, tuple(known.hosts)):
+            if (payload.role, payload.subnet, tuple(payload.hosts)) != (
+                    known.role, known.subnet, tuple(known.hosts)):
                 self.drops.drop(Dropped("spoofed", f"{sender} claims other hosts"), logger)
                 return
         if not self.replay.accept(result.header):
@@ -460,8 +596,9 @@ class HostHub:
             # Authenticated and fresh: the actuator (re)connected, e.g. after a restart.
             self._identity[sender] = identity
         if isinstance(payload, Hello):
+            done = status.tick_done if status is not None else -1
             status = PeerStatus(role=payload.role, subnet=payload.subnet, hosts=payload.hosts,
-                                last_seen=now, pid=payload.pid)
+                                last_seen=now, pid=payload.pid, tick_done=done)
             self._peers[sender] = status
             if identity is not None:
                 self._set_routes(sender, payload)
@@ -480,9 +617,14 @@ class HostHub:
             if identity is not None:
                 self._send_heartbeat(sender, identity)
         elif isinstance(payload, Alert):
-            self._keep_alerts((payload,))
+            self._keep_alerts((payload,), sender)
         elif isinstance(payload, AlertBatch):
-            self._keep_alerts(payload.alerts)
+            self._keep_alerts(payload.alerts, sender)
+        elif isinstance(payload, StepDone):
+            # Only the current tick closes anything: a future one is a forgery or a bug.
+            if payload.tick <= self.tick and payload.tick > status.tick_done:
+                status.tick_done = payload.tick
+                self._closed.add(sender)
         elif isinstance(payload, CommandResult):
             pending = self._pending.get(payload.command_id)
             if pending is None or pending[0] != sender:
@@ -495,12 +637,14 @@ class HostHub:
             status.said_bye = True
             logger.info("%s %s says bye: %s", status.role, sender, payload.reason)
 
-    def _keep_alerts(self, alerts: Iterable[Alert]) -> None:
+    def _keep_alerts(self, alerts: Iterable[Alert], sender: str) -> None:
+        # A sensor that closed this step already speaks of the next one.
+        queue = self._held if sender in self._closed else self._alerts
         for alert in alerts:
-            if len(self._alerts) >= MAX_PENDING_ALERTS:
+            if len(self._alerts) + len(self._held) >= MAX_PENDING_ALERTS:
                 self.drops.drop(Dropped("overflow", "alert queue full; call poll_alerts"), logger)
                 continue
-            self._alerts.append(alert)
+            queue.append(alert)
             self.alerts_received += 1
 
     def _set_routes(self, sender: str, hello: Hello) -> None:
@@ -617,16 +761,22 @@ class _Link:
 
 
 class SensorLink(_Link):
-    """A sensor's PUSH connection to the hub: hello, heartbeats and alerts, numbered."""
+    """A sensor's PUSH connection to the hub: hello, heartbeats and alerts, numbered.
+
+    Red and green use it too (`role="red"`/`"green"`): their only messages are
+    hellos, heartbeats and `StepDone`s.
+    """
 
     def __init__(
         self, endpoint: str, run_id: str, sender: str, *, key: bytes, hosts: Sequence[str] = (),
         subnet: str | None = None, context: zmq.Context[Any] | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        role: Literal["sensor", "red", "green"] = "sensor",
     ) -> None:
         super().__init__(zmq.PUSH, endpoint, run_id, sender, key, context, heartbeat_interval_s)
         self.hosts = tuple(hosts)
         self.subnet = subnet
+        self.role = role
         self.socket.connect(endpoint)
 
     def __enter__(self) -> SensorLink:
@@ -642,7 +792,7 @@ class SensorLink(_Link):
         self.close()
 
     def hello(self) -> bool:
-        sent = self.send("hello", Hello(role="sensor", subnet=self.subnet, hosts=self.hosts,
+        sent = self.send("hello", Hello(role=self.role, subnet=self.subnet, hosts=self.hosts,
                                         pid=os.getpid()))
         self._last_heartbeat = time.monotonic()
         return sent
@@ -798,3 +948,70 @@ class ActuatorLink(_Link):
             "command_id": command.command_id, "action": command.action,
             "duration_ms": answer.duration_ms or elapsed_ms,
         })
+
+
+class StepFollower:
+    """A program's side of the step clock: a SUB socket that hears only its own ticks.
+
+    Ticks are signed with the program's own key by the hub; anything else is dropped.
+    `poll` returns the newest tick heard (the hub repeats a tick until it is answered,
+    so copies are normal): the program does a tick once (`tick > done`), answers
+    `StepDone(tick)` on its link, and answers a repeated tick again without redoing it.
+    """
+
+    def __init__(self, endpoint: str, run_id: str, name: str, *, key: bytes,
+                 context: zmq.Context[Any] | None = None) -> None:
+        self.run_id = run_id
+        self.name = name
+        self.key = key
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self.socket: zmq.Socket[Any] = self._context.socket(zmq.SUB)
+        configure_socket(self.socket)
+        self.socket.setsockopt(zmq.SUBSCRIBE, clock_topic(name))
+        self.socket.connect(endpoint)
+        self._replay = ReplayGuard()
+        self.drops = DropCounter()
+
+    def __enter__(self) -> StepFollower:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close(linger=0)
+        if self._own_context:
+            self._context.term()
+
+    def _keys(self, sender: str) -> bytes | None:
+        return self.key if sender == HUB_SENDER else None
+
+    def poll(self, timeout_s: float) -> StepTick | None:
+        """Wait up to `timeout_s` for a tick; the newest of those queued, or None."""
+        newest: StepTick | None = None
+        if not self.socket.poll(max(int(timeout_s * 1000), 0), zmq.POLLIN):
+            return None
+        for _ in range(PUMP_BATCH):
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            result = decode(frames[1:], CLOCK_PAYLOADS, run_id=self.run_id, keys=self._keys)
+            if isinstance(result, Dropped):
+                self.drops.drop(result, logger)
+                continue
+            if not self._replay.accept(result.header):
+                self.drops.drop(Dropped("replayed", f"seq {result.header.seq}"), logger)
+                continue
+            tick = result.payload
+            assert isinstance(tick, StepTick)
+            if newest is None or tick.tick > newest.tick:
+                newest = tick
+        return newest

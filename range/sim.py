@@ -16,14 +16,19 @@ import numpy as np
 from numpy.typing import NDArray
 from pettingzoo import ParallelEnv
 
+from cyberdial.range.blue import (
+    advance_timers,
+    global_state,
+    learn_alerts,
+    learn_analysed,
+    learn_blocked,
+    learn_restored,
+)
 from cyberdial.range.model import (
-    ACTIVITY_BITS,
-    COMPROMISE_BITS,
     ActionKind,
     Activity,
     Compromise,
     GameModel,
-    Observed,
     RedActionKind,
 )
 from cyberdial.range.scenario import Scenario, load_scenario
@@ -141,8 +146,7 @@ class SimBatch:
         self._red_step()
         failures = self._green_step()
         # An exploit seen on a host whose state blue believes clean makes it "unknown".
-        seen_exploit = (self.activity == Activity.EXPLOIT) & (self.observed == Observed.NONE)
-        self.observed[seen_exploit] = Observed.UNKNOWN
+        learn_alerts(self.activity, self.observed)
         np.maximum(self.down - 1, 0, out=self.down)
 
         self.messages = messages
@@ -167,14 +171,10 @@ class SimBatch:
         self, chosen: NDArray[np.int64]
     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         m = self.model
-        idle = self.blue_timer == 0
-        self.blue_pending = np.where(idle, chosen, self.blue_pending)
-        self.blue_timer = np.where(
-            idle, m.action_duration[self._agent_grid, self.blue_pending], self.blue_timer
+        self.blue_pending, self.blue_timer, finished = advance_timers(
+            m, chosen, self.blue_pending, self.blue_timer
         )
         self.last_action = self.blue_pending.copy()
-        self.blue_timer -= 1
-        finished = self.blue_timer == 0
         kind = m.action_kind[self._agent_grid, self.blue_pending]
         host = m.action_host[self._agent_grid, self.blue_pending]
         subnet = m.action_subnet[self._agent_grid, self.blue_pending]
@@ -186,7 +186,7 @@ class SimBatch:
         sel = finished & (kind == ActionKind.ANALYSE)
         if sel.any():
             e, h = envs[sel], host[sel]
-            self.observed[e, h] = self.compromise[e, h]
+            learn_analysed(self.observed, e, h, self.compromise[e, h])
         sel = finished & (kind == ActionKind.REMOVE)
         if sel.any():
             e, h = envs[sel], host[sel]
@@ -198,13 +198,13 @@ class SimBatch:
             self.compromise[e, h] = Compromise.CLEAN
             self.impacted[e, h] = False
             self.decoy[e, h] = False
-            self.observed[e, h] = Observed.NONE
+            learn_restored(self.observed, e, h)
             self.down[e, h] = self.scenario.blue.restore_downtime
             np.add.at(restores, e, 1)
         for action_kind, value in ((ActionKind.BLOCK, True), (ActionKind.UNBLOCK, False)):
             sel = finished & (kind == action_kind)
             if sel.any():
-                self.blocked[envs[sel], subnet[sel]] = value
+                learn_blocked(self.blocked, envs[sel], subnet[sel], value)
         sel = finished & (kind == ActionKind.DECOY)
         if sel.any():
             self.decoy[envs[sel], host[sel]] = True
@@ -340,24 +340,9 @@ class SimBatch:
 
     def state(self) -> NDArray[np.float32]:
         """Global state for centralised training (B, state_size); never shown to agents."""
-        b = self.n_envs
-        per_host = np.concatenate(
-            [
-                np.eye(3, dtype=np.float32)[self.compromise],
-                self.impacted[..., None],
-                self.decoy[..., None],
-                (self.down > 0)[..., None],
-                ACTIVITY_BITS[self.activity],
-                COMPROMISE_BITS[self.observed],
-            ],
-            axis=2,
-            dtype=np.float32,
-        ).reshape(b, -1)
-        progress = np.full((b, 1), self.t / self.scenario.episode_length, dtype=np.float32)
-        return np.concatenate(
-            [per_host, self.blocked, self.messages.reshape(b, -1), progress],
-            axis=1,
-            dtype=np.float32,
+        return global_state(
+            self.model, self.t, self.compromise, self.impacted, self.decoy, self.down > 0,
+            self.activity, self.observed, self.blocked, self.messages,
         )
 
     def ground_truth(self, env: int = 0) -> dict[str, Any]:

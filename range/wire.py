@@ -62,7 +62,7 @@ class Header(_Message):
 class Hello(_Message):
     """A host program announces itself: its role and the hosts it serves."""
 
-    role: Literal["sensor", "actuator", "agent", "referee"]
+    role: Literal["sensor", "actuator", "agent", "referee", "red", "green"]
     subnet: Identifier | None = None
     hosts: tuple[Identifier, ...] = ()
     pid: Annotated[int, Field(ge=0)] = 0
@@ -91,6 +91,33 @@ class AlertBatch(_Message):
 
     MAX_ALERTS: ClassVar[int] = 1024
     alerts: tuple[Alert, ...] = Field(max_length=1024)
+
+
+StepPhase = Literal["act", "close"]
+
+
+class StepTick(_Message):
+    """The step clock (hub -> a program): do your part of `phase` for step `step`.
+
+    `tick` numbers every phase the hub ever asked for (it only grows, across
+    episodes and bridge restarts), so a program does each tick once and answers a
+    repeated one again. "act": red and green make their move of the step; "close":
+    sensors report everything up to now and actuators count the step off.
+    """
+
+    tick: Annotated[int, Field(ge=0)]
+    episode: Annotated[int, Field(ge=0)]
+    step: Annotated[int, Field(ge=-1)]
+    phase: StepPhase
+
+
+class StepDone(_Message):
+    """A program's answer to a `StepTick`: its part of that tick is done. A sensor
+    sends it on its alert link after every alert of the step, so the hub knows which
+    alerts belong to the step by their order alone."""
+
+    tick: Annotated[int, Field(ge=0)]
+    detail: ShortText = ""
 
 
 BlueVerb = Literal["analyse", "remove", "restore", "block", "unblock", "decoy"]
@@ -126,6 +153,8 @@ HOST_PAYLOADS: dict[str, type[_Message]] = {
     "alert_batch": AlertBatch,
     "command": Command,
     "command_result": CommandResult,
+    "step_tick": StepTick,
+    "step_done": StepDone,
 }
 
 

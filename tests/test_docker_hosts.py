@@ -261,6 +261,9 @@ def test_blue_actions_change_real_container_hosts(
             plan.golden_dir("ophost0") / "srv" / "ssh.dat").read_text()
         assert not plan.privileged_marker("ophost0").exists()
         wait_for(lambda: 22 in listening_ports(init), 5, "ssh back")
+        # Its link comes back after the scenario's downtime, in steps of the range's clock.
+        for _ in range(emulated.scenario.blue.restore_downtime):
+            emulated.wait_step(pace=False)
         wait_for(lambda: can_connect(plan, "defender", plan.host("ophost0").ip, 22), 5,
                  "ophost0 reachable after its downtime")
         assert emulated.referee is not None
@@ -393,6 +396,8 @@ def test_a_user_image_holds_its_host_with_its_own_command(
         result = emulated.execute(Command(command_id="r1", action="restore", host="defender"))
         assert result.ok and result.implants == (), result
         assert ProcessRecord.of(daemon[0], "").alive()
+        for _ in range(emulated.scenario.blue.restore_downtime):
+            emulated.wait_step(pace=False)  # the downtime is counted in steps
         wait_for(lambda: can_connect(plan, "opserver0", plan.host("defender").ip, 22), 5,
                  "defender's ssh from the range's services")
         records = records_of(emulated.run_id)

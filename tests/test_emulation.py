@@ -82,7 +82,7 @@ def test_router_rules_follow_flows() -> None:
     assert "ip saddr 10.1.0.0/24 ip daddr 10.1.1.0/24 accept" in rules  # user -> dmz
     assert "ip saddr 10.1.0.0/24 ip daddr 10.1.3.0/24 accept" not in rules  # user -> operational
     # Blocks come before established traffic, so a block also cuts live sessions.
-    assert rules.index("@blocked drop") < rules.index("established")
+    assert rules.index("@blocked reject") < rules.index("established")
 
 
 def test_run_ids_are_checked() -> None:
@@ -174,9 +174,11 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
 
 def wait_for_alert(emulated: Range, match: Callable[[Alert], bool], timeout_s: float,
                    what: str) -> list[Alert]:
+    """Steps the range (its programs move only on its step clock) until an alert matches."""
     seen: list[Alert] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        emulated.wait_step(pace=False)
         seen += emulated.alerts(timeout_s=0.2)
         if any(match(alert) for alert in seen):
             return seen
@@ -317,6 +319,9 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint, tmp_path: Path
             plan.golden_dir("ophost0") / "srv" / "ssh.dat").read_text()
         assert not plan.privileged_marker("ophost0").exists()
         wait_for(lambda: 22 in listening_ports(plan.host_pids["ophost0"]), 5, "ssh back")
+        # Its link comes back after the scenario's downtime, in steps of the range's clock.
+        for _ in range(emulated.scenario.blue.restore_downtime):
+            emulated.wait_step(pace=False)
         wait_for(lambda: can_connect(plan, "defender", plan.host("ophost0").ip, 22), 5,
                  "ophost0 reachable after its downtime")
         assert emulated.referee is not None
@@ -457,10 +462,11 @@ import sys, time
 from cyberdial.range.emulation.emulator import Range
 from cyberdial.range.scenario import load_scenario
 scenario = load_scenario("tiny").model_copy(update={"step_period": 0.5})
-emulated = Range(scenario, hub=False)
+emulated = Range(scenario)
 emulated.up()
 print(emulated.run_id, flush=True)
-time.sleep(600)
+for _ in range(1200):  # its own hub steps red on (the test kills us long before)
+    emulated.wait_step()
 """
 
 

@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="serve without ground truth (rewards then hold only comm costs);"
                         " for runs without a run directory")
     parser.add_argument("--step-period", type=float, default=None,
-                        help="seconds per step (default: the scenario's)")
+                        help="the least seconds a step lasts, the pace of a watched drill"
+                        " (default: the scenario's; 0: as fast as the hosts allow)")
     parser.add_argument("--curve-secret", type=Path, default=None,
                         help="the bridge's .key_secret file (zmq.auth.create_certificates)")
     parser.add_argument("--allow-clients", type=Path, default=None,
@@ -147,6 +148,8 @@ class _Run:
         self.keys = fetch_host_keys(args.run_id, state.controller.pid)
         roles = {p.role for p in state.programs}
         self.expected: dict[str, Hello] = expected_peers(plan, roles)
+        # The range's programs follow the step clock this bridge keeps.
+        self.clock_endpoint: str | None = plan.clock_endpoint
 
     def alive(self) -> bool:
         return self.state.controller.alive() and (self.run_dir / "state.json").exists()
@@ -182,6 +185,7 @@ def bridge_command(args: argparse.Namespace) -> int:
     explicit = args.alerts and args.commands and args.scenario
     run: _Run | None = None
     expected: dict[str, Hello] = {}
+    clock_endpoint: str | None = None
     if explicit and args.no_referee:
         scenario = load_scenario(args.scenario)
         alerts, commands, referee, run_dir = args.alerts, args.commands, None, None
@@ -193,6 +197,7 @@ def bridge_command(args: argparse.Namespace) -> int:
         scenario, alerts, commands, referee, run_dir = (
             run.scenario, run.alerts, run.commands, run.referee, run.run_dir)
         expected = run.expected
+        clock_endpoint = run.clock_endpoint
     if referee is None:
         logger.warning("no referee: rewards hold only communication costs")
     curve = CurveKeys.load(args.curve_secret) if args.curve_secret else None
@@ -211,10 +216,12 @@ def bridge_command(args: argparse.Namespace) -> int:
     _check_exposure(agent_endpoint, curve)
     keys = run.keys if run is not None else HostKeys(args.run_id,
                                                      _read_host_key_file(args.host_key_file))
-    for endpoint in (alerts, commands, agent_endpoint):
-        _refuse_taken_ipc(endpoint)
+    for endpoint in (alerts, commands, agent_endpoint, clock_endpoint):
+        if endpoint is not None:
+            _refuse_taken_ipc(endpoint)
 
-    hub = HostHub(args.run_id, alerts, commands, keys=keys, expected=expected)
+    hub = HostHub(args.run_id, alerts, commands, keys=keys, expected=expected,
+                  clock_endpoint=clock_endpoint)
     service = BridgeService(scenario, hub, referee or _NoReferee(), agent_endpoint,
                             step_period_s=args.step_period, curve=curve, allowed_clients=allowed)
     stop = threading.Event()

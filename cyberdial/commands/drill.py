@@ -70,8 +70,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--pace",
         type=float,
         default=None,
-        help="seconds per simulated step, for watching a sim drill (default: 0 without a"
-        " terminal, the scenario's step period with one or with --web)",
+        help="seconds per step, for watching: a sim drill's (default: 0 without a terminal,"
+        " the scenario's step period with one or with --web); on the emulated range the"
+        " least a step lasts (default: the scenario's step period; 0: as fast as the hosts"
+        " allow, every step still in lockstep)",
     )
     drill.add_argument("--no-live", action="store_true", help="no live view, just the summary")
     drill.add_argument(
@@ -150,8 +152,9 @@ def drill_command(args: argparse.Namespace) -> int:
     policy, model = resolve_policy(args.policy, scenario, args.seed)
     interactive = sys.stdout.isatty() and not args.no_live
     pace = args.pace if args.pace is not None else (scenario.step_period if interactive else 0.0)
+    bridge_pace: float | None = args.pace
     if args.range_kind == "emulated":
-        pace = 0.0  # the bridge keeps the scenario's step period itself
+        pace = 0.0  # the bridge keeps the pace itself (the scenario's step period by default)
     if args.pcap and args.range_kind != "emulated":
         raise CyberdialError("--pcap captures real packets: it needs --range emulated")
     pcap_limits = None
@@ -193,7 +196,8 @@ def drill_command(args: argparse.Namespace) -> int:
             drill_range: DrillRange
             if args.range_kind == "emulated":
                 console.print(f"bringing up {scenario.name} on real hosts...")
-                emulated = stack.enter_context(EmulatedDrillRange(model, out, pcap_limits))
+                emulated = stack.enter_context(
+                    EmulatedDrillRange(model, out, pcap_limits, step_period_s=bridge_pace))
                 console.print(f"range {emulated.run_id} is up; the drill starts")
                 drill_range = emulated
             else:

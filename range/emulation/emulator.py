@@ -47,7 +47,7 @@ from cyberdial.range.emulation.plan import (
 )
 from cyberdial.range.emulation.programs.payloads import icmp_echo_request
 from cyberdial.range.emulation.referee import Referee
-from cyberdial.range.emulation.state import KILL_WAIT_S, ProcessRecord, RunState, kill_all, teardown
+from cyberdial.range.emulation.state import ProcessRecord, RunState, kill_all, teardown
 from cyberdial.range.errors import HostCommandError, NotRootError
 from cyberdial.range.hub import HostHub
 from cyberdial.range.scenario import Scenario
@@ -112,6 +112,7 @@ class Range:
         self.host_keys = HostKeys.generate(self.run_id)
         self.t0 = 0.0
         self.step = 0
+        self.episode = 0
         self.timings: dict[str, float] = {}
         # Packet captures of every subnet bridge (pcapng rings), when asked for.
         self.capture_dir = capture_dir
@@ -241,23 +242,31 @@ class Range:
         """Alerts raised since the last call (drained)."""
         return self._require_hub().poll_alerts(timeout_s)
 
-    def wait_step(self) -> int:
-        """Sleep until the next step boundary of the range's clock; returns the new step."""
+    def wait_step(self, pace: bool = True) -> int:
+        """Play one step of the range's clock through its own hub; returns the new step.
+
+        Red and green make their move of the current step, then every sensor reports
+        what it saw and closes the step (`HostHub.run_phase`). With `pace`, the step
+        lasts at least the scenario's `step_period` (a watched range); without, it
+        lasts what the hosts take. A range without its own hub is stepped by its
+        bridge instead.
+        """
         if not self.t0:
             raise RuntimeError("the range is not up")
+        hub = self._require_hub()
+        started = time.monotonic()
+        hub.run_phase("act", episode=self.episode, step=self.step)
+        hub.run_phase("close", episode=self.episode, step=self.step)
+        if pace:
+            while (left := started + self.plan.step_period - time.monotonic()) > 0:
+                hub.pump(min(left, 0.05))
         self.step += 1
-        delay = self.t0 + self.step * self.plan.step_period - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            # We fell behind (a slow caller): resynchronise instead of rushing steps.
-            self.step = int((time.time() - self.t0) / self.plan.step_period)
-        if self.hub is not None:
-            self.hub.step = self.step
+        hub.step = self.step
         return self.step
 
     def current_step(self) -> int:
-        return int((time.time() - self.t0) / self.plan.step_period) if self.t0 else 0
+        """Steps played since the range came up or was last reset."""
+        return self.step
 
     def run_in(self, host: str, argv: Sequence[str], timeout_s: float = 60.0
                ) -> subprocess.CompletedProcess[str]:
@@ -272,7 +281,8 @@ class Range:
     def new_hub(self, **options: Any) -> HostHub:
         """A hub for this range's host programs (the bridge's, or the range's own)."""
         return HostHub(self.run_id, self.alert_endpoint, self.command_endpoint,
-                       keys=self.host_keys, expected=self.expected_peers(), **options)
+                       keys=self.host_keys, expected=self.expected_peers(),
+                       clock_endpoint=self.plan.clock_endpoint, **options)
 
     def _require_hub(self) -> HostHub:
         if self.hub is None:
@@ -577,42 +587,30 @@ class Range:
     def reset_episode(self, seed: int | None = None) -> float:
         """Put the range back at step 0 for a new episode; returns the seconds it took.
 
-        Red is stopped (by PID); every host goes back to its golden state: its guest
-        processes are killed (implants, and any shell a person opened there), its
-        files reset, its services restarted and its link up; the router's blocked set
-        is emptied and the actuators drop their decoys. Then the step clock starts
-        again and a new red (seeded with `seed`) begins the kill chain from its entry
-        host. Returns once every service listens again, like `up()`.
+        Every host goes back to its golden state: its guest processes are killed
+        (red's implants, and any shell a person opened there), its files reset, its
+        services restarted and its link up; the router's blocked set is emptied and
+        the actuators drop their decoys. The episode's seed goes to the episode file:
+        red (the same process: no second start of Python and scapy) begins the kill
+        chain again from its entry host, seeded with it, at its first tick of the new
+        episode. Returns once every service listens again, like `up()`.
         """
         if self.state is None or not self.t0:
             raise RuntimeError("the range is not up")
         started = time.monotonic()
-        self._stop_red()
         self._restore_all_hosts()
-        self.plan.episode_file.write_text(f"{time.time()!r}\n", encoding="utf-8")
+        # Red (like every program) starts the new episode at its first tick of it, with
+        # this seed; its implants died with the hosts' guest processes.
+        episode_seed = self.seed if seed is None else seed
+        self.plan.episode_file.write_text(f"{time.time()!r} {episode_seed}\n", encoding="utf-8")
         self._wait_services(time.monotonic() + READY_TIMEOUT_S)
         self.t0 = time.time()
         self.step = 0
+        self.episode += 1
         self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
-        if "red" in self._roles:
-            episode_seed = self.seed if seed is None else seed
-            self._start("red", "red", ["--seed", str(episode_seed)])
-            self._save()
-            self._wait_program_ready("red", time.monotonic() + READY_TIMEOUT_S)
         took = time.monotonic() - started
         logger.info("range %s reset for a new episode in %.1f s", self.run_id, took)
         return took
-
-    def _stop_red(self) -> None:
-        assert self.state is not None
-        reds = [p for p in self.state.programs if p.role == "red"]
-        kill_all(reds)
-        for index in reversed(range(len(self._program_names))):
-            if self._program_names[index] == "red":
-                self._popens[index].wait(timeout=KILL_WAIT_S)
-                del self._popens[index], self._program_names[index]
-        self.state.programs = [p for p in self.state.programs if p.role != "red"]
-        (self.run_dir / "ready" / "red").unlink(missing_ok=True)
 
     def _restore_all_hosts(self) -> None:
         # A host's own processes (its namespace holder; a container image's daemons) stay.
@@ -641,18 +639,6 @@ class Range:
         while deaf := self._services_not_listening():
             if time.monotonic() > deadline:
                 raise HostCommandError(f"services did not come back after the reset: {deaf[:5]}")
-            time.sleep(0.05)
-
-    def _wait_program_ready(self, name: str, deadline: float) -> None:
-        index = self._program_names.index(name)
-        while not (self.run_dir / "ready" / name).exists():
-            popen = self._popens[index]
-            if popen.poll() is not None:
-                raise HostCommandError(
-                    f"program {name} exited with status {popen.returncode}: see"
-                    f" {self.logs_dir / (name + '.log')}")
-            if time.monotonic() > deadline:
-                raise HostCommandError(f"{name} not ready after the reset")
             time.sleep(0.05)
 
     def _close_mininet(self) -> None:

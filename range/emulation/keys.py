@@ -35,8 +35,9 @@ KEY_LINE_PREFIX = b"cyberdial-key "
 # A key line is short; never read more than this from a pipe or socket.
 MAX_KEY_LINE = 256
 FETCH_TIMEOUT_S = 5.0
-# The programs that talk to the bridge, and so get a key.
-KEYED_ROLES = ("sensor", "actuator")
+# The programs that talk to the bridge, and so get a key: sensors and actuators, and
+# red and green, which follow the bridge's step clock.
+KEYED_ROLES = ("sensor", "actuator", "red", "green")
 
 
 class HostKeysUnavailable(CyberdialError):
@@ -44,13 +45,18 @@ class HostKeysUnavailable(CyberdialError):
 
 
 def expected_peers(plan: RangePlan, roles: Collection[str] = KEYED_ROLES) -> dict[str, Hello]:
-    """Every sensor and actuator a range of `plan` runs (of `roles`), as its hello says."""
+    """Every keyed program a range of `plan` runs (of `roles`), as its hello says: a sensor
+    and an actuator per subnet, green per subnet with users, one red."""
     peers: dict[str, Hello] = {}
     for subnet in plan.subnets:
         hosts = tuple(h.name for h in plan.hosts_in(subnet.name))
-        for role in KEYED_ROLES:
+        for role in ("sensor", "actuator"):
             if role in roles:
                 peers[f"{role}-{subnet.name}"] = Hello(role=role, subnet=subnet.name, hosts=hosts)
+        if "green" in roles and any(plan.host(h).user for h in hosts):
+            peers[f"green-{subnet.name}"] = Hello(role="green", subnet=subnet.name)
+    if "red" in roles:
+        peers["red"] = Hello(role="red")
     return peers
 
 

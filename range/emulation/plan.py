@@ -181,6 +181,11 @@ class RangePlan:
         return f"ipc://{self.root / 'commands.sock'}"
 
     @property
+    def clock_endpoint(self) -> str:
+        """The step clock (the bridge's PUB socket): red, green, sensors, actuators follow it."""
+        return f"ipc://{self.root / 'clock.sock'}"
+
+    @property
     def clock_file(self) -> Path:
         """Written when the range is up: the wall-clock time of step 0."""
         return self.root / "clock"
@@ -265,14 +270,16 @@ def nft_ruleset(plan: RangePlan) -> str:
 
     Block(subnet) adds its CIDR to `blocked`: nothing is forwarded into or out of it
     (checked before established connections, so a block also cuts live sessions).
+    Blocked traffic is refused at once (ICMP administratively prohibited), not left
+    to time out: a firewall's usual answer, and a step then costs no timeout.
     """
     lines = [
         f"table inet {plan.nft_table} {{",
         "  set blocked { type ipv4_addr; flags interval; }",
         "  chain forward {",
         "    type filter hook forward priority 0; policy drop;",
-        "    ip saddr @blocked drop",
-        "    ip daddr @blocked drop",
+        "    ip saddr @blocked reject with icmpx type admin-prohibited",
+        "    ip daddr @blocked reject with icmpx type admin-prohibited",
         "    ct state established,related accept",
     ]
     by_name = {s.name: s for s in plan.subnets}

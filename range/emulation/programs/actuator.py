@@ -5,7 +5,8 @@ marker; Remove kills user-level implants (an implant that owns the privileged
 marker survives it); Restore takes the host's link down, kills every process in
 its namespace but the shell that holds it, resets its files to the golden copy,
 drops its decoy, asks the services process to restart its services and brings the
-link back after the scenario's restore downtime; Block/Unblock edit the router's
+link back after the scenario's restore downtime (in steps of the bridge's clock: it
+counts the steps the bridge closes); Block/Unblock edit the router's
 nftables `blocked` set; Decoy opens a listener in the host (the sensor alerts on
 contact). Commands arrive from the hub through `ActuatorLink`; arguments are
 names checked against this subnet, never passed through a shell.
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import time
 
+import zmq
+
 from cyberdial.range.emulation.netns import (
     cmdline,
     netns_inode,
@@ -31,7 +34,7 @@ from cyberdial.range.emulation.netns import (
 from cyberdial.range.emulation.plan import HostPlan
 from cyberdial.range.emulation.programs.common import Program
 from cyberdial.range.hub import ActuatorLink
-from cyberdial.range.wire import Command, CommandResult
+from cyberdial.range.wire import Command, CommandResult, StepDone
 
 IMPLANT_MODULE = "cyberdial.range.emulation.programs.implant"
 KILL_WAIT_S = 3.0
@@ -45,9 +48,11 @@ class Actuator:
         self.subnet = plan.subnet(program.subnet)
         self.hosts = {h.name: h for h in plan.hosts_in(program.subnet)}
         scenario = json.loads((plan.root / "scenario.json").read_text(encoding="utf-8"))
-        self.restore_downtime_s = int(scenario["blue"]["restore_downtime"]) * plan.step_period
+        self.restore_downtime = int(scenario["blue"]["restore_downtime"])
         self.decoys: dict[str, socket.socket] = {}
-        self.link_up_at: dict[str, float] = {}
+        # Host -> steps its link stays down (as the simulator's `down` counter: a host
+        # restored at step t is cut off for the green work of steps t .. t + downtime - 1).
+        self.link_down_steps: dict[str, int] = {}
 
     # ---------------------------------------------------------- helpers
 
@@ -152,11 +157,11 @@ class Actuator:
         shutil.copytree(self.plan.golden_dir(host.name), self.plan.host_dir(host.name))
         self.drop_decoy(host)
         self.plan.restart_request(host.name).write_text("restore\n", encoding="utf-8")
-        self.link_up_at[host.name] = time.monotonic() + self.restore_downtime_s
-        if self.restore_downtime_s <= 0:
-            self.bring_links_up()
+        self.link_down_steps[host.name] = self.restore_downtime
+        if self.restore_downtime <= 0:
+            self.bring_links_up(0)
         return self.result(command, True, f"killed {killed}; files reset; services restarting;"
-                           f" link down for {self.restore_downtime_s:.1f} s",
+                           f" link down for {self.restore_downtime} steps",
                            compromise="none", implants=tuple(killed))
 
     def block(self, command: Command, block: bool) -> CommandResult:
@@ -202,12 +207,14 @@ class Actuator:
         except OSError:
             return 0.0
 
-    def bring_links_up(self) -> None:
-        now = time.monotonic()
-        for name, when in list(self.link_up_at.items()):
-            if now >= when:
+    def bring_links_up(self, steps: int = 1) -> None:
+        """Count `steps` off every restored host's downtime; links whose time is up go up."""
+        for name, left in list(self.link_down_steps.items()):
+            if left - steps <= 0:
                 self.set_link(self.hosts[name], True)
-                del self.link_up_at[name]
+                del self.link_down_steps[name]
+            else:
+                self.link_down_steps[name] = left - steps
 
     def accept_decoys(self) -> None:
         for sock in self.decoys.values():
@@ -223,18 +230,34 @@ class Actuator:
         with ActuatorLink(self.plan.command_endpoint, self.plan.run_id, sender,
                           hosts=list(self.hosts), subnet=self.subnet.name,
                           handler=self.handle, key=self.program.key) as link:
+            clock = self.program.follower()
+            poller = zmq.Poller()
+            poller.register(link.socket, zmq.POLLIN)
+            poller.register(clock.socket, zmq.POLLIN)
             self.program.ready()
             episode = self.episode_stamp()
-            while self.program.running():
-                link.serve_once(0.05)
-                self.accept_decoys()
-                self.bring_links_up()
-                if (stamp := self.episode_stamp()) != episode:
-                    # A new episode: the controller reset every host; decoys go too.
-                    episode = stamp
-                    for name in list(self.decoys):
-                        self.drop_decoy(self.hosts[name])
-                    self.link_up_at.clear()
+            done = -1
+            try:
+                while self.program.running():
+                    events = dict(poller.poll(50))
+                    link.serve_once(0.0)
+                    if events.get(clock.socket):
+                        tick = clock.poll(0.0)
+                        if tick is not None and tick.tick > done:
+                            # The bridge closed a step: count it off the restore downtimes.
+                            self.bring_links_up()
+                            done = tick.tick
+                        if tick is not None:
+                            link.send("step_done", StepDone(tick=done), step=max(tick.step, 0))
+                    self.accept_decoys()
+                    if (stamp := self.episode_stamp()) != episode:
+                        # A new episode: the controller reset every host; decoys go too.
+                        episode = stamp
+                        for name in list(self.decoys):
+                            self.drop_decoy(self.hosts[name])
+                        self.link_down_steps.clear()
+            finally:
+                clock.close()
         for name in list(self.decoys):
             self.drop_decoy(self.hosts[name])
 

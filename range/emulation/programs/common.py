@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 from cyberdial.range.emulation.keys import read_program_key
 from cyberdial.range.emulation.netns import raise_fd_limit
 from cyberdial.range.emulation.plan import RangePlan
+from cyberdial.range.hub import SensorLink, StepFollower
+from cyberdial.range.wire import StepDone, StepTick
 
 MAX_LIFETIME_S = 24 * 3600.0
 # How often a program checks that its run still exists.
@@ -95,21 +98,28 @@ class Program:
         (self.run_dir / "ready" / self.name).write_text(f"{os.getpid()}\n", encoding="utf-8")
         self.log.info("ready")
 
-    def wait_clock(self) -> float:
-        """Wait until the controller starts the step clock; returns the time of step 0."""
-        while self.running():
-            try:
-                return float(self.plan.clock_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                time.sleep(0.05)
-        return 0.0
+    def follower(self) -> StepFollower:
+        """This program's side of the bridge's step clock (its ticks, signed with its key)."""
+        return StepFollower(self.plan.clock_endpoint, self.plan.run_id, self.name, key=self.key)
 
-    def sleep_until(self, when: float) -> None:
-        while self.running():
-            left = when - time.time()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.2))
+    def follow_steps(self, link: SensorLink, act: Callable[[StepTick], None]) -> None:
+        """Red's and green's loop: each tick of the step clock, `act` once, then say done.
+
+        A repeated tick (the hub repeats until it hears back) is answered again, not
+        acted on again. Heartbeats go out while waiting, so the bridge knows we live.
+        """
+        with self.follower() as clock:
+            self.ready()
+            done = -1
+            while self.running():
+                link.maybe_heartbeat()
+                tick = clock.poll(0.1)
+                if tick is None:
+                    continue
+                if tick.tick > done:
+                    act(tick)
+                    done = tick.tick
+                link.send("step_done", StepDone(tick=done), step=max(tick.step, 0))
 
     def append_jsonl(self, directory: str, record: dict[str, Any]) -> None:
         """One line per event, written in one O_APPEND write (readers tail these files)."""

@@ -27,8 +27,11 @@ from cyberdial.range.emulation.programs.payloads import (
     login_ok,
     login_request,
 )
+from cyberdial.range.hub import SensorLink
+from cyberdial.range.wire import StepTick
 
 ADMIN_SCAN_PORTS = 8
+WORK_TIMEOUT_S = 0.5
 MAX_REPLY = 65536
 
 
@@ -46,7 +49,8 @@ class Green:
         servers = [plan.host(name) for name in self.green["servers"]]
         # Green works only where the firewall lets it: the scenario's flows.
         self.servers = [s for s in servers if s.subnet in reachable and s.services]
-        self.timeout = max(0.8 * plan.step_period, 0.5)
+        # A request's whole exchange: a server answers in milliseconds, a cut-off one never.
+        self.timeout = WORK_TIMEOUT_S
 
     async def exchange(self, user: HostPlan, ip: str, port: int, request: bytes) -> bytes:
         loop = asyncio.get_running_loop()
@@ -108,44 +112,58 @@ class Green:
         ports = self.plan.scan_ports[:ADMIN_SCAN_PORTS]
 
         async def probe(port: int) -> None:
+            # A connect scan: the handshake (or its refusal) is all it waits for.
+            sock = socket_in(self.plan.host_pids[admin.name])
+            sock.setblocking(False)
             try:
-                await asyncio.wait_for(self.exchange(admin, target.ip, port, b""), 0.3)
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().sock_connect(sock, (target.ip, port)), 0.3)
             except (TimeoutError, OSError):
                 pass
+            finally:
+                sock.close()
 
         await asyncio.gather(*(probe(p) for p in ports))
 
-    async def run(self) -> None:
-        self.program.ready()
-        t0 = self.program.wait_clock()
-        step = 0
+    async def step_work(self, step: int) -> None:
+        """One step's work of every user of the subnet, all at once."""
         rng, green = self.program.rng, self.green
-        while self.program.running():
-            # Act a tenth into each step, so a step's work lands inside that step.
-            self.program.sleep_until(t0 + (step + 0.1) * self.plan.step_period)
-            if not self.program.running():
-                break
-            tasks = []
-            for user in self.users:
-                if self.servers and rng.random() < green["work_rate"]:
-                    tasks.append(self.work(step, user, mistype=False))
-                if self.servers and rng.random() < green["fp_exploit"]:
-                    tasks.append(self.work(step, user, mistype=True))
-                if rng.random() < green["fp_scan"]:
-                    tasks.append(self.admin_scan(user))
-            if tasks:
-                try:
-                    await asyncio.gather(*tasks)
-                except Exception:
-                    if self.program.controller_gone():
-                        break  # its hosts vanished under the work: stop, quietly
-                    raise
-            step = max(step + 1, int((time.time() - t0) / self.plan.step_period))
+        tasks = []
+        for user in self.users:
+            if self.servers and rng.random() < green["work_rate"]:
+                tasks.append(self.work(step, user, mistype=False))
+            if self.servers and rng.random() < green["fp_exploit"]:
+                tasks.append(self.work(step, user, mistype=True))
+            if rng.random() < green["fp_scan"]:
+                tasks.append(self.admin_scan(user))
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    def on_tick(self, tick: StepTick) -> None:
+        """Green's work of one step of the bridge's clock; done before we answer the tick."""
+        if tick.step < 0:
+            return
+        try:
+            self.loop.run_until_complete(self.step_work(tick.step))
+        except Exception:
+            if not self.program.controller_gone():
+                raise
+            # Its hosts vanished under the work: `running()` now stops us, quietly.
+
+    def run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            with SensorLink(self.plan.alert_endpoint, self.plan.run_id, self.program.name,
+                            key=self.program.key, subnet=self.program.subnet,
+                            role="green") as link:
+                self.program.follow_steps(link, self.on_tick)
+        finally:
+            self.loop.close()
 
 
 def main() -> int:
-    program = Program("green", "green users of one subnet")
-    asyncio.run(Green(program).run())
+    program = Program("green", "green users of one subnet", keyed=True)
+    Green(program).run()
     return 0
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,23 +28,54 @@ from cyberdial.range.emulation.plan import IMPLANT_PORT, HostPlan
 from cyberdial.range.emulation.programs.common import Program
 from cyberdial.range.emulation.programs.payloads import EXPLOIT_OFFSET, exploit_request
 from cyberdial.range.emulation.state import record_pid
+from cyberdial.range.hub import SensorLink
 from cyberdial.range.model import Compromise, GameModel, RedActionKind
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.wire import StepTick
 
 IMPLANT_MODULE = "cyberdial.range.emulation.programs.implant"
 IMPLANT_READY_S = 10.0
 C2_TIMEOUT_S = 1.0
+PROBE_TIMEOUT_S = 0.5
+# An exploit's whole exchange (a vulnerable service answers at once; a blocked path never).
+EXPLOIT_TIMEOUT_S = 2.0
 # Scapy warns about every interface it cannot resolve in the root namespace; quiet it.
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+
+
+def episode_seed(path: Path, default: int) -> int:
+    """The seed the controller wrote for this episode (`<time> <seed>`), else `default`."""
+    try:
+        words = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return default
+    return int(words[1]) if len(words) > 1 and words[1].lstrip("-").isdigit() else default
 
 
 class Red:
     def __init__(self, program: Program, seed: int) -> None:
         self.program = program
+        self.seed = seed
         plan = self.plan = program.plan
         self.scenario = Scenario.model_validate_json(
             (plan.root / "scenario.json").read_text(encoding="utf-8"))
         self.model = GameModel(self.scenario)
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.episode: int | None = None  # the step clock's episode this red plays
+        self.begin_episode(seed)
+        red = self.scenario.red
+        self.durations = {
+            RedActionKind.SWEEP: red.durations.sweep, RedActionKind.SCAN: red.durations.scan,
+            RedActionKind.EXPLOIT: red.durations.exploit,
+            RedActionKind.ESCALATE: red.durations.escalate,
+            RedActionKind.IMPACT: red.durations.impact,
+        }
+        # How long an unanswered probe is waited for: the range is one machine, so
+        # answers take milliseconds; this is only paid on paths that drop (blocked).
+        self.timeout = PROBE_TIMEOUT_S
+
+    def begin_episode(self, seed: int) -> None:
+        """Red at step 0: no foothold, nothing learnt, its random stream seeded afresh."""
         m = self.model
         self.rng = np.random.default_rng(seed)
         self.compromise = np.zeros(m.n_hosts, dtype=np.int8)
@@ -53,7 +85,6 @@ class Red:
         self.swept = np.zeros(m.n_subnets, dtype=bool)
         self.silent_until = np.zeros(m.n_subnets, dtype=np.int64)  # believed blocked
         self.implants: dict[int, int] = {}  # host index -> implant pid
-        self.children: list[subprocess.Popen[bytes]] = []
         self.wait = self.scenario.red.start_delay
         if self.scenario.red.start_jitter:
             # As the simulator: an extra start delay drawn once per episode (run).
@@ -63,14 +94,6 @@ class Red:
         self.timer = 0
         self.pending: tuple[RedActionKind, int] | None = None
         self.step = 0
-        red = self.scenario.red
-        self.durations = {
-            RedActionKind.SWEEP: red.durations.sweep, RedActionKind.SCAN: red.durations.scan,
-            RedActionKind.EXPLOIT: red.durations.exploit,
-            RedActionKind.ESCALATE: red.durations.escalate,
-            RedActionKind.IMPACT: red.durations.impact,
-        }
-        self.timeout = min(max(0.6 * plan.step_period, 0.3), 2.0)
 
     # ---------------------------------------------------------- helpers
 
@@ -173,7 +196,9 @@ class Red:
                                  timeout=self.timeout, verbose=0, threaded=False)
         finally:
             sock.close()
-        alive = {received[IP].src for _, received in answered}
+        # Echo replies only (the router refuses a blocked path with an ICMP error).
+        alive = {received[IP].src for _, received in answered
+                 if received.haslayer(ICMP) and received[ICMP].type == 0}
         for h in targets:
             if h.ip in alive:
                 self.discovered[h.index] = True
@@ -204,15 +229,18 @@ class Red:
             answered, _ = sndrcv(sock, probes, timeout=self.timeout, verbose=0, threaded=False)
         finally:
             sock.close()
+        # Only the target's own answers: the router refuses a blocked path with ICMP.
+        replies = [(sent, received) for sent, received in answered
+                   if received[IP].src == target.ip and received.haslayer(TCP)]
         open_ports = sorted(
-            int(sent[TCP].dport) for sent, received in answered
-            if received.haslayer(TCP) and int(received[TCP].flags) & 0x12 == 0x12
+            int(sent[TCP].dport) for sent, received in replies
+            if int(received[TCP].flags) & 0x12 == 0x12
         )
-        if answered:
+        if replies:
             self.scanned[index] = True
         elif subnet != self.model.host_subnet[source]:
             self.silent_until[subnet] = self.step + max(self.scenario.red.reentry_delay, 1)
-        self.log("scan", target.name, bool(answered), f"open ports {open_ports}", src.name)
+        self.log("scan", target.name, bool(replies), f"open ports {open_ports}", src.name)
 
     def exploit(self, index: int) -> None:
         target = self.host(index)
@@ -230,7 +258,7 @@ class Red:
             with in_netns(self.pid_of(source)):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             with sock:
-                sock.settimeout(max(self.timeout, 1.0) * 3)
+                sock.settimeout(EXPLOIT_TIMEOUT_S)
                 sock.connect((target.ip, service.port))
                 sock.sendall(exploit_request(service.protocol, offset))
                 while len(reply) < 4096:
@@ -310,29 +338,44 @@ class Red:
             RedActionKind.IMPACT: self.impact,
         }[kind](target)
 
-    def run(self) -> None:
-        self.program.ready()
-        t0 = self.program.wait_clock()
-        period = self.plan.step_period
-        while self.program.running():
-            self.program.sleep_until(t0 + self.step * period)
-            if not self.program.running():
-                break
-            try:
-                self.act()
-            except Exception:
-                if self.program.controller_gone():
-                    break  # its hosts vanished under the action: stop, quietly
+    def on_tick(self, tick: StepTick) -> None:
+        """Red's move of one step of the bridge's clock."""
+        if tick.step < 0:
+            return
+        if tick.episode != self.episode:
+            # A new episode: the controller reset every host (our implants are gone);
+            # it wrote the episode's seed (`RangePlan.episode_file`).
+            self.begin_episode(episode_seed(self.plan.episode_file, self.seed))
+            self.episode = tick.episode
+        self.step = tick.step
+        try:
+            self.act()
+        except Exception:
+            if not self.program.controller_gone():
                 raise
-            # A slow action overran its step: continue at the current step, not behind.
-            self.step = max(self.step + 1, int((time.time() - t0) / period))
+            # Its hosts vanished under the action: `running()` now stops us, quietly.
+
+    def run(self) -> None:
+        with SensorLink(self.plan.alert_endpoint, self.plan.run_id, self.program.name,
+                        key=self.program.key, role="red") as link:
+            self.program.follow_steps(link, self.on_tick)
         for child in self.children:
             child.poll()
 
 
+def load_scapy() -> None:
+    """Import scapy before saying ready: its first import reads every interface of the
+    root namespace (seconds on a loaded machine with a range's veths), which would
+    otherwise stall red's first sweep, and with it that step of the episode."""
+    import scapy.layers.inet
+    import scapy.sendrecv
+    import scapy.supersocket  # noqa: F401
+
+
 def main() -> int:
     program = Program("red", "red's kill chain, for real", subnet=False,
-                      extra=[("--seed", {"type": int, "default": 0})])
+                      extra=[("--seed", {"type": int, "default": 0})], keyed=True)
+    load_scapy()
     Red(program, program.args.seed).run()
     return 0
 

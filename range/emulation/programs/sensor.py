@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import struct
 import sys
 import time
 from collections import defaultdict
+
+import zmq
 
 from cyberdial.range.emulation.netns import (
     all_pids,
@@ -31,7 +32,7 @@ from cyberdial.range.emulation.programs.common import Program
 from cyberdial.range.emulation.programs.payloads import LOGIN_FAILED, is_exploit
 from cyberdial.range.hub import SensorLink
 from cyberdial.range.model import AlertKind
-from cyberdial.range.wire import Alert
+from cyberdial.range.wire import Alert, StepDone, StepTick
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -41,6 +42,7 @@ WATCH_S = 0.3
 SCAN_PORTS_THRESHOLD = 5
 SWEEP_HOSTS_THRESHOLD = 4
 PACKETS_PER_ROUND = 4096
+MAX_STEP_SYNS = 65536
 
 
 class Sensor:
@@ -53,11 +55,18 @@ class Sensor:
         self.by_ip = {h.ip: h for h in self.hosts}
         scenario = json.loads((plan.root / "scenario.json").read_text(encoding="utf-8"))
         self.detect_sweeps = float(scenario["sensors"]["sweep_detect"]) > 0
+        # Scans and sweeps are counted within a step of the bridge's clock (and, so that
+        # memory stays bounded while nobody steps the range, within `window` seconds).
         self.window = max(2.0 * plan.step_period, 2.0)
         self.pending: list[Alert] = []
         self.syn_ports: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
         self.echo_hosts: dict[str, dict[str, float]] = defaultdict(dict)
-        self.last_alert: dict[tuple[str, str, str], float] = {}
+        # (host, kind, source) -> (steps closed then, time): one alert per step and key.
+        self.last_alert: dict[tuple[str, str, str], tuple[int, float]] = {}
+        self.closed = 0
+        # This step's connection attempts (dst ip, port, src): checked against the decoys
+        # again when the step closes (a decoy deployed this step is learnt by `watch`).
+        self.step_syns: set[tuple[str, int, str]] = set()
         # Host state baselines for the watchers.
         self.inode_host = {netns_inode(plan.host_pids[h.name]): h.name for h in self.hosts}
         # A host's own processes: its holder, and a container image's daemons.
@@ -75,9 +84,10 @@ class Sensor:
         key = (host, kind.value, source or "")
         now = time.time()
         hold = self.window if dedupe_s is None else dedupe_s
-        if now - self.last_alert.get(key, 0.0) < hold:
+        closed, at = self.last_alert.get(key, (-1, 0.0))
+        if closed == self.closed and now - at < hold:
             return
-        self.last_alert[key] = now
+        self.last_alert[key] = (self.closed, now)
         self.pending.append(Alert(host=host, kind=kind, observed_at=now, evidence=evidence[:500],
                                   source=source))
 
@@ -132,6 +142,8 @@ class Sensor:
         target = self.by_ip.get(dst)
         if target is not None:
             if flags & 0x02 and not flags & 0x10:  # SYN without ACK: a connection attempt
+                if len(self.step_syns) < MAX_STEP_SYNS:
+                    self.step_syns.add((dst, dport, src))
                 if self.decoys.get(dst) == dport:
                     self.alert(target.name, AlertKind.DECOY_TOUCHED,
                                f"connection to decoy port {dport} from {src}", src, dedupe_s=1.0)
@@ -233,35 +245,70 @@ class Sensor:
 
     # ------------------------------------------------------------- run
 
+    def read_packets(self, sock: socket.socket, rounds: int = 1) -> None:
+        for _ in range(rounds * PACKETS_PER_ROUND):
+            try:
+                frame = sock.recv(65535)
+            except BlockingIOError:
+                return
+            self.packet(frame)
+
+    def safe_watch(self) -> None:
+        try:
+            self.watch()
+        except OSError as error:
+            # A host's namespace vanished (its controller died, or a teardown
+            # began): nothing left to watch there; `running()` sees why.
+            if not self.program.controller_gone():
+                self.program.log.warning("cannot watch the hosts (%s): skipping a round", error)
+
+    def close_step(self, sock: socket.socket, link: SensorLink, tick: StepTick) -> None:
+        """Everything up to now is this step's: every frame the kernel queued for us (red
+        and green finished their moves, so their frames crossed the bridge already), one
+        look at the hosts; then the alerts, then `StepDone` on the same socket."""
+        self.read_packets(sock, rounds=64)
+        self.safe_watch()
+        for dst, port, src in sorted(self.step_syns):
+            host = self.by_ip.get(dst)
+            if host is not None and self.decoys.get(dst) == port:
+                self.alert(host.name, AlertKind.DECOY_TOUCHED,
+                           f"connection to decoy port {port} from {src}", src, dedupe_s=1.0)
+        self.step_syns.clear()
+        self.flush(link)
+        link.send("step_done", StepDone(tick=tick.tick), step=max(tick.step, 0))
+        # A new step: scans, sweeps and repeats are counted afresh.
+        self.closed += 1
+        self.syn_ports.clear()
+        self.echo_hosts.clear()
+
     def run(self) -> None:
         (self.plan.root / "alerts").mkdir(exist_ok=True)
         sock = self.open_socket()
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
         sender = f"sensor-{self.subnet.name}"
         with SensorLink(self.plan.alert_endpoint, self.plan.run_id, sender,
                         key=self.program.key, hosts=[h.name for h in self.hosts],
-                        subnet=self.subnet.name) as link:
+                        subnet=self.subnet.name) as link, self.program.follower() as clock:
+            poller = zmq.Poller()
+            poller.register(sock.fileno(), zmq.POLLIN)
+            poller.register(clock.socket, zmq.POLLIN)
             self.program.ready()
             next_watch = 0.0
+            done = -1
             while self.program.running():
-                if poller.poll(50):
-                    for _ in range(PACKETS_PER_ROUND):
-                        try:
-                            frame = sock.recv(65535)
-                        except BlockingIOError:
-                            break
-                        self.packet(frame)
+                events = dict(poller.poll(50))
+                if events.get(sock.fileno()):
+                    self.read_packets(sock)
+                if events.get(clock.socket):
+                    tick = clock.poll(0.0)
+                    if tick is not None and tick.tick > done:
+                        self.close_step(sock, link, tick)
+                        done = tick.tick
+                        next_watch = time.monotonic() + WATCH_S
+                    elif tick is not None:
+                        link.send("step_done", StepDone(tick=done), step=max(tick.step, 0))
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + WATCH_S
-                    try:
-                        self.watch()
-                    except OSError as error:
-                        # A host's namespace vanished (its controller died, or a teardown
-                        # began): nothing left to watch there; `running()` sees why.
-                        if not self.program.controller_gone():
-                            self.program.log.warning("cannot watch the hosts (%s): skipping"
-                                                     " a round", error)
+                    self.safe_watch()
                 self.flush(link)
                 link.maybe_heartbeat()
         sock.close()

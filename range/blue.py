@@ -1,0 +1,86 @@
+"""Blue's side of a step, once for both ranges: timers, what blue learns, the global state.
+
+The simulator (`SimBatch`) and the bridge (`BridgeService`) play the same blue:
+the same action durations, the same knowledge updates after a result or an alert,
+the same `state()` layout. They differ only in where the facts come from — the
+simulated world, or real hosts' command results and alerts — so each calls these
+functions with its own facts. Arrays lead with a batch axis (the bridge's is 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cyberdial.range.model import ACTIVITY_BITS, COMPROMISE_BITS, Activity, GameModel, Observed
+
+
+def advance_timers(
+    model: GameModel, chosen: NDArray[np.int64], pending: NDArray[np.int64],
+    timer: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    """One step of every agent's action timer; (pending, timer, finished), each (B, A).
+
+    An idle agent (timer 0) starts its chosen action with that action's duration; a
+    busy one carries on whatever it chose. A d-step action finishes (takes effect)
+    at the end of its d-th step.
+    """
+    agents = np.broadcast_to(np.arange(model.n_agents), pending.shape)
+    idle = timer == 0
+    pending = np.where(idle, chosen, pending)
+    timer = np.where(idle, model.action_duration[agents, pending], timer) - 1
+    return pending, timer, timer == 0
+
+
+def learn_analysed(observed: NDArray[np.int8], envs: NDArray[np.int64],
+                   hosts: NDArray[np.int64], finding: NDArray[np.int8]) -> None:
+    """Analyse reveals the truth: blue's compromise bits become the finding."""
+    observed[envs, hosts] = finding
+
+
+def learn_restored(observed: NDArray[np.int8], envs: NDArray[np.int64],
+                   hosts: NDArray[np.int64]) -> None:
+    """A restored host is known clean."""
+    observed[envs, hosts] = Observed.NONE
+
+
+def learn_blocked(blocked: NDArray[np.bool_], envs: NDArray[np.int64],
+                  subnets: NDArray[np.int64], value: bool) -> None:
+    """Block / Unblock set the subnet's blocked bit."""
+    blocked[envs, subnets] = value
+
+
+def learn_alerts(activity: NDArray[np.int8], observed: NDArray[np.int8]) -> None:
+    """An exploit seen on a host blue believes clean makes its compromise unknown."""
+    seen = (activity == Activity.EXPLOIT) & (observed == Observed.NONE)
+    observed[seen] = Observed.UNKNOWN
+
+
+def global_state(
+    model: GameModel, t: int, compromise: NDArray[np.int8], impacted: NDArray[np.bool_],
+    decoy: NDArray[np.bool_], down: NDArray[np.bool_], activity: NDArray[np.int8],
+    observed: NDArray[np.int8], blocked: NDArray[np.bool_], messages: NDArray[np.uint8],
+) -> NDArray[np.float32]:
+    """The global state for centralised training, (B, state_size); never shown to agents.
+
+    Per host: one-hot true compromise, impacted, decoy, down, then blue's activity
+    and compromise bits; then blocked subnets, last messages, episode progress.
+    """
+    b = compromise.shape[0]
+    per_host = np.concatenate(
+        [
+            np.eye(3, dtype=np.float32)[compromise],
+            impacted[..., None],
+            decoy[..., None],
+            down[..., None],
+            ACTIVITY_BITS[activity],
+            COMPROMISE_BITS[observed],
+        ],
+        axis=2,
+        dtype=np.float32,
+    ).reshape(b, -1)
+    progress = np.full((b, 1), t / model.scenario.episode_length, dtype=np.float32)
+    return np.concatenate(
+        [per_host, blocked, messages.reshape(b, -1), progress], axis=1, dtype=np.float32
+    )
+
