@@ -432,7 +432,7 @@ class DialLearner(Learner):
         # Per-step views from unbind: one gradient for all steps in the backward pass, not
         # a full-size zero tensor per step as indexing [:, t] would give.
         inputs = embedded.unbind(1)
-        noise = (self.config.dru_sigma * batch.noise).unbind(1)
+        noise = batch.noise.unbind(1)
         gates = (network.sees_activity(batch.observations)[..., None].to(embedded.dtype)
                  .unbind(1) if self.gate else None)
         hidden = network.initial_hidden(n)
@@ -441,7 +441,8 @@ class DialLearner(Learner):
         for t in range(steps + 1):
             hidden = network.recur(inputs[t], network.incoming_from_messages(sent), hidden)
             logits, features = network.message_logits(hidden)
-            sent = torch.sigmoid(logits + noise[t])  # the DRU, with the noise that acted
+            # The DRU, with the noise that acted.
+            sent = dru(logits, self.config.dru_sigma, training=True, noise=noise[t])
             if gates is not None:
                 sent = sent * gates[t]
             features_seen.append(features)

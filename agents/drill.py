@@ -106,6 +106,22 @@ class SimDrillRange:
         )
 
 
+def stacked_observations(
+    model: GameModel, observations: dict[str, Any]
+) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """A ParallelEnv's per-agent observations as one env's (1, A, max_obs) observations and
+    (1, A, max_actions) masks, zero-padded, as a `BatchPolicy` takes them; an agent that
+    is absent (the episode over) stays zero."""
+    obs = np.zeros((1, model.n_agents, model.max_obs), dtype=np.float32)
+    masks = np.zeros((1, model.n_agents, model.max_actions), dtype=np.int8)
+    for layout in model.agents:
+        seen = observations.get(layout.name)
+        if seen is not None:
+            obs[0, layout.index, : layout.obs_size] = seen["observation"]
+            masks[0, layout.index, : layout.n_actions] = seen["action_mask"]
+    return obs, masks
+
+
 class EmulatedDrillRange:
     """The emulated range as a drill range: real hosts, the bridge, an `EmulatedRange` client.
 
@@ -154,15 +170,7 @@ class EmulatedDrillRange:
         self._stack.close()
 
     def _arrays(self, observations: dict[str, Any]) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
-        m = self.model
-        obs = np.zeros((1, m.n_agents, m.max_obs), dtype=np.float32)
-        masks = np.zeros((1, m.n_agents, m.max_actions), dtype=np.int8)
-        for layout in m.agents:
-            seen = observations.get(layout.name)
-            if seen is not None:
-                obs[0, layout.index, : layout.obs_size] = seen["observation"]
-                masks[0, layout.index, : layout.n_actions] = seen["action_mask"]
-        return obs, masks
+        return stacked_observations(self.model, observations)
 
     def reset(self, seed: int) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
         while not self._logs.empty():

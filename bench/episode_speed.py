@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import describe_machine
 
+from cyberdial.agents.drill import stacked_observations
 from cyberdial.bridge.lab import emulated_lab
 from cyberdial.commands.drill import resolve_policy
 from cyberdial.range.scenario import load_scenario
@@ -51,12 +50,7 @@ def bench(name: str, episodes: int, pace: str, policy_name: str) -> dict[str, fl
             policy.reset(1)
             t1 = time.monotonic()
             while env.agents:
-                obs = np.zeros((1, m.n_agents, m.max_obs), dtype=np.float32)
-                masks = np.zeros((1, m.n_agents, m.max_actions), dtype=np.int8)
-                for a in m.agents:
-                    obs[0, a.index, : a.obs_size] = observations[a.name]["observation"]
-                    masks[0, a.index, : a.n_actions] = observations[a.name]["action_mask"]
-                chosen, bits = policy.act(obs, masks)
+                chosen, bits = policy.act(*stacked_observations(m, observations))
                 s0 = time.monotonic()
                 observations, _, _, _, infos = env.step(
                     {a.name: int(chosen[0, a.index]) for a in m.agents},
