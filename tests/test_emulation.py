@@ -81,8 +81,11 @@ def test_router_rules_follow_flows() -> None:
     assert "policy drop" in rules
     assert "ip saddr 10.1.0.0/24 ip daddr 10.1.1.0/24 accept" in rules  # user -> dmz
     assert "ip saddr 10.1.0.0/24 ip daddr 10.1.3.0/24 accept" not in rules  # user -> operational
-    # Blocks come before established traffic, so a block also cuts live sessions.
-    assert rules.index("@blocked reject") < rules.index("established")
+    # Blocks come before established traffic, so a block also cuts live sessions into the
+    # subnet; only traffic into it is refused (the game's Block), not its own way out.
+    assert rules.index("ip daddr @blocked ct direction original reject") < rules.index(
+        "established")
+    assert "saddr @blocked" not in rules
 
 
 def test_run_ids_are_checked() -> None:
@@ -327,23 +330,42 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint, tmp_path: Path
         assert emulated.referee is not None
         truth = emulated.referee.measure()
         assert truth["restores"] == 1 and truth["compromise"]["ophost0"] == "none"
-        # Block: a real connection from the blocked subnet no longer arrives; Unblock restores it.
+        # Block stops traffic from outside into a subnet (docs/game.md), as the simulator:
+        # a real connection into the blocked subnet no longer arrives, and a live session
+        # that entered it is cut; the subnet's own connections out go on. Unblock.
         web = plan.host("opserver0")
+        user1 = plan.host("user1")
+        assert can_connect(plan, "user0", web.ip, 80)
+        with in_netns(plan.host_pids["user0"]):
+            live = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with live:
+            live.settimeout(2.0)
+            live.connect((web.ip, 80))  # a session into operational, open before the block
+            run("block", subnet="operational")
+            assert emulated.referee.measure()["blocked"] == ["operational"]
+            emulated.alerts()
+            assert not can_connect(plan, "user0", web.ip, 80)
+            with in_netns(plan.host_pids["user0"]):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with sock:  # an exploit attempt: it must not reach opserver0's sensor either
+                sock.settimeout(1.0)
+                with pytest.raises(OSError):
+                    sock.connect((web.ip, 80))
+            with pytest.raises(OSError):  # the live session is refused from now on
+                live.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                live.recv(1)
+        time.sleep(0.5)
+        assert not [a for a in emulated.alerts() if a.host == "opserver0"]
+        # Operational's own connections out still work while it is blocked.
+        assert can_connect(plan, "ophost0", user1.ip, 22)
+        run("unblock", subnet="operational")
         assert can_connect(plan, "user0", web.ip, 80)
         run("block", subnet="user")
         assert emulated.referee.measure()["blocked"] == ["user"]
-        emulated.alerts()
-        assert not can_connect(plan, "user0", web.ip, 80)
-        with in_netns(plan.host_pids["user0"]):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        with sock:  # an exploit attempt: it must not reach opserver0's sensor either
-            sock.settimeout(1.0)
-            with pytest.raises(OSError):
-                sock.connect((web.ip, 80))
-        time.sleep(0.5)
-        assert not [a for a in emulated.alerts() if a.host == "opserver0"]
+        assert not can_connect(plan, "ophost0", user1.ip, 22)
+        assert can_connect(plan, "user0", web.ip, 80)  # out of the blocked subnet: allowed
         run("unblock", subnet="user")
-        assert can_connect(plan, "user0", web.ip, 80)
+        assert can_connect(plan, "ophost0", user1.ip, 22)
         assert emulated.referee.measure()["blocked"] == []
         # Decoy: a listener in the host; contact with it raises decoy_touched.
         run("decoy", host="defender")

@@ -268,18 +268,23 @@ def make_plan(scenario: Scenario, run_id: str, run_dir: str | Path) -> RangePlan
 def nft_ruleset(plan: RangePlan) -> str:
     """The router's firewall: only the scenario's flows, and a set of blocked subnets.
 
-    Block(subnet) adds its CIDR to `blocked`: nothing is forwarded into or out of it
-    (checked before established connections, so a block also cuts live sessions).
-    Blocked traffic is refused at once (ICMP administratively prohibited), not left
-    to time out: a firewall's usual answer, and a step then costs no timeout.
+    Block(subnet) adds its CIDR to `blocked`: traffic from outside into it is no
+    longer forwarded, as the game says (docs/game.md: "stop traffic from outside into
+    a subnet"; the simulator's `GameModel.red_reach` and green's cut-off rule). The
+    check comes before established connections and looks at the connection's
+    original direction, so a block also cuts live sessions that entered the subnet,
+    while the subnet's own connections out (and their answers) go on: red on a
+    foothold inside a blocked subnet still reaches the subnets its flows allow, and
+    so do its users. Blocked traffic is refused at once (ICMP administratively
+    prohibited), not left to time out: a firewall's usual answer, and a step then
+    costs no timeout.
     """
     lines = [
         f"table inet {plan.nft_table} {{",
         "  set blocked { type ipv4_addr; flags interval; }",
         "  chain forward {",
         "    type filter hook forward priority 0; policy drop;",
-        "    ip saddr @blocked reject with icmpx type admin-prohibited",
-        "    ip daddr @blocked reject with icmpx type admin-prohibited",
+        "    ip daddr @blocked ct direction original reject with icmpx type admin-prohibited",
         "    ct state established,related accept",
     ]
     by_name = {s.name: s for s in plan.subnets}
