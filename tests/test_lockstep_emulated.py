@@ -28,7 +28,7 @@ from test_bridge_support import wait_for
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.bridge.service import BridgeService, BridgeThread, StepLog
 from cyberdial.range.hub import PHASE_DEADLINE_S
-from cyberdial.range.model import GameModel, RedActionKind
+from cyberdial.range.model import Compromise, GameModel, RedActionKind
 from cyberdial.range.scenario import Scenario, load_scenario
 from cyberdial.range.sim import SimBatch
 
@@ -45,6 +45,12 @@ def exploit_heavy_tiny() -> Scenario:
         "sensors": tiny.sensors.model_copy(update={"exploit_detect": 1.0, "scan_detect": 1.0}),
         "green": tiny.green.model_copy(update={"fp_exploit": 0.0, "fp_scan": 0.0}),
     })
+
+
+def first_privileged_step(scenario: Scenario) -> int:
+    """The earliest step red can hold its entry host privileged: it lands at step
+    `start_delay` and picks Escalate in that same step (the simulator's phase)."""
+    return scenario.red.start_delay + scenario.red.durations.escalate - 1
 
 
 def exploit_bits(model: GameModel, observations: dict[str, np.ndarray]) -> set[str]:
@@ -66,10 +72,14 @@ def test_simulator_shows_each_exploit_in_the_observation_of_its_step() -> None:
     model = sim.model
     defended = {scenario.all_hosts[h].name for a in model.agents for h in a.hosts}
     exploits = 0
+    entry = model.entry_host
+    privileged_at: list[int] = []
     for episode in range(20):
         sim.reset(seed=episode)
-        for _ in range(scenario.episode_length):
+        for t in range(scenario.episode_length):
             result = sim.step(np.zeros((1, model.n_agents), dtype=np.int64))
+            if sim.compromise[0, entry] == Compromise.PRIVILEGED and len(privileged_at) == episode:
+                privileged_at.append(t)
             red = set()
             if sim.red_done_kind[0] == RedActionKind.EXPLOIT and sim.red_done_reached[0]:
                 red.add(scenario.all_hosts[int(sim.red_done_target[0])].name)
@@ -78,6 +88,7 @@ def test_simulator_shows_each_exploit_in_the_observation_of_its_step() -> None:
             assert seen == red & defended
             exploits += len(red & defended)
     assert exploits >= EXPLOITS
+    assert min(privileged_at) == first_privileged_step(scenario), privileged_at
 
 
 @pytest.mark.root
@@ -103,6 +114,8 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
                      timeout_s=30)
             env = EmulatedRange(scenario, agents, run_id=emulated.run_id)
             exploits, mismatches, late, steps = 0, [], set(), 0
+            entry = scenario.red.entry
+            privileged_at: dict[int, int] = {}
             started = time.monotonic()
             try:
                 for episode in range(MAX_EPISODES):
@@ -122,6 +135,8 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
                         if seen != red & defended:
                             mismatches.append((episode, log.step, sorted(red), sorted(seen)))
                         exploits += len(red & defended)
+                        if log.measurement.compromise.get(entry) == "privileged":
+                            privileged_at.setdefault(episode, log.step)
                         for info in infos.values():
                             late |= set(info["late_peers"])
                     if exploits >= EXPLOITS:
@@ -132,6 +147,8 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
     assert exploits >= EXPLOITS, f"red made only {exploits} exploits in {MAX_EPISODES} episodes"
     assert mismatches == [], mismatches
     assert late == set()
+    # Red's kill chain keeps the simulator's phase: it lands and picks Escalate in one step.
+    assert min(privileged_at.values()) == first_privileged_step(scenario), privileged_at
 
 
 @pytest.mark.root

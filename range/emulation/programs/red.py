@@ -310,12 +310,15 @@ class Red:
             self.carry_out(kind, target)
             return
         if not self.implants:
-            if self.wait <= 0:
-                self.enter()
-                self.wait = self.scenario.red.reentry_delay
-            else:
+            if self.wait > 0:
                 self.wait -= 1
-            return
+                return
+            self.enter()
+            self.wait = self.scenario.red.reentry_delay
+            if not self.implants:
+                return
+            # As the simulator (`SimBatch._red_step`): red lands and picks its first move
+            # in the same step, so the kill chain keeps the simulator's phase.
         m = self.model
         noise = self.rng.random((1, 4 * m.n_hosts + m.n_subnets), dtype=np.float32)
         kinds, targets = m.red_choose(
