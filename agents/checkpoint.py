@@ -169,6 +169,13 @@ def check_layout(checkpoint: Checkpoint, model: GameModel, allow_other_hash: boo
     if difference is None:
         return
     same_layout = difference.startswith("scenario hash")
+    calibration = model.scenario.calibration
+    if same_layout and calibration is not None and (
+            checkpoint.layout["scenario_hash"] == calibration.base_hash):
+        # A calibration of the scenario it was trained on: same game, fitted sensor rates.
+        logger.info("%s: trained on %s, playing on its calibration %s", checkpoint.path,
+                    calibration.base, model.scenario.name)
+        return
     if same_layout and allow_other_hash:
         logger.warning("%s: %s; using it anyway", checkpoint.path, difference)
         return

@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("cyberdial.commands.validate",
                  "play a policy in the simulator and on real hosts with the same seeds, and"
                  " compare"),
+    "calibrate": ("cyberdial.commands.calibrate",
+                  "fit the simulator's sensor model to what the real sensors did, as a"
+                  " scenario"),
     "train": ("cyberdial.commands.train",
               "train learning blue agents (DIAL-SAU, DIAL, QMIX, IQL) in the simulator"),
     "evaluate": ("cyberdial.commands.train",

@@ -241,6 +241,20 @@ class Reward(_Frozen):
     actions: ActionCosts = ActionCosts()
 
 
+class Calibration(_Frozen):
+    """Where a calibrated scenario's sensor model came from (`cyberdial calibrate`).
+
+    A checkpoint trained on the base scenario plays on its calibration: the game's
+    layout is the same, only the simulator's sensor rates differ.
+    """
+
+    base: Name
+    base_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    policy: str = ""
+    episodes: Annotated[int, Field(ge=0)] = 0
+    seed: int = 0
+
+
 class Scenario(_Frozen):
     name: Name
     description: str = ""
@@ -255,6 +269,7 @@ class Scenario(_Frozen):
     sensors: Sensors = Sensors()
     blue: Blue
     reward: Reward = Reward()
+    calibration: Calibration | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> Scenario:
@@ -287,13 +302,15 @@ class Scenario(_Frozen):
     def scenario_hash(self) -> str:
         """Stable digest of the scenario's content (not its file or formatting).
 
-        Settings added to the language later (`reward.actions`) are left out while at
+        Settings added to the language later (`reward.actions`, `calibration`) are left out while at
         their defaults, so a scenario that does not use them keeps its digest and the
         checkpoints trained on it stay valid.
         """
         exclude: dict[str, Any] = {}
         if self.reward.actions == ActionCosts():
             exclude = {"reward": {"actions"}}
+        if self.calibration is None:
+            exclude["calibration"] = True
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
