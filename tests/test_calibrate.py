@@ -156,7 +156,7 @@ def test_calibrate_on_real_hosts_writes_a_scenario_the_simulator_uses(tmp_path: 
     assert calibrated.calibration is not None
     assert calibrated.calibration.episodes == 3
     assert calibrated.calibration.base_hash == load_scenario("tiny").scenario_hash
-    recording = load_recording(tmp_path / "emulated")
+    recording = load_recording(tmp_path / "tiny-cal.episodes" / "emulated")
     assert recording.header.range == "emulated" and len(recording.episodes()) == 3
     fit = fit_sensors(recording, load_scenario("tiny"))
     exploits = {rate.name: rate for rate in fit.rates}["exploit_detect"]

@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         " playing episodes")
     parser.add_argument("--out", type=Path,
                         help="the calibrated scenario file to write"
-                        " (default runs/calibrate/<name>__<time>/<name>-cal.yaml)")
+                        " (default runs/calibrate/<name>__<time>/<name>-cal.yaml; the"
+                        " episodes' recording goes beside it, in <file>.episodes/emulated)")
     parser.set_defaults(func=calibrate_command)
 
 
@@ -96,9 +97,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise CyberdialError(f"{source}: already a calibration of {scenario.calibration.base};"
                              " calibrate the base scenario")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = (args.out.parent if args.out else
-              Path("runs") / "calibrate" / f"{scenario.name}__{stamp}")
+    folder = Path("runs") / "calibrate" / f"{scenario.name}__{stamp}"
     out: Path = args.out or folder / f"{calibrated_name(scenario.name)}.yaml"
+    if args.out:  # the episodes' recording goes beside the file, named after it
+        folder = args.out.parent / f"{args.out.stem}.episodes"
     if args.recording is not None:
         recording = load_recording(args.recording)
         policy, seed = recording.header.policy, recording.header.seed
@@ -124,6 +126,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     for kind, (measured, modelled) in fit.false_positives.items():
         console.print(f"false-positive {kind} alerts per episode: {measured:.2f} measured,"
                       f" {modelled:.2f} implied by the green rates (left as they are)")
+    if args.recording is None:
+        console.print(f"episodes recorded in {folder / 'emulated'}")
     console.print(f"calibrated scenario: {out}")
     console.print(f"validate with it: sudo cyberdial validate POLICY --scenario {out}")
     return 0
