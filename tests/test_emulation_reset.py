@@ -47,17 +47,18 @@ def test_reset_episode_returns_every_host_to_step_zero() -> None:
         old_implants = {pid for pids in implants_by_host(plan).values() for pid in pids}
 
         started = time.monotonic()
-        emulated.referee.reset(7)  # what the bridge calls at each episode start
+        # What the bridge does at each episode start: the range's reset, the referee's.
+        emulated.reset_episode(7)
+        emulated.referee.start_episode()
         took = time.monotonic() - started
         truth = emulated.referee.measure()
         assert took < 30
-        # No foothold is left: red's implants died with the hosts' guest processes.
-        others = {h: c for h, c in truth["compromise"].items() if h != scenario.red.entry}
-        assert set(others.values()) == {"none"}, truth["compromise"]
-        assert truth["compromise"][scenario.red.entry] == "none"
-        now = {pid for pids in truth["implants"].values() for pid in pids}
+        # No foothold is left, not even on red's entry host: its implants died with the
+        # hosts' guest processes.
+        assert truth.compromised(scenario) == {}
+        now = {pid for pids in truth.implants.values() for pid in pids}
         assert not now & old_implants
-        assert truth["impacted"] == [] and truth["blocked"] == []
+        assert not truth.impacted.any() and not truth.blocked.any()
         for host in plan.hosts:
             ports = listening_ports(plan.host_pids[host.name])
             assert {s.port for s in host.services} <= ports, host.name

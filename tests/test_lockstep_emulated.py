@@ -96,7 +96,8 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
         assert emulated.referee is not None
         hub = emulated.new_hub()
         agents = f"ipc://{Path(folder) / 'agents'}"
-        service = BridgeService(scenario, hub, emulated.referee, agents, step_period_s=0.0)
+        service = BridgeService(scenario, hub, emulated.referee, agents, range_reset=emulated,
+                                step_period_s=0.0)
         service.step_log = logs.append
         with BridgeThread(service):
             wait_for(lambda: sum(s.heard for s in hub._peers.values()) >= len(hub.expected),
@@ -148,7 +149,8 @@ def test_a_stopped_sensor_is_named_late_then_dead_and_the_episode_goes_on() -> N
         assert emulated.referee is not None and emulated.state is not None
         hub = emulated.new_hub()
         agents = f"ipc://{Path(folder) / 'agents'}"
-        service = BridgeService(scenario, hub, emulated.referee, agents, step_period_s=0.0)
+        service = BridgeService(scenario, hub, emulated.referee, agents, range_reset=emulated,
+                                step_period_s=0.0)
         sensor = next(p for p in emulated.state.programs if p.name == "sensor-user")
         with BridgeThread(service):
             wait_for(lambda: sum(s.heard for s in hub._peers.values()) >= len(hub.expected),

@@ -22,16 +22,16 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import zmq.auth
 
-from cyberdial.bridge.referee import Referee
 from cyberdial.bridge.service import BridgeService, CurveKeys
 from cyberdial.commands.common import console
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.hub import HostHub
+from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.truth import EpisodeReset, NoReferee, NoReset, Referee
 from cyberdial.range.wire import Hello, HostKeys
 
 logger = logging.getLogger(__name__)
@@ -174,13 +174,6 @@ def _read_host_key_file(path: Path | None) -> bytes:
                                " more") from None
 
 
-class _NoReferee:
-    """Chosen with --no-referee: no ground truth, so no host-state costs in the reward."""
-
-    def measure(self) -> dict[str, Any]:
-        return {}
-
-
 def bridge_command(args: argparse.Namespace) -> int:
     explicit = args.alerts and args.commands and args.scenario
     run: _Run | None = None
@@ -222,8 +215,12 @@ def bridge_command(args: argparse.Namespace) -> int:
 
     hub = HostHub(args.run_id, alerts, commands, keys=keys, expected=expected,
                   clock_endpoint=clock_endpoint)
-    service = BridgeService(scenario, hub, referee or _NoReferee(), agent_endpoint,
-                            step_period_s=args.step_period, curve=curve, allowed_clients=allowed)
+    range_reset: EpisodeReset = NoReset(
+        "this bridge knows its range only by endpoints (--alerts/--commands), so it cannot"
+        " reset it; attach by RUN_ID alone to a `cyberdial range up` run for real resets")
+    service = BridgeService(scenario, hub, referee or NoReferee(GameModel(scenario)),
+                            agent_endpoint, range_reset=range_reset, step_period_s=args.step_period,
+                            curve=curve, allowed_clients=allowed)
     stop = threading.Event()
     reason = ["interrupted"]
 
