@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/bridge_speed.py [--seconds 2] [--steps 200]
 
 All on real sockets (ipc in a temp dir). The host side is the simulator-backed
-stand-in (`bridge/simhosts.py`) or plain sensor/actuator links, not real hosts:
+stand-in (`range/simhosts.py`) or plain sensor/actuator links, not real hosts:
 these are the bridge's own costs. The step window is 0 ("use whatever alerts
 have arrived"), so a step's time is all overhead. Figures, not a test.
 """
@@ -29,10 +29,10 @@ from cyberdial.agents.baselines import RandomPolicy
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.bridge.protocol import ActionBatch, encode
 from cyberdial.bridge.service import BridgeService, BridgeThread
-from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import ActuatorLink, HostHub, SensorLink
 from cyberdial.range.model import AlertKind, GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.truth import NoReferee, NoReset
 from cyberdial.range.wire import (
     PROTOCOL_VERSION,

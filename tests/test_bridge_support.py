@@ -13,10 +13,10 @@ from typing import Any
 import zmq
 
 from cyberdial.bridge.service import BridgeService, BridgeThread, CurveKeys
-from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import HostHub
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.truth import EpisodeReset, NoReferee, NoReset, Referee
 from cyberdial.range.wire import HostKeys
 

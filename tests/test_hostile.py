@@ -35,10 +35,10 @@ from test_bridge_support import (
 from cyberdial.bridge.env import BridgeRefused, EmulatedRange
 from cyberdial.bridge.protocol import AgentHello, ResetRequest
 from cyberdial.bridge.service import BridgeService, BridgeThread
-from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import BRIDGE_TO_ACTUATOR_PAYLOADS, ActuatorLink, HostHub, SensorLink
 from cyberdial.range.model import AlertKind, GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.wire import (
     Alert,
     Command,

@@ -16,10 +16,10 @@ import zmq
 from test_bridge_support import HEARTBEAT, KEYS, RUN, bridge, endpoints, wait_for
 
 from cyberdial.bridge.env import EmulatedRange
-from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.model import Compromise, GameModel, RedActionKind
 from cyberdial.range.scenario import Scenario, load_scenario, scenario_from_dict
 from cyberdial.range.sim import SimBatch
+from cyberdial.range.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.truth import (
     FINDING_TEXT,
     Measurement,

@@ -1,12 +1,15 @@
-"""A simulator-backed stand-in for the emulated range's host side, on real sockets.
+"""The simulated host side: the simulator behind real sensor and actuator sockets.
 
-`SimulatedHosts` plays the hosts of a scenario with a `SimBatch`: a world thread
-advances red and green every step period and raises alerts through one
-`SensorLink` per subnet; one `ActuatorLink` thread per subnet applies blue's
-commands to the simulated state. `SimReferee` reads its ground truth. It is the
-bridge's test and benchmark backend: same messages as real hosts, no root.
-Sensors and actuators can be killed (no bye) and restarted, like processes.
-Each signs with its own key from the run's `HostKeys`, as real programs do.
+A range has two host sides that a bridge can drive through a `HostHub`: the
+emulated one (`range/emulation/`: real hosts and the programs inside them) and this
+one. `SimulatedHosts` plays the hosts of a scenario with a `SimBatch`: a world
+thread advances red and green every step period and raises alerts through one
+`SensorLink` per subnet (range/hub.py); one `ActuatorLink` thread per subnet applies
+blue's commands to the simulated state. It resets like a range (`reset_episode`, a
+`truth.EpisodeReset`) and `SimReferee` reads its ground truth. It is the bridge's
+test and benchmark backend: same messages as real hosts, no root. Sensors and
+actuators can be killed (no bye) and restarted, like processes. Each signs with its
+own key from the run's `HostKeys`, as real programs do.
 """
 
 from __future__ import annotations
