@@ -270,7 +270,7 @@ def test_blue_actions_change_real_container_hosts(
                  "ophost0 reachable after its downtime")
         assert emulated.referee is not None
         truth = emulated.referee.measure()
-        assert truth["restores"] == 1 and truth["compromise"]["ophost0"] == "none"
+        assert truth.level(emulated.scenario, "ophost0") == Compromise.CLEAN
         # Block the containers' subnet: the namespace users cannot reach it; Unblock.
         web = plan.host("opserver0")
         assert can_connect(plan, "user0", web.ip, 80)

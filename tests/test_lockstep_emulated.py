@@ -115,9 +115,8 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
                         steps += 1
                         assert len(logs) == 1
                         log = logs[0]
-                        red = {action.split()[1] for action in
-                               log.measurement.model_extra.get("red_actions", [])  # type: ignore[union-attr]
-                               if action.startswith("exploit ")}
+                        red = {move.target for move in log.measurement.red_moves
+                               if move.kind == RedActionKind.EXPLOIT}
                         seen = exploit_bits(model, {name: np.asarray(o["observation"])
                                                     for name, o in observations.items()})
                         if seen != red & defended:

@@ -70,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with explicit endpoints: a file (mode 0600) holding the host"
                         " programs' master key as one `cyberdial-key HEX` line")
     parser.add_argument("--no-referee", action="store_true",
-                        help="serve without ground truth (rewards then hold only comm costs);"
-                        " for runs without a run directory")
+                        help="serve without ground truth (rewards then hold only blue's own"
+                        " costs); for runs without a run directory")
     parser.add_argument("--step-period", type=float, default=None,
                         help="the least seconds a step lasts, the pace of a watched drill"
                         " (default: the scenario's; 0: as fast as the hosts allow)")
@@ -200,7 +200,7 @@ def bridge_command(args: argparse.Namespace) -> int:
         clock_endpoint = run.clock_endpoint
         range_reset = run.range_reset
     if referee is None:
-        logger.warning("no referee: rewards hold only communication costs")
+        logger.warning("no referee: rewards hold only blue's own costs (bits, restores, actions)")
     curve = CurveKeys.load(args.curve_secret) if args.curve_secret else None
     allowed = None
     if args.allow_clients is not None:
