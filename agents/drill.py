@@ -91,8 +91,6 @@ class SimDrillRange:
             )
             for h in np.flatnonzero(activity)
         ]
-        truth = self.batch.ground_truth(0)
-        truth["decoys"] = [hosts[h].name for h in np.flatnonzero(self.batch.decoy[0])]
         return DrillStep(
             observations=result.observations,
             masks=result.masks,
@@ -100,7 +98,7 @@ class SimDrillRange:
             terms={k: float(v[0]) for k, v in result.terms.items() if k != "total"},
             alerts=alerts,
             commands=[],
-            ground_truth=GroundTruth(**truth),
+            ground_truth=GroundTruth.of(self.model.scenario, self.batch.measurement(0)),
             executed=[int(x) for x in result.executed[0]],
             done=result.done,
         )
@@ -186,11 +184,6 @@ class EmulatedDrillRange:
         )
         log = self._logs.get(timeout=self.LOG_WAIT_S)
         obs, masks = self._arrays(observations)
-        measurement = log.measurement
-        compromise = {host.name: "clean" for host in m.scenario.all_hosts}
-        for name, level in measurement.compromise.items():
-            compromise[name] = "clean" if level in ("none", "clean") else level
-        extra = measurement.model_extra or {}
         executed = []
         for layout in m.agents:
             label = infos.get(layout.name, {}).get("executed", "sleep")
@@ -211,14 +204,7 @@ class EmulatedDrillRange:
                               detail=result.detail, compromise=result.compromise)
                 for agent, action, result in log.commands
             ],
-            ground_truth=GroundTruth(
-                compromise=compromise,
-                impacted=list(measurement.impacted),
-                blocked=list(extra.get("blocked", [])),
-                red_action=str((extra.get("red_actions") or [""])[-1]),
-                red_actions=[str(a) for a in extra.get("red_actions", [])],
-                decoys=list(measurement.decoys),
-            ),
+            ground_truth=GroundTruth.of(m.scenario, log.measurement),
             executed=executed,
             done=bool(truncations.get(first, True)),
             infos={

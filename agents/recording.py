@@ -18,7 +18,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cyberdial.range.errors import CyberdialError
-from cyberdial.range.model import GameModel
+from cyberdial.range.model import Compromise, GameModel
+from cyberdial.range.scenario import Scenario
+from cyberdial.range.truth import Measurement
 
 RECORDING_VERSION = 1
 RECORDING_NAME = "recording.jsonl"
@@ -90,6 +92,21 @@ class GroundTruth(_Record):
     # What red did this step that reached its target: "scan opserver0", "sweep user"...
     red_actions: list[str] = []
     decoys: list[str] = []  # hosts with a decoy deployed (added later; older files lack it)
+
+    @classmethod
+    def of(cls, scenario: Scenario, truth: Measurement) -> GroundTruth:
+        """A range's measurement in the recording's words, the same for both ranges: every
+        host "clean" / "user" / "privileged"; `red_action` is red's last move of the step."""
+        moves = [move.label for move in truth.red_moves]
+        return cls(
+            compromise={h.name: Compromise(int(truth.compromise[h.index])).name.lower()
+                        for h in scenario.all_hosts},
+            impacted=truth.host_names(scenario, truth.impacted),
+            blocked=truth.blocked_names(scenario),
+            red_action=moves[-1] if moves else "",
+            red_actions=moves,
+            decoys=truth.host_names(scenario, truth.decoy),
+        )
 
 
 class StepRecord(_Record):

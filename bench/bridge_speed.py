@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/bridge_speed.py [--seconds 2] [--steps 200]
 
 All on real sockets (ipc in a temp dir). The host side is the simulator-backed
-stand-in (`bridge/simhosts.py`) or plain sensor/actuator links, not real hosts:
+stand-in (`range/simhosts.py`) or plain sensor/actuator links, not real hosts:
 these are the bridge's own costs. The step window is 0 ("use whatever alerts
 have arrived"), so a step's time is all overhead. Figures, not a test.
 """
@@ -29,10 +29,11 @@ from cyberdial.agents.baselines import RandomPolicy
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.bridge.protocol import ActionBatch, encode
 from cyberdial.bridge.service import BridgeService, BridgeThread
-from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import ActuatorLink, HostHub, SensorLink
-from cyberdial.range.model import AlertKind
+from cyberdial.range.model import AlertKind, GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.simhosts import SimReferee, SimulatedHosts
+from cyberdial.range.truth import NoReferee, NoReset
 from cyberdial.range.wire import (
     PROTOCOL_VERSION,
     Alert,
@@ -55,9 +56,8 @@ def percentiles(samples: list[float]) -> str:
             f" (n={len(ms)})")
 
 
-class NoTruth:
-    def measure(self) -> dict[str, Any]:
-        return {}
+# Scripted host sides here: no ground truth, and no range to reset.
+NO_RANGE = NoReset("a benchmark's scripted host side")
 
 
 # ------------------------------------------------------------- throughput
@@ -155,7 +155,8 @@ def alert_to_observation(folder: Path, steps: int, background_rate: float) -> li
     ctx: zmq.Context[Any] = zmq.Context()
     ends = {k: f"ipc://{folder / ('l' + k)}" for k in ("a", "c", "g")}
     hub = HostHub(RUN, ends["a"], ends["c"], keys=KEYS, context=ctx)
-    service = BridgeService(scenario, hub, NoTruth(), ends["g"], step_period_s=0, context=ctx)
+    service = BridgeService(scenario, hub, NoReferee(GameModel(scenario)), ends["g"],
+                            range_reset=NO_RANGE, step_period_s=0, context=ctx)
     stop = threading.Event()
 
     def background() -> None:
@@ -205,7 +206,8 @@ def step_overhead(name: str, folder: Path, steps: int) -> tuple[list[float], lis
     hosts = SimulatedHosts(scenario, RUN, ends["a"], ends["c"], keys=KEYS, step_period_s=0.05,
                            context=ctx)
     hub = HostHub(RUN, ends["a"], ends["c"], keys=KEYS, context=ctx)
-    service = BridgeService(scenario, hub, SimReferee(hosts), ends["g"], step_period_s=0,
+    service = BridgeService(scenario, hub, SimReferee(hosts), ends["g"], range_reset=hosts,
+                            step_period_s=0,
                             command_timeout_s=1.0, context=ctx)
     round_trips: list[float] = []
     commands = 0
@@ -243,7 +245,8 @@ def processing_per_step(name: str, folder: Path, steps: int) -> list[float]:
     ctx: zmq.Context[Any] = zmq.Context()
     hub = HostHub(RUN, f"ipc://{folder / (name + 'pa')}", f"ipc://{folder / (name + 'pc')}",
                   keys=KEYS, context=ctx)
-    service = BridgeService(scenario, hub, NoTruth(), f"ipc://{folder / (name + 'pg')}",
+    service = BridgeService(scenario, hub, NoReferee(GameModel(scenario)),
+                            f"ipc://{folder / (name + 'pg')}", range_reset=NO_RANGE,
                             step_period_s=0, context=ctx)
     samples: list[float] = []
     with service:

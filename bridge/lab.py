@@ -79,7 +79,7 @@ def emulated_lab(
         hub = emulated.new_hub()
         endpoint = f"ipc://{workdir.resolve() / f'agents-{emulated.run_id}.sock'}"
         service = BridgeService(scenario, hub, emulated.referee, endpoint,
-                                step_period_s=step_period_s)
+                                range_reset=emulated, step_period_s=step_period_s)
         service.step_log = step_log
         stack.enter_context(BridgeThread(service))
         _wait_for_programs(hub)

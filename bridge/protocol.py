@@ -183,7 +183,7 @@ class ObservationBatch(_Message):
 
 
 ErrorCode = Literal["not_ready", "scenario_mismatch", "episode_over", "bad_request", "busy",
-                    "name_taken"]
+                    "name_taken", "reset_failed"]
 
 
 class ErrorReply(_Message):

@@ -1,7 +1,8 @@
 """The bridge service: real alerts become the simulator's observations, actions become commands.
 
 It owns the agent endpoint (ROUTER; clients are DEALERs such as `EmulatedRange`)
-and drives a `HostHub` (sensors and actuators) and a `Referee` (ground truth).
+and drives a `HostHub` (sensors and actuators), a `Referee` (ground truth) and the
+range's `EpisodeReset` (each episode's step 0).
 Each step it runs the game model's rules that the simulator runs — same
 observation bits and layout, same SAU masks, same action durations, same reward
 formula — on what the real hosts report. Nothing an agent sends reaches a host
@@ -30,7 +31,7 @@ import numpy as np
 import zmq
 import zmq.auth
 from numpy.typing import NDArray
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from zmq.auth.thread import ThreadAuthenticator
 
 from cyberdial.bridge.protocol import (
@@ -55,7 +56,6 @@ from cyberdial.bridge.protocol import (
     decode,
     encode,
 )
-from cyberdial.bridge.referee import Measurement, Referee
 from cyberdial.range.blue import (
     advance_timers,
     global_state,
@@ -64,17 +64,17 @@ from cyberdial.range.blue import (
     learn_blocked,
     learn_restored,
 )
+from cyberdial.range.errors import CyberdialError
 from cyberdial.range.hub import PHASE_DEADLINE_S, PUMP_BATCH, HostHub, configure_socket
-from cyberdial.range.model import (
-    ALERT_ACTIVITY,
-    ActionKind,
-    Activity,
-    BlueAction,
-    Compromise,
-    GameModel,
-    Observed,
-)
+from cyberdial.range.model import ALERT_ACTIVITY, ActionKind, Activity, BlueAction, GameModel
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.truth import (
+    EpisodeReset,
+    Measurement,
+    Referee,
+    ResetUnsupported,
+    decode_finding,
+)
 from cyberdial.range.wire import initial_seq
 
 logger = logging.getLogger(__name__)
@@ -92,11 +92,8 @@ MAX_CLIENTS = 64
 DRIVER_IDLE_S = 120.0
 # A client name held by a connection silent this long may be taken by a new one.
 CLIENT_IDLE_S = 120.0
-_COMPROMISE_CODE = {"clean": Compromise.CLEAN, "none": Compromise.CLEAN,
-                    "user": Compromise.USER, "privileged": Compromise.PRIVILEGED}
 # The bridge's one environment, as an index array for the batch-shaped `range.blue` rules.
 _FIRST = np.zeros(1, dtype=np.int64)
-_OBSERVED_CODE = {"none": Observed.NONE, "user": Observed.USER, "privileged": Observed.PRIVILEGED}
 
 
 @dataclass(frozen=True)
@@ -178,6 +175,7 @@ class BridgeService:
         referee: Referee,
         agent_endpoint: str,
         *,
+        range_reset: EpisodeReset,
         step_period_s: float | None = None,
         command_timeout_s: float | None = None,
         curve: CurveKeys | None = None,
@@ -188,6 +186,8 @@ class BridgeService:
         self.model = GameModel(scenario)
         self.hub = hub
         self.referee = referee
+        self.range_reset = range_reset
+        self.range_resets = 0  # episodes that started with the range really reset
         self.run_id = hub.run_id
         self.agent_endpoint = agent_endpoint
         self.step_period_s = scenario.step_period if step_period_s is None else step_period_s
@@ -220,6 +220,7 @@ class BridgeService:
         self._last_reply: tuple[int, list[bytes]] | None = None
         self._last_commands: list[tuple[str, BlueAction, CommandResult]] = []
         self.step_log: Callable[[StepLog], None] | None = None
+        self._said_no_reset = False
         self._reset_state()
 
     # ------------------------------------------------------------ lifecycle
@@ -381,7 +382,13 @@ class BridgeService:
                 f" {DRIVER_IDLE_S:.0f} s), or start another range"))
         elif isinstance(payload, ResetRequest):
             self.driver = sender
-            reply = self.reset(payload.seed)
+            try:
+                reply = self.reset(payload.seed)
+            except CyberdialError as error:
+                self._started = False
+                self._reply(identity, "error", ErrorReply(
+                    code="reset_failed", message=f"the range could not be reset: {error}"[:512]))
+                return
             self._last_reply = (self.step, self._reply(identity, "observations", reply))
         elif isinstance(payload, ActionBatch):
             self._on_actions(identity, payload)
@@ -477,14 +484,22 @@ class BridgeService:
         self.timer = np.zeros(m.n_agents, dtype=np.int64)
         self.mask = m.action_masks(self.activity, self.observed, self.messages,
                                    (self.timer > 0)[None, :])
-        self.measurement = Measurement()
+        self.measurement = Measurement.clean(m)
         self._episode_wall_start = time.time()
 
     def reset(self, seed: int | None = None) -> ObservationBatch:
-        """Start an episode: reset the referee, forget old alerts, observe step 0."""
-        reset = getattr(self.referee, "reset", None)
-        if callable(reset):
-            reset(seed)
+        """Start an episode: the range back at step 0 (`range_reset`; one that declines is
+        said once in the log, and the episode starts from the hosts' current state), the
+        referee's count afresh, old alerts forgotten; observe step 0. A range that fails to
+        reset raises its `CyberdialError` (the client is answered `reset_failed`)."""
+        try:
+            self.range_reset.reset_episode(seed)
+            self.range_resets += 1
+        except ResetUnsupported as declined:
+            if not self._said_no_reset:
+                logger.warning("%s", declined)
+                self._said_no_reset = True
+        self.referee.start_episode()
         self._reset_state()
         self.episode += 1
         # Alerts from before this episode are not its activity: with a clock, every
@@ -588,8 +603,9 @@ class BridgeService:
         index, first = self.scenario.host_index, _FIRST
         if action.kind == ActionKind.ANALYSE and action.host is not None:
             if result.compromise is not None:
+                # The wire's text, decoded once here; blue's bits take the game's value.
                 learn_analysed(self.observed, first, np.array([index[action.host]]),
-                               np.array([_OBSERVED_CODE[result.compromise]], dtype=np.int8))
+                               np.array([decode_finding(result.compromise)], dtype=np.int8))
         elif action.kind == ActionKind.RESTORE and action.host is not None:
             learn_restored(self.observed, first, np.array([index[action.host]]))
             return 1
@@ -631,53 +647,44 @@ class BridgeService:
         return per_agent
 
     def _measure(self) -> Measurement:
+        m = self.model
         try:
-            return Measurement.model_validate(dict(self.referee.measure()))
-        except ValidationError as error:
-            problem = str(error).splitlines()[0]
+            measurement = self.referee.measure()
+            if not isinstance(measurement, Measurement):
+                problem = f"measure() gave a {type(measurement).__name__}, not a Measurement"
+            elif measurement.compromise.shape != (m.n_hosts,) or \
+                    measurement.blocked.shape != (m.n_subnets,):
+                problem = (f"a measurement of {measurement.compromise.shape[0]} hosts and"
+                           f" {measurement.blocked.shape[0]} subnets, not {m.n_hosts} and"
+                           f" {m.n_subnets}")
+            else:
+                return measurement
         except Exception as error:  # a failing referee must not stop the episode
             problem = f"{type(error).__name__}: {error}"
-        # Scored as empty (no host-state costs); counted, and logged once per kind.
+        # Scored as clean (no host-state costs); counted, and logged once per kind.
         self.drops.drop(Dropped("referee_failed", problem), logger)
-        return Measurement()
-
-    def _truth_arrays(self) -> tuple[NDArray[np.int8], NDArray[np.bool_], NDArray[np.bool_],
-                                     NDArray[np.bool_]]:
-        m, index, meas = self.model, self.scenario.host_index, self.measurement
-        compromise = np.zeros((1, m.n_hosts), dtype=np.int8)
-        for name, level in meas.compromise.items():
-            if name in index:
-                compromise[0, index[name]] = _COMPROMISE_CODE[level]
-        flags = []
-        for names in (meas.impacted, meas.decoys, meas.down):
-            flag = np.zeros((1, m.n_hosts), dtype=bool)
-            flag[0, [index[n] for n in names if n in index]] = True
-            flags.append(flag)
-        return compromise, flags[0], flags[1], flags[2]
+        return Measurement.clean(m)
 
     def _action_costs(self, finished: list[tuple[int, BlueAction]]) -> NDArray[np.float32]:
         """Wasted-action costs as the simulator charges them, on the last measured truth."""
         done = np.zeros((1, self.model.n_agents), dtype=bool)
         done[0, [index for index, _ in finished]] = True
-        compromise, _, _, _ = self._truth_arrays()
-        return self.model.action_costs(done, self.pending[None, :], compromise, self.observed,
+        return self.model.action_costs(done, self.pending[None, :],
+                                       self.measurement.compromise[None], self.observed,
                                        self.blocked)
 
     def _reward_terms(self, restores: int, bits_sent: int,
                       action_costs: NDArray[np.float32] | None = None) -> dict[str, float]:
-        compromise, impacted, _, _ = self._truth_arrays()
-        terms = self.model.reward_terms(
-            compromise, impacted, np.array([self.measurement.green_failures], dtype=np.int64),
-            np.array([restores], dtype=np.int64), np.array([bits_sent], dtype=np.int64),
-            action_costs)
-        return {name: float(value[0]) for name, value in terms.items()}
+        return self.measurement.reward_terms(self.model, restores=restores, bits_sent=bits_sent,
+                                             action_costs=action_costs)
 
     def state(self) -> NDArray[np.float32]:
         """The global state in `SimBatch.state()`'s layout (`range.blue.global_state`), from
         the referee's ground truth."""
-        compromise, impacted, decoy, down = self._truth_arrays()
-        return global_state(self.model, self.step, compromise, impacted, decoy, down,
-                            self.activity, self.observed, self.blocked, self.messages)[0]
+        truth = self.measurement
+        return global_state(self.model, self.step, truth.compromise[None], truth.impacted[None],
+                            truth.decoy[None], truth.down[None], self.activity, self.observed,
+                            self.blocked, self.messages)[0]
 
     def _observation_batch(self, outcome: dict[str, Any] | None) -> ObservationBatch:
         m = self.model

@@ -32,6 +32,7 @@ from cyberdial.range.model import (
     RedActionKind,
 )
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.truth import Measurement, RedMove
 
 
 @dataclass
@@ -114,6 +115,7 @@ class SimBatch:
         self.blue_timer = np.zeros((b, a), dtype=np.int64)
         self.messages = np.zeros((b, a, m.message_bits), dtype=np.uint8)
         self.last_action = np.zeros((b, a), dtype=np.int64)
+        self.green_failures = np.zeros(b, dtype=np.int64)  # in the last step
         self.mask = m.action_masks(self.activity, self.observed, self.messages, self.blue_timer > 0)
         return self._observe(), self.mask
 
@@ -144,7 +146,7 @@ class SimBatch:
         restores, action_costs = self._blue_step(chosen)
         self.activity[:] = Activity.NONE
         self._red_step()
-        failures = self._green_step()
+        failures = self.green_failures = self._green_step()
         # An exploit seen on a host whose state blue believes clean makes it "unknown".
         learn_alerts(self.activity, self.observed)
         np.maximum(self.down - 1, 0, out=self.down)
@@ -345,33 +347,26 @@ class SimBatch:
             self.activity, self.observed, self.blocked, self.messages,
         )
 
-    def ground_truth(self, env: int = 0) -> dict[str, Any]:
-        """The true state of one copy, by host name (for recordings and reports)."""
-        hosts = self.scenario.all_hosts
-        return {
-            "compromise": {
-                h.name: Compromise(int(self.compromise[env, h.index])).name.lower() for h in hosts
-            },
-            "impacted": [h.name for h in hosts if self.impacted[env, h.index]],
-            "blocked": [
-                s.name for i, s in enumerate(self.scenario.subnets) if self.blocked[env, i]
-            ],
-            "red_action": RedActionKind(int(self.red_kind[env])).name.lower(),
-            "red_actions": self.red_actions_done(env),
-        }
+    def measurement(self, env: int = 0) -> Measurement:
+        """The true state of one copy, as the ranges' referees report theirs: what recordings
+        and the simulated host side read (never shown to agents)."""
+        return Measurement(
+            self.compromise[env].copy(), self.impacted[env].copy(), self.decoy[env].copy(),
+            self.down[env] > 0, self.blocked[env].copy(),
+            green_failures=int(self.green_failures[env]), red_moves=self.red_moves(env))
 
-    def red_actions_done(self, env: int = 0) -> list[str]:
-        """What red completed this step against what it reached, e.g. ["scan opserver0"]."""
+    def red_moves(self, env: int = 0) -> tuple[RedMove, ...]:
+        """What red completed this step against what it reached (none, or one move)."""
         kind = RedActionKind(int(self.red_done_kind[env]))
         if kind == RedActionKind.NONE or not self.red_done_reached[env]:
-            return []
+            return ()
         target = int(self.red_done_target[env])
         name = (
             self.scenario.subnets[target].name
             if kind == RedActionKind.SWEEP
             else self.scenario.all_hosts[target].name
         )
-        return [f"{kind.name.lower()} {name}"]
+        return (RedMove(kind, name),)
 
 
 # ------------------------------------------------------------------- PettingZoo

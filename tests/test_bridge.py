@@ -15,9 +15,9 @@ from test_bridge_support import (
     HEARTBEAT,
     KEYS,
     RUN,
-    StaticReferee,
     bridge,
     endpoints,
+    no_truth,
     simulated_range,
     wait_for,
 )
@@ -121,7 +121,7 @@ def stacked_masks(env: EmulatedRange, observations: dict[str, Any]) -> np.ndarra
 def test_spaces_identical_to_sim(name: str, context: zmq.Context[Any]) -> None:
     scenario = load_scenario(name)
     sim = SimRange(scenario)
-    with endpoints() as ends, bridge(scenario, ends, context, StaticReferee(), step_period_s=0):
+    with endpoints() as ends, bridge(scenario, ends, context, no_truth(scenario), step_period_s=0):
         env = EmulatedRange(scenario, ends.agents, run_id=RUN, context=context)
         try:
             assert env.possible_agents == sim.possible_agents
@@ -157,7 +157,7 @@ def test_parallel_api_on_simulated_hosts(tiny: Scenario, context: zmq.Context[An
 
 
 def test_scenario_mismatch_is_refused(tiny: Scenario, context: zmq.Context[Any]) -> None:
-    with endpoints() as ends, bridge(tiny, ends, context, StaticReferee(), step_period_s=0):
+    with endpoints() as ends, bridge(tiny, ends, context, no_truth(tiny), step_period_s=0):
         with pytest.raises(BridgeRefused, match="scenario"):
             EmulatedRange(load_scenario("small"), ends.agents, run_id=RUN, context=context)
 
@@ -175,7 +175,7 @@ def test_alerts_and_results_encode_like_the_model(tiny: Scenario,
     model = GameModel(tiny)
     h = tiny.host_index
     with endpoints() as ends, \
-            bridge(tiny, ends, context, StaticReferee(), step_period_s=0.15) as service, \
+            bridge(tiny, ends, context, no_truth(tiny), step_period_s=0.15) as service, \
             ScriptedActuator(ends.commands, context, tiny, "user") as user_side, \
             ScriptedActuator(ends.commands, context, tiny, "operational") as ops_side, \
             SensorLink(ends.alerts, RUN, "sensor", key=KEYS.key("sensor"),
@@ -226,7 +226,7 @@ def test_alerts_and_results_encode_like_the_model(tiny: Scenario,
 def test_masked_action_is_a_no_op(tiny: Scenario, context: zmq.Context[Any]) -> None:
     model = GameModel(tiny)
     with endpoints() as ends, \
-            bridge(tiny, ends, context, StaticReferee(), step_period_s=0) as service, \
+            bridge(tiny, ends, context, no_truth(tiny), step_period_s=0) as service, \
             ScriptedActuator(ends.commands, context, tiny, "user") as user_side:
         wait_for(lambda: "act-user" in service.hub._peers)
         env = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context)
@@ -246,7 +246,7 @@ def test_multi_step_actions_follow_durations(tiny: Scenario, context: zmq.Contex
     slow = variant(tiny, blue__durations__analyse=2, blue__sau=False)
     model = GameModel(slow)
     with endpoints() as ends, \
-            bridge(slow, ends, context, StaticReferee(), step_period_s=0) as service, \
+            bridge(slow, ends, context, no_truth(slow), step_period_s=0) as service, \
             ScriptedActuator(ends.commands, context, slow, "user") as user_side:
         wait_for(lambda: "act-user" in service.hub._peers)
         env = EmulatedRange(slow, ends.agents, run_id=RUN, context=context)
@@ -268,7 +268,7 @@ def test_multi_step_actions_follow_durations(tiny: Scenario, context: zmq.Contex
 def test_repeated_step_is_answered_from_cache(tiny: Scenario, context: zmq.Context[Any]) -> None:
     model = GameModel(tiny)
     with endpoints() as ends, \
-            bridge(tiny, ends, context, StaticReferee(), step_period_s=0) as service, \
+            bridge(tiny, ends, context, no_truth(tiny), step_period_s=0) as service, \
             ScriptedActuator(ends.commands, context, tiny, "operational") as ops_side:
         wait_for(lambda: "act-operational" in service.hub._peers)
         client = context.socket(zmq.DEALER)
@@ -374,7 +374,7 @@ def test_curve_on_loopback(tiny: Scenario, context: zmq.Context[Any]) -> None:
     server, client, stranger = CurveKeys.generate(), CurveKeys.generate(), CurveKeys.generate()
     with endpoints() as ends:
         ends.agents = "tcp://127.0.0.1:*"
-        with bridge(tiny, ends, context, StaticReferee(), step_period_s=0, curve=server,
+        with bridge(tiny, ends, context, no_truth(tiny), step_period_s=0, curve=server,
                     allowed_clients=[client.public]) as service:
             env = EmulatedRange(tiny, service.agent_endpoint, run_id=RUN, context=context,
                                 server_key=server.public, curve=client)
@@ -451,7 +451,7 @@ def test_attach_reads_the_run_directory(tiny: Scenario, context: zmq.Context[Any
                                         tmp_path: Any) -> None:
     with pytest.raises(BridgeRefused, match="cyberdial bridge r9"):
         EmulatedRange.attach("r9", runs_root=tmp_path, context=context)
-    with endpoints() as ends, bridge(tiny, ends, context, StaticReferee(), step_period_s=0):
+    with endpoints() as ends, bridge(tiny, ends, context, no_truth(tiny), step_period_s=0):
         run_dir = tmp_path / RUN
         run_dir.mkdir()
         (run_dir / "scenario.json").write_text(tiny.model_dump_json(), encoding="utf-8")
@@ -490,7 +490,7 @@ def test_agent_in_another_process_over_curve(tiny: Scenario, context: zmq.Contex
     server, client = CurveKeys.generate(), CurveKeys.generate()
     with endpoints() as ends:
         ends.agents = "tcp://127.0.0.1:*"
-        with bridge(tiny, ends, context, StaticReferee(), step_period_s=0, curve=server,
+        with bridge(tiny, ends, context, no_truth(tiny), step_period_s=0, curve=server,
                     allowed_clients=[client.public]) as service:
             child = multiprocessing.get_context("spawn").Process(
                 target=_client_process,

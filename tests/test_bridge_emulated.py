@@ -32,7 +32,7 @@ def test_react_baseline_plays_tiny_on_real_hosts() -> None:
         assert emulated.referee is not None
         hub = emulated.new_hub()
         agents = f"ipc://{Path(folder) / 'agents'}"
-        service = BridgeService(scenario, hub, emulated.referee, agents)
+        service = BridgeService(scenario, hub, emulated.referee, agents, range_reset=emulated)
         with BridgeThread(service):
             # Every subnet's sensor and actuator finds the hub (they reconnect on their own).
             wait_for(lambda: sum(s.heard for s in hub._peers.values())

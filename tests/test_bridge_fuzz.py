@@ -22,7 +22,7 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_bridge_support import HEARTBEAT, KEYS, RUN, StaticReferee, bridge, endpoints, wait_for
+from test_bridge_support import HEARTBEAT, KEYS, RUN, bridge, endpoints, no_truth, wait_for
 
 from cyberdial.bridge.env import EmulatedRange
 from cyberdial.bridge.protocol import (
@@ -228,7 +228,7 @@ def test_fuzz_every_bridge_socket(context: zmq.Context[Any]) -> None:
             link.serve(stop=stop, deadline=time.monotonic() + 60)
 
     with endpoints() as ends, \
-            bridge(scenario, ends, context, StaticReferee(), step_period_s=0) as service:
+            bridge(scenario, ends, context, no_truth(scenario), step_period_s=0) as service:
         thread = threading.Thread(target=actuator, args=(ends.commands,), daemon=True)
         thread.start()
         sockets = []

@@ -12,11 +12,12 @@ from typing import Any
 
 import zmq
 
-from cyberdial.bridge.referee import Referee
 from cyberdial.bridge.service import BridgeService, BridgeThread, CurveKeys
-from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import HostHub
+from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.simhosts import SimReferee, SimulatedHosts
+from cyberdial.range.truth import EpisodeReset, NoReferee, NoReset, Referee
 from cyberdial.range.wire import HostKeys
 
 RUN = "test-run"
@@ -40,17 +41,13 @@ def endpoints() -> Iterator[Endpoints]:
         yield Endpoints(f"ipc://{base / 'a'}", f"ipc://{base / 'c'}", f"ipc://{base / 'g'}")
 
 
-class StaticReferee:
-    """A referee for scripted host sides: nothing is ever compromised."""
+def no_truth(scenario: Scenario) -> NoReferee:
+    """The referee for scripted host sides: nothing is ever compromised."""
+    return NoReferee(GameModel(scenario))
 
-    def __init__(self) -> None:
-        self.resets = 0
 
-    def reset(self, seed: int | None = None) -> None:
-        self.resets += 1
-
-    def measure(self) -> dict[str, Any]:
-        return {"compromise": {}, "green_failures": 0}
+# Scripted host sides are no range: they decline to reset (the bridge says so once).
+SCRIPTED = NoReset("a test's scripted host side")
 
 
 @contextmanager
@@ -58,12 +55,13 @@ def bridge(
     scenario: Scenario, ends: Endpoints, context: zmq.Context[Any], referee: Referee, *,
     step_period_s: float, command_timeout_s: float | None = None,
     curve: CurveKeys | None = None, allowed_clients: list[bytes] | None = None,
+    range_reset: EpisodeReset = SCRIPTED,
 ) -> Iterator[BridgeService]:
     hub = HostHub(RUN, ends.alerts, ends.commands, keys=KEYS, context=context,
                   heartbeat_interval_s=HEARTBEAT)
-    service = BridgeService(scenario, hub, referee, ends.agents, step_period_s=step_period_s,
-                            command_timeout_s=command_timeout_s, curve=curve,
-                            allowed_clients=allowed_clients, context=context)
+    service = BridgeService(scenario, hub, referee, ends.agents, range_reset=range_reset,
+                            step_period_s=step_period_s, command_timeout_s=command_timeout_s,
+                            curve=curve, allowed_clients=allowed_clients, context=context)
     with BridgeThread(service) as running:
         yield running
 
@@ -79,7 +77,7 @@ def simulated_range(
                                step_period_s=step_period_s, seed=seed,
                                heartbeat_interval_s=HEARTBEAT, context=context)
         with bridge(scenario, ends, context, SimReferee(hosts), step_period_s=step_period_s,
-                    command_timeout_s=0.5) as service, hosts:
+                    command_timeout_s=0.5, range_reset=hosts) as service, hosts:
             wait_for(lambda: len(service.hub._peers) >= 2 * len(scenario.subnets))
             yield service, hosts, ends
 

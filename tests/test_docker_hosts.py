@@ -54,7 +54,7 @@ from cyberdial.range.emulation.netns import all_pids, listening_ports
 from cyberdial.range.emulation.plan import RangePlan, check_run_id, make_plan
 from cyberdial.range.emulation.state import RUNS_ROOT, ProcessRecord, RunState, teardown
 from cyberdial.range.errors import HostCommandError
-from cyberdial.range.model import AlertKind
+from cyberdial.range.model import AlertKind, Compromise, GameModel
 from cyberdial.range.scenario import Scenario, load_scenario, resolve_scenario_path
 from cyberdial.range.wire import Command, CommandResult
 
@@ -187,16 +187,18 @@ def test_red_kill_chain_reaches_a_container_host_with_alerts_in_order(
         same_engine_objects(engine, emulated)
         assert_bridged_frames_skip_iptables()
         alerts = []
-        truth: dict[str, Any] = {}
+        scenario = emulated.scenario
+        truth = None
         for _ in range(60):
             emulated.wait_step()
             alerts += emulated.alerts()
             assert emulated.referee is not None
             truth = emulated.referee.measure()
-            if truth["compromise"]["opserver0"] == "privileged":
+            if truth.level(scenario, "opserver0") == Compromise.PRIVILEGED:
                 break
-        assert truth["compromise"]["opserver0"] == "privileged", truth
-        assert truth["reward_terms"]["privileged"] >= 10.0
+        assert truth is not None
+        assert truth.level(scenario, "opserver0") == Compromise.PRIVILEGED, truth.compromise
+        assert truth.reward_terms(GameModel(scenario))["privileged"] >= 10.0
         time.sleep(1.0)  # the marker's file_change is seen on the sensor's next watch
         alerts += emulated.alerts(timeout_s=0.5)
         scan = first(alerts, "opserver0", AlertKind.SCAN)
@@ -205,7 +207,7 @@ def test_red_kill_chain_reaches_a_container_host_with_alerts_in_order(
         marker = first(alerts, "opserver0", AlertKind.FILE_CHANGE)
         assert scan < attack < implant <= marker
         # The implant is a process in the container's network namespace, not its init.
-        assert truth["implants"]["opserver0"] == guests(emulated.plan, "opserver0")
+        assert list(truth.implants["opserver0"]) == guests(emulated.plan, "opserver0")
         records = records_of(emulated.run_id)
     finally:
         emulated.down()
@@ -268,19 +270,19 @@ def test_blue_actions_change_real_container_hosts(
                  "ophost0 reachable after its downtime")
         assert emulated.referee is not None
         truth = emulated.referee.measure()
-        assert truth["restores"] == 1 and truth["compromise"]["ophost0"] == "none"
+        assert truth.level(emulated.scenario, "ophost0") == Compromise.CLEAN
         # Block the containers' subnet: the namespace users cannot reach it; Unblock.
         web = plan.host("opserver0")
         assert can_connect(plan, "user0", web.ip, 80)
         run("block", subnet="operational")
-        assert emulated.referee.measure()["blocked"] == ["operational"]
+        assert emulated.referee.measure().blocked_names(emulated.scenario) == ["operational"]
         emulated.alerts()
         assert not can_connect(plan, "user0", web.ip, 80)
         time.sleep(0.5)
         assert not [a for a in emulated.alerts() if a.host == "opserver0"]
         run("unblock", subnet="operational")
         assert can_connect(plan, "user0", web.ip, 80)
-        assert emulated.referee.measure()["blocked"] == []
+        assert emulated.referee.measure().blocked_names(emulated.scenario) == []
         # Decoy: a listener in the container; contact with it raises decoy_touched.
         run("decoy", host="defender")
         decoy = plan.host("defender").decoy_port
@@ -559,7 +561,8 @@ def test_the_bridge_plays_an_episode_on_container_hosts(
         records = records_of(emulated.run_id)
         assert emulated.referee is not None
         hub = emulated.new_hub()
-        service = BridgeService(scenario, hub, emulated.referee, f"ipc://{tmp_path / 'agents'}")
+        service = BridgeService(scenario, hub, emulated.referee, f"ipc://{tmp_path / 'agents'}",
+                                range_reset=emulated)
         with BridgeThread(service):
             wait_until(lambda: sum(s.heard for s in hub._peers.values())
                        >= 2 * len(scenario.subnets), timeout_s=10)

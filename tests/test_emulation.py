@@ -47,7 +47,7 @@ from cyberdial.range.emulation.state import (
     recorded_pids,
 )
 from cyberdial.range.errors import CyberdialError, NotRootError
-from cyberdial.range.model import AlertKind
+from cyberdial.range.model import AlertKind, Compromise, GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
 from cyberdial.range.wire import Alert, Command, CommandResult
 
@@ -257,16 +257,18 @@ def test_tiny_kill_chain_reaches_privileged_with_alerts_in_order(
         emulated.up()
         records = records_of(emulated.run_id)
         alerts: list[Alert] = []
-        truth: dict[str, object] = {}
+        scenario = emulated.scenario
+        truth = None
         for _ in range(60):
             emulated.wait_step()
             alerts += emulated.alerts()
             assert emulated.referee is not None
             truth = emulated.referee.measure()
-            if truth["compromise"]["opserver0"] == "privileged":  # type: ignore[index]
+            if truth.level(scenario, "opserver0") == Compromise.PRIVILEGED:
                 break
-        assert truth["compromise"]["opserver0"] == "privileged", truth  # type: ignore[index]
-        assert truth["reward_terms"]["privileged"] >= 10.0  # type: ignore[index]
+        assert truth is not None
+        assert truth.level(scenario, "opserver0") == Compromise.PRIVILEGED, truth.compromise
+        assert truth.reward_terms(GameModel(scenario))["privileged"] >= 10.0
         time.sleep(1.0)  # the marker's file_change is seen on the sensor's next watch
         alerts += emulated.alerts(timeout_s=0.5)
         scan = first(alerts, "opserver0", AlertKind.SCAN)
@@ -329,7 +331,7 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint, tmp_path: Path
                  "ophost0 reachable after its downtime")
         assert emulated.referee is not None
         truth = emulated.referee.measure()
-        assert truth["restores"] == 1 and truth["compromise"]["ophost0"] == "none"
+        assert truth.level(emulated.scenario, "ophost0") == Compromise.CLEAN
         # Block stops traffic from outside into a subnet (docs/game.md), as the simulator:
         # a real connection into the blocked subnet no longer arrives, and a live session
         # that entered it is cut; the subnet's own connections out go on. Unblock.
@@ -342,7 +344,7 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint, tmp_path: Path
             live.settimeout(2.0)
             live.connect((web.ip, 80))  # a session into operational, open before the block
             run("block", subnet="operational")
-            assert emulated.referee.measure()["blocked"] == ["operational"]
+            assert emulated.referee.measure().blocked_names(emulated.scenario) == ["operational"]
             emulated.alerts()
             assert not can_connect(plan, "user0", web.ip, 80)
             with in_netns(plan.host_pids["user0"]):
@@ -361,12 +363,12 @@ def test_blue_actions_change_the_real_hosts(footprint: Footprint, tmp_path: Path
         run("unblock", subnet="operational")
         assert can_connect(plan, "user0", web.ip, 80)
         run("block", subnet="user")
-        assert emulated.referee.measure()["blocked"] == ["user"]
+        assert emulated.referee.measure().blocked_names(emulated.scenario) == ["user"]
         assert not can_connect(plan, "ophost0", user1.ip, 22)
         assert can_connect(plan, "user0", web.ip, 80)  # out of the blocked subnet: allowed
         run("unblock", subnet="user")
         assert can_connect(plan, "ophost0", user1.ip, 22)
-        assert emulated.referee.measure()["blocked"] == []
+        assert emulated.referee.measure().blocked_names(emulated.scenario) == []
         # Decoy: a listener in the host; contact with it raises decoy_touched.
         run("decoy", host="defender")
         decoy = plan.host("defender").decoy_port
@@ -423,15 +425,15 @@ def test_green_work_fails_for_real_while_its_server_is_cut_off(
         for _ in range(3):
             emulated.wait_step()
         before = emulated.referee.measure()
-        assert before["green_successes"] > 0 and before["green_failures"] == 0, before
+        assert before.green_successes > 0 and before.green_failures == 0, before
         result = emulated.execute(Command(command_id="b1", action="block", subnet="operational"))
         assert result.ok, result
         for _ in range(4):
             emulated.wait_step()
         cut = emulated.referee.measure()
-        assert cut["green_failures"] > 0, cut
-        assert cut["reward_terms"]["green"] == pytest.approx(
-            cut["green_failures"] * emulated.scenario.reward.green_failure)
+        assert cut.green_failures > 0, cut
+        assert cut.reward_terms(GameModel(emulated.scenario))["green"] == pytest.approx(
+            cut.green_failures * emulated.scenario.reward.green_failure)
         assert emulated.execute(Command(command_id="u1", action="unblock",
                                         subnet="operational")).ok
         for _ in range(3):
@@ -440,7 +442,7 @@ def test_green_work_fails_for_real_while_its_server_is_cut_off(
         for _ in range(2):
             emulated.wait_step()
         after = emulated.referee.measure()
-        assert after["green_successes"] > 0 and after["green_failures"] == 0, after
+        assert after.green_successes > 0 and after.green_failures == 0, after
         records = records_of(emulated.run_id)
     finally:
         emulated.down()
@@ -470,8 +472,8 @@ def test_green_false_positives_raise_real_alerts(footprint: Footprint, tmp_path:
         # No red runs: every alert here is green noise, and no host is compromised.
         assert emulated.referee is not None
         truth = emulated.referee.measure()
-        assert set(truth["compromise"].values()) == {"none"}
-        assert truth["green_successes"] == truth["green_failures"] == 0  # mistypes are noise
+        assert not truth.compromise.any()
+        assert truth.green_successes == truth.green_failures == 0  # mistypes are noise
         records = records_of(emulated.run_id)
     finally:
         emulated.down()
@@ -576,7 +578,7 @@ def test_small_comes_up_and_down(footprint: Footprint, tmp_path: Path) -> None:
         assert len(emulated.plan.host_pids) == len(load_scenario("small").all_hosts)
         assert emulated.referee is not None
         truth = emulated.referee.measure()
-        assert set(truth["compromise"].values()) <= {"none", "user"}
+        assert (truth.compromise <= Compromise.USER).all()
         print(json.dumps({k: round(v, 2) for k, v in emulated.timings.items()}))
     finally:
         emulated.down()

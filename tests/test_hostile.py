@@ -26,19 +26,19 @@ from test_bridge_support import (
     HEARTBEAT,
     KEYS,
     RUN,
-    StaticReferee,
     bridge,
     endpoints,
+    no_truth,
     wait_for,
 )
 
 from cyberdial.bridge.env import BridgeRefused, EmulatedRange
 from cyberdial.bridge.protocol import AgentHello, ResetRequest
 from cyberdial.bridge.service import BridgeService, BridgeThread
-from cyberdial.bridge.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.hub import BRIDGE_TO_ACTUATOR_PAYLOADS, ActuatorLink, HostHub, SensorLink
 from cyberdial.range.model import AlertKind, GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.simhosts import SimReferee, SimulatedHosts
 from cyberdial.range.wire import (
     Alert,
     Command,
@@ -102,7 +102,7 @@ def scripted_bridge(tiny: Scenario, context: zmq.Context[Any], *, step_period_s:
                     ) -> Iterator[tuple[BridgeService, Any, SensorLink]]:
     """A bridge with scripted actuators for both subnets and one quiet, real sensor."""
     with endpoints() as ends, \
-            bridge(tiny, ends, context, StaticReferee(), step_period_s=step_period_s) as service, \
+            bridge(tiny, ends, context, no_truth(tiny), step_period_s=step_period_s) as service, \
             ScriptedActuator(ends.commands, context, tiny, "user", compromise=compromise), \
             ScriptedActuator(ends.commands, context, tiny, "operational"), \
             SensorLink(ends.alerts, RUN, "sensor-user", key=KEYS.key("sensor-user"),
@@ -252,8 +252,8 @@ def test_hello_flood_leaves_agents_and_real_sensors_alone(tiny: Scenario,
                                context=context)
         hub = HostHub(RUN, ends.alerts, ends.commands, keys=KEYS, context=context,
                       heartbeat_interval_s=heartbeat)
-        service = BridgeService(tiny, hub, SimReferee(hosts), ends.agents, step_period_s=0.1,
-                                context=context)
+        service = BridgeService(tiny, hub, SimReferee(hosts), ends.agents, range_reset=hosts,
+                                step_period_s=0.1, context=context)
         with BridgeThread(service), hosts:
             wait_for(lambda: len(hub._peers) == 4)
             env = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context)
@@ -305,8 +305,8 @@ def test_restarted_bridge_hears_every_program_and_reports_deaths(
         def new_bridge() -> BridgeService:
             hub = HostHub(RUN, ends.alerts, ends.commands, keys=KEYS, expected=expected,
                           context=context, heartbeat_interval_s=HEARTBEAT)
-            return BridgeService(tiny, hub, SimReferee(hosts), ends.agents, step_period_s=0,
-                                 context=context)
+            return BridgeService(tiny, hub, SimReferee(hosts), ends.agents, range_reset=hosts,
+                                 step_period_s=0, context=context)
 
         with hosts:
             with BridgeThread(new_bridge()) as first:
@@ -344,7 +344,7 @@ def test_restarted_bridge_hears_every_program_and_reports_deaths(
 def test_second_client_cannot_reset_anothers_episode(tiny: Scenario,
                                                       context: zmq.Context[Any]) -> None:
     with endpoints() as ends, \
-            bridge(tiny, ends, context, StaticReferee(), step_period_s=0) as service:
+            bridge(tiny, ends, context, no_truth(tiny), step_period_s=0) as service:
         first = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context, client="first")
         second = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context, client="second",
                                timeout_s=2.0)
@@ -373,7 +373,7 @@ def test_second_client_cannot_reset_anothers_episode(tiny: Scenario,
 
 def test_reconnecting_client_recovers(tiny: Scenario, context: zmq.Context[Any]) -> None:
     with endpoints() as ends, \
-            bridge(tiny, ends, context, StaticReferee(), step_period_s=0) as service:
+            bridge(tiny, ends, context, no_truth(tiny), step_period_s=0) as service:
         env = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context, timeout_s=2.0)
         try:
             env.reset()
@@ -392,7 +392,7 @@ def test_reconnecting_client_recovers(tiny: Scenario, context: zmq.Context[Any])
 
 def test_hello_with_a_stolen_name_but_no_token(tiny: Scenario, context: zmq.Context[Any]) -> None:
     with endpoints() as ends, \
-            bridge(tiny, ends, context, StaticReferee(), step_period_s=0) as service:
+            bridge(tiny, ends, context, no_truth(tiny), step_period_s=0) as service:
         env = EmulatedRange(tiny, ends.agents, run_id=RUN, context=context, client="owner")
         try:
             env.reset()

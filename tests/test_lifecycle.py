@@ -16,11 +16,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cyberdial.bridge.env import BridgeRefused, EmulatedRange
+from cyberdial.range.emulation.controller import (
+    DetachedRange,
+    OwnUserService,
+    RangeResetFailed,
+    ResetService,
+)
 from cyberdial.range.emulation.keys import (
     HostKeysUnavailable,
     KeyService,
@@ -29,6 +36,7 @@ from cyberdial.range.emulation.keys import (
     read_program_key,
 )
 from cyberdial.range.emulation.plan import new_run_id
+from cyberdial.range.errors import HostCommandError
 from cyberdial.range.wire import HostKeys
 
 CLI = [sys.executable, "-m", "cyberdial"]
@@ -71,6 +79,54 @@ def test_key_service_hands_the_master_to_its_own_user_only() -> None:
             fetch_host_keys(keys.run_id, controller_pid=os.getpid() + 1, timeout_s=2)
     with pytest.raises(HostKeysUnavailable, match="range down"):
         fetch_host_keys(keys.run_id, timeout_s=1)  # nobody serves it any more
+
+
+def _serving(service: OwnUserService, call: Callable[[], object]) -> list[object]:
+    """Run `call` in a thread while `service` answers; what it returned or raised."""
+    import threading
+
+    got: list[object] = []
+
+    def client() -> None:
+        try:
+            got.append(call())
+        except Exception as error:  # the caller checks what was raised
+            got.append(error)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while thread.is_alive() and time.monotonic() < deadline:
+        service.serve_once(0.05)
+    thread.join(5)
+    return got
+
+
+def test_reset_service_resets_the_range_for_its_bridge() -> None:
+    run_id = new_run_id()
+    seeds: list[int | None] = []
+
+    def reset(seed: int | None) -> None:
+        if seed == 13:
+            raise HostCommandError("services did not come back after the reset: [web]")
+        seeds.append(seed)
+
+    detached = DetachedRange(run_id, os.getpid(), timeout_s=10)
+    with ResetService(run_id, reset) as service:
+        [took] = _serving(service, lambda: detached.reset_episode(7))
+        assert isinstance(took, float) and seeds == [7]
+        [took] = _serving(service, lambda: detached.reset_episode())  # the range's own seed
+        assert isinstance(took, float) and seeds == [7, None]
+        # A failed reset is the bridge's error to report; the controller lives on.
+        [failed] = _serving(service, lambda: detached.reset_episode(13))
+        assert isinstance(failed, RangeResetFailed) and "did not come back" in str(failed)
+        assert service.served == 2
+        # Another process answering on the name is not taken for the controller.
+        with pytest.raises(RangeResetFailed, match="not its controller"):
+            DetachedRange(run_id, os.getpid() + 1, timeout_s=2).reset_episode(1)
+    with pytest.raises(RangeResetFailed, match="range down"):
+        detached.reset_episode(1)  # nobody serves it any more
+    assert seeds == [7, None]
 
 
 def test_a_program_reads_its_key_from_its_pipe() -> None:

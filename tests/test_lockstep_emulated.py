@@ -107,7 +107,8 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
         assert emulated.referee is not None
         hub = emulated.new_hub()
         agents = f"ipc://{Path(folder) / 'agents'}"
-        service = BridgeService(scenario, hub, emulated.referee, agents, step_period_s=0.0)
+        service = BridgeService(scenario, hub, emulated.referee, agents, range_reset=emulated,
+                                step_period_s=0.0)
         service.step_log = logs.append
         with BridgeThread(service):
             wait_for(lambda: sum(s.heard for s in hub._peers.values()) >= len(hub.expected),
@@ -127,15 +128,14 @@ def test_every_red_exploit_is_observed_at_its_own_step_on_real_hosts() -> None:
                         steps += 1
                         assert len(logs) == 1
                         log = logs[0]
-                        red = {action.split()[1] for action in
-                               log.measurement.model_extra.get("red_actions", [])  # type: ignore[union-attr]
-                               if action.startswith("exploit ")}
+                        red = {move.target for move in log.measurement.red_moves
+                               if move.kind == RedActionKind.EXPLOIT}
                         seen = exploit_bits(model, {name: np.asarray(o["observation"])
                                                     for name, o in observations.items()})
                         if seen != red & defended:
                             mismatches.append((episode, log.step, sorted(red), sorted(seen)))
                         exploits += len(red & defended)
-                        if log.measurement.compromise.get(entry) == "privileged":
+                        if log.measurement.level(scenario, entry) == Compromise.PRIVILEGED:
                             privileged_at.setdefault(episode, log.step)
                         for info in infos.values():
                             late |= set(info["late_peers"])
@@ -165,7 +165,8 @@ def test_a_stopped_sensor_is_named_late_then_dead_and_the_episode_goes_on() -> N
         assert emulated.referee is not None and emulated.state is not None
         hub = emulated.new_hub()
         agents = f"ipc://{Path(folder) / 'agents'}"
-        service = BridgeService(scenario, hub, emulated.referee, agents, step_period_s=0.0)
+        service = BridgeService(scenario, hub, emulated.referee, agents, range_reset=emulated,
+                                step_period_s=0.0)
         sensor = next(p for p in emulated.state.programs if p.name == "sensor-user")
         with BridgeThread(service):
             wait_for(lambda: sum(s.heard for s in hub._peers.values()) >= len(hub.expected),

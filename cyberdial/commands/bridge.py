@@ -2,7 +2,8 @@
 
 Reads the run's state file (`RUNS_ROOT/RUN_ID/state.json`, written by the
 emulator) for the host endpoints, the scenario and the plan its referee needs,
-asks the run's controller for the host keys (never on disk), binds the host hub
+asks the run's controller for the host keys (never on disk) and, at each
+episode's start, to reset the range (`controller.DetachedRange`), binds the host hub
 there and serves agents until interrupted, SIGTERM (`cyberdial range down`), or
 the run's controller is gone. Without a run directory, endpoints, scenario and a
 host key file can be given explicitly (see --help).
@@ -22,16 +23,16 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import zmq.auth
 
-from cyberdial.bridge.referee import Referee
 from cyberdial.bridge.service import BridgeService, CurveKeys
 from cyberdial.commands.common import console
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.hub import HostHub
+from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.truth import EpisodeReset, NoReferee, NoReset, Referee
 from cyberdial.range.wire import Hello, HostKeys
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with explicit endpoints: a file (mode 0600) holding the host"
                         " programs' master key as one `cyberdial-key HEX` line")
     parser.add_argument("--no-referee", action="store_true",
-                        help="serve without ground truth (rewards then hold only comm costs);"
-                        " for runs without a run directory")
+                        help="serve without ground truth (rewards then hold only blue's own"
+                        " costs); for runs without a run directory")
     parser.add_argument("--step-period", type=float, default=None,
                         help="the least seconds a step lasts, the pace of a watched drill"
                         " (default: the scenario's; 0: as fast as the hosts allow)")
@@ -121,6 +122,7 @@ class _Run:
 
     def __init__(self, args: argparse.Namespace) -> None:
         # The emulator is optional at import time: this path needs it, the explicit one not.
+        from cyberdial.range.emulation.controller import DetachedRange
         from cyberdial.range.emulation.keys import expected_peers, fetch_host_keys
         from cyberdial.range.emulation.plan import RangePlan
         from cyberdial.range.emulation.referee import Referee as EmulationReferee
@@ -146,6 +148,8 @@ class _Run:
         self.alerts = args.alerts or state.endpoints["alerts"]
         self.commands = args.commands or state.endpoints["commands"]
         self.keys = fetch_host_keys(args.run_id, state.controller.pid)
+        # Each episode starts with the range reset by its controller.
+        self.range_reset: EpisodeReset = DetachedRange(args.run_id, state.controller.pid)
         roles = {p.role for p in state.programs}
         self.expected: dict[str, Hello] = expected_peers(plan, roles)
         # The range's programs follow the step clock this bridge keeps.
@@ -174,18 +178,14 @@ def _read_host_key_file(path: Path | None) -> bytes:
                                " more") from None
 
 
-class _NoReferee:
-    """Chosen with --no-referee: no ground truth, so no host-state costs in the reward."""
-
-    def measure(self) -> dict[str, Any]:
-        return {}
-
-
 def bridge_command(args: argparse.Namespace) -> int:
     explicit = args.alerts and args.commands and args.scenario
     run: _Run | None = None
     expected: dict[str, Hello] = {}
     clock_endpoint: str | None = None
+    range_reset: EpisodeReset = NoReset(
+        "this bridge knows its range only by endpoints (--alerts/--commands), so it cannot"
+        " reset it; attach by RUN_ID alone to a `cyberdial range up` run for real resets")
     if explicit and args.no_referee:
         scenario = load_scenario(args.scenario)
         alerts, commands, referee, run_dir = args.alerts, args.commands, None, None
@@ -198,8 +198,9 @@ def bridge_command(args: argparse.Namespace) -> int:
             run.scenario, run.alerts, run.commands, run.referee, run.run_dir)
         expected = run.expected
         clock_endpoint = run.clock_endpoint
+        range_reset = run.range_reset
     if referee is None:
-        logger.warning("no referee: rewards hold only communication costs")
+        logger.warning("no referee: rewards hold only blue's own costs (bits, restores, actions)")
     curve = CurveKeys.load(args.curve_secret) if args.curve_secret else None
     allowed = None
     if args.allow_clients is not None:
@@ -222,8 +223,9 @@ def bridge_command(args: argparse.Namespace) -> int:
 
     hub = HostHub(args.run_id, alerts, commands, keys=keys, expected=expected,
                   clock_endpoint=clock_endpoint)
-    service = BridgeService(scenario, hub, referee or _NoReferee(), agent_endpoint,
-                            step_period_s=args.step_period, curve=curve, allowed_clients=allowed)
+    service = BridgeService(scenario, hub, referee or NoReferee(GameModel(scenario)),
+                            agent_endpoint, range_reset=range_reset, step_period_s=args.step_period,
+                            curve=curve, allowed_clients=allowed)
     stop = threading.Event()
     reason = ["interrupted"]
 

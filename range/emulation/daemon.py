@@ -5,7 +5,8 @@ starts this process in its own session: it brings the range up, reports
 `READY <run_id>` (or `FAILED <reason>`) on stdout, then waits for SIGTERM/SIGINT
 (`cyberdial range down RUN_ID` sends it) or `MAX_LIFETIME_S`, and tears down.
 It runs without a hub: the bridge binds the run's endpoints, and gets the run's
-host keys from this process over its key service (`keys.py`) while it waits.
+host keys from this process over its key service (`keys.py`) while it waits, and
+has it reset the range for each episode over its reset service (`controller.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from types import FrameType
 
 from cyberdial.range.emulation.capture import CaptureLimits
+from cyberdial.range.emulation.controller import ResetService
 from cyberdial.range.emulation.emulator import Range
 from cyberdial.range.emulation.keys import KeyService
 from cyberdial.range.errors import CyberdialError
@@ -59,14 +61,16 @@ def main() -> int:
         return 2
     started = time.monotonic()
     try:
-        with KeyService(emulated.host_keys) as keys:
+        with KeyService(emulated.host_keys) as keys, \
+                ResetService(emulated.run_id, emulated.reset_episode) as resets:
             print(f"READY {emulated.run_id}", flush=True)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             while not stop and time.monotonic() - started < MAX_LIFETIME_S:
-                keys.serve_once(0.2)
+                keys.serve_once(0.1)
+                resets.serve_once(0.1)
     except OSError as error:
-        print(f"FAILED cannot serve the run's host keys ({error})", flush=True)
+        print(f"FAILED cannot serve the run's host keys and resets ({error})", flush=True)
         return 2
     finally:
         emulated.down()

@@ -75,7 +75,11 @@ def require_root(what: str = "the emulated range") -> None:
 
 
 class Range:
-    """One emulated run of a scenario; use `with Range(scenario) as rng:`."""
+    """One emulated run of a scenario; use `with Range(scenario) as rng:`.
+
+    It can start a new episode (`reset_episode`, a `truth.EpisodeReset`) for its
+    container hosts as for its namespace hosts; `referee` measures its ground truth.
+    """
 
     def __init__(
         self,
@@ -179,7 +183,7 @@ class Range:
                 self.hub.open()
             self._start_programs()
             self._wait_ready()
-            self.referee = Referee(self.plan, self.scenario, on_reset=self.reset_episode)
+            self.referee = Referee(self.plan, self.scenario)
             self.t0 = time.time()
             self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
             self.state.status = "up"

@@ -4,12 +4,12 @@ The controller makes the run's master secret (`HostKeys`) in memory. Each
 sensor and actuator reads its own derived key from its stdin, a pipe the
 controller writes once and closes (`read_program_key`). A bridge started later
 (`cyberdial bridge RUN_ID`) asks the controller for the master secret over an
-abstract unix socket (`KeyService`, `fetch_host_keys`): abstract sockets belong
-to a network namespace, so processes in the range's hosts (red's implants, a
-container's image) cannot even reach it, and the controller answers only a peer
-of its own user (SO_PEERCRED). What this does not stop: a root process that
-leaves its host's namespaces (setns) or reads another process's memory (ptrace);
-docs/protocol.md says so.
+abstract unix socket (`KeyService`, `fetch_host_keys`; the rules of such sockets
+are controller.py's): abstract sockets belong to a network namespace, so
+processes in the range's hosts (red's implants, a container's image) cannot even
+reach it, and the controller answers only a peer of its own user (SO_PEERCRED).
+What this does not stop: a root process that leaves its host's namespaces (setns)
+or reads another process's memory (ptrace); docs/protocol.md says so.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import logging
 import os
 import select
 import socket
-import struct
 import sys
 import time
 from collections.abc import Collection
-from types import TracebackType
 from typing import BinaryIO
 
+from cyberdial.range.emulation.controller import OwnUserService, connect_to_controller, read_line
 from cyberdial.range.emulation.plan import RangePlan
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.wire import KEY_BYTES, Hello, HostKeys
@@ -102,64 +101,16 @@ def read_program_key(stream: BinaryIO | None = None, timeout_s: float = 10.0) ->
             " start the range with `cyberdial range up`") from None
 
 
-class KeyService:
+class KeyService(OwnUserService):
     """The controller's side: hands the master secret to a bridge of the same user."""
 
     def __init__(self, keys: HostKeys) -> None:
+        super().__init__(key_socket_address(keys.run_id), self._serve)
         self.keys = keys
-        self._sock: socket.socket | None = None
-        self.served = 0
-        self.refused = 0
 
-    def __enter__(self) -> KeyService:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(key_socket_address(self.keys.run_id))
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(8)
-        sock.setblocking(False)
-        self._sock = sock
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def serve_once(self, timeout_s: float) -> int:
-        """Answer the bridges that are waiting (at most 8), after waiting up to `timeout_s`."""
-        if self._sock is None:
-            time.sleep(timeout_s)
-            return 0
-        if not select.select([self._sock], [], [], max(timeout_s, 0.0))[0]:
-            return 0
-        answered = 0
-        for _ in range(8):
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, OSError):
-                break
-            with conn:
-                credentials = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                              struct.calcsize("3i"))
-                _, uid, _ = struct.unpack("3i", credentials)
-                if uid != os.getuid():
-                    self.refused += 1
-                    logger.warning("refused the host keys to uid %d", uid)
-                    continue
-                conn.settimeout(1.0)
-                try:
-                    conn.sendall(key_line(self.keys.master))
-                except OSError:
-                    continue
-                self.served += 1
-                answered += 1
-        return answered
+    def _serve(self, conn: socket.socket) -> bool:
+        conn.sendall(key_line(self.keys.master))
+        return True
 
 
 def fetch_host_keys(run_id: str, controller_pid: int | None = None,
@@ -169,29 +120,12 @@ def fetch_host_keys(run_id: str, controller_pid: int | None = None,
     With `controller_pid`, the answering process must be that one (SO_PEERCRED):
     nobody else who bound the name first can hand us a key of their own.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    data = b""
-    try:
-        sock.connect(key_socket_address(run_id))
-        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                        struct.calcsize("3i")))
-        if controller_pid is not None and pid != controller_pid:
-            raise HostKeysUnavailable(
-                f"the key socket of run {run_id} is held by pid {pid}, not its controller"
-                f" {controller_pid}: run `cyberdial range down {run_id}`")
-        while b"\n" not in data and len(data) < MAX_KEY_LINE:
-            chunk = sock.recv(MAX_KEY_LINE - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as error:
-        raise HostKeysUnavailable(
-            f"the controller of run {run_id} does not answer ({error.strerror or error}):"
-            f" is the range up (`cyberdial range status`)? If its controller is gone, run"
-            f" `cyberdial range down {run_id}` and bring it up again") from None
-    finally:
-        sock.close()
+    with connect_to_controller(key_socket_address(run_id), run_id, controller_pid, timeout_s,
+                               HostKeysUnavailable) as sock:
+        try:
+            data = read_line(sock, MAX_KEY_LINE)
+        except OSError:
+            data = b""
     try:
         return HostKeys(run_id, parse_key_line(data))
     except ValueError:

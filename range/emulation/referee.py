@@ -1,10 +1,12 @@
 """Ground truth of an emulated run, read from the real hosts, scored by the game model.
 
-The referee never asks red what it did: it looks at implant processes in each
-host's network namespace, privileged markers owned by a live implant, mission
-data against its golden copy, the router's blocked set, the green programs'
-request outcomes and the actuators' restore log, and feeds them to
-`GameModel.reward_terms`, the same function the simulator scores with.
+The referee never asks red what state it reached: it looks at implant processes in
+each host's network namespace, privileged markers owned by a live implant, mission
+data against its golden copy, the router's blocked set and the green programs'
+request outcomes, and returns them as a typed `Measurement` (range/truth.py) in the
+game model's own values (red's own log only says which moves it made, for
+recordings). The bridge scores it with `GameModel.reward_terms`, the function the
+simulator scores with.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ import numpy as np
 
 from cyberdial.range.emulation.netns import cmdline, netns_inode, processes_in
 from cyberdial.range.emulation.plan import RangePlan
-from cyberdial.range.model import Compromise, GameModel
+from cyberdial.range.model import Compromise
 from cyberdial.range.scenario import Scenario
+from cyberdial.range.truth import Measurement, RedMove
 
 logger = logging.getLogger(__name__)
 
@@ -117,70 +118,60 @@ class _Tail:
 
 
 class Referee:
-    """Measures the run's true state each step; `measure()` returns it with reward terms."""
+    """Measures the run's true state each step (`measure()`); a `truth.Referee`.
 
-    def __init__(
-        self, plan: RangePlan, scenario: Scenario,
-        on_reset: Callable[[int | None], object] | None = None,
-    ) -> None:
+    It only reads: resetting the range is the range's own capability
+    (`Range.reset_episode`), which the bridge calls before `start_episode()` here.
+    """
+
+    def __init__(self, plan: RangePlan, scenario: Scenario) -> None:
         self.plan = plan
-        self.model = GameModel(scenario)
+        self.scenario = scenario
         self._green = _Tail(plan.root / "green")
-        self._actions = _Tail(plan.root / "actions")
         self._red = _Tail(plan.root / "red")
-        self._on_reset = on_reset
         self.measurements = 0
 
-    def reset(self, seed: int | None = None) -> None:
-        """A new episode: the range returns to step 0 (when this referee's range can do
-        that, i.e. it runs in the range's controller), and earlier green outcomes and
-        restores no longer count."""
-        if self._on_reset is not None:
-            self._on_reset(seed)
+    def start_episode(self) -> None:
+        """A new episode: earlier green outcomes and red moves no longer count."""
         self._green.read()
-        self._actions.read()
         self._red.read()
 
-    def measure(self, bits_sent: int = 0) -> dict[str, Any]:
-        """Per-host compromise, impacted hosts, blocked subnets, green outcomes and restores
-        since the last call, and `GameModel.reward_terms` over them."""
-        plan, model = self.plan, self.model
+    def measure(self) -> Measurement:
+        """Per-host compromise, impacted hosts, the router's blocked set, green outcomes
+        and red's moves since the last call."""
+        plan = self.plan
         implants = implants_by_host(plan)
-        compromise = np.zeros((1, model.n_hosts), dtype=np.int8)
-        impacted = np.zeros((1, model.n_hosts), dtype=bool)
-        states: dict[str, str] = {}
+        n = len(plan.hosts)
+        compromise = np.zeros(n, dtype=np.int8)
+        impacted = np.zeros(n, dtype=bool)
         for host in plan.hosts:
-            level = host_compromise(plan, host.name, implants[host.name])
-            compromise[0, host.index] = level
-            states[host.name] = level.name.lower().replace("clean", "none")
+            compromise[host.index] = host_compromise(plan, host.name, implants[host.name])
             if host.mission and not data_intact(plan, host.name):
-                impacted[0, host.index] = True
+                impacted[host.index] = True
+        blocked = np.zeros(len(plan.subnets), dtype=bool)
+        blocked[[self.scenario.subnet_index[name] for name in blocked_subnets(plan)]] = True
         green = self._green.read()
-        successes = sum(1 for r in green if r.get("ok") is True)
-        failures = sum(1 for r in green if r.get("ok") is False)
-        restores = sum(1 for r in self._actions.read()
-                       if r.get("action") == "restore" and r.get("ok"))
-        # Red's own log says what it tried; only what sent traffic from a foothold (or
-        # succeeded on one) counts, for comparing detection with the simulator's sensors.
-        red_actions = [
-            f"{r.get('action')} {r.get('target')}" for r in self._red.read()
-            if r.get("source") or (r.get("ok") and r.get("action") in ("escalate", "impact"))
-        ]
-        terms = model.reward_terms(
-            compromise, impacted, np.array([failures], dtype=np.int64),
-            np.array([restores], dtype=np.int64), np.array([bits_sent], dtype=np.int64),
-        )
         self.measurements += 1
-        return {
-            "time": time.time(),
-            "compromise": states,
-            "implants": {h: p for h, p in implants.items() if p},
-            "impacted": [h.name for h in plan.hosts if impacted[0, h.index]],
-            "blocked": blocked_subnets(plan),
-            "green_successes": successes,
-            "green_failures": failures,
-            "restores": restores,
-            "red_actions": red_actions,
-            "reward_terms": {k: float(v[0]) for k, v in terms.items()},
-            "reward": float(terms["total"][0]),
-        }
+        # The referee sees no decoy or downtime state of its own: those read clear.
+        return Measurement(
+            compromise, impacted, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), blocked,
+            green_failures=sum(1 for r in green if r.get("ok") is False),
+            green_successes=sum(1 for r in green if r.get("ok") is True),
+            red_moves=red_moves(self._red.read()),
+            implants={h: tuple(p) for h, p in implants.items() if p},
+        )
+
+
+def red_moves(records: list[dict[str, Any]]) -> tuple[RedMove, ...]:
+    """Red's log records that count as moves: only what sent traffic from a foothold (or
+    succeeded on one), for comparing detection with the simulator's sensors."""
+    moves = []
+    for record in records:
+        if not (record.get("source") or (record.get("ok")
+                                          and record.get("action") in ("escalate", "impact"))):
+            continue
+        try:
+            moves.append(RedMove.parse(str(record.get("action")), str(record.get("target", ""))))
+        except ValueError:
+            logger.warning("red's log holds a record that is no move: %.200r", record)
+    return tuple(moves)

@@ -1,12 +1,15 @@
-"""A simulator-backed stand-in for the emulated range's host side, on real sockets.
+"""The simulated host side: the simulator behind real sensor and actuator sockets.
 
-`SimulatedHosts` plays the hosts of a scenario with a `SimBatch`: a world thread
-advances red and green every step period and raises alerts through one
-`SensorLink` per subnet; one `ActuatorLink` thread per subnet applies blue's
-commands to the simulated state. `SimReferee` reads its ground truth. It is the
-bridge's test and benchmark backend: same messages as real hosts, no root.
-Sensors and actuators can be killed (no bye) and restarted, like processes.
-Each signs with its own key from the run's `HostKeys`, as real programs do.
+A range has two host sides that a bridge can drive through a `HostHub`: the
+emulated one (`range/emulation/`: real hosts and the programs inside them) and this
+one. `SimulatedHosts` plays the hosts of a scenario with a `SimBatch`: a world
+thread advances red and green every step period and raises alerts through one
+`SensorLink` per subnet (range/hub.py); one `ActuatorLink` thread per subnet applies
+blue's commands to the simulated state. It resets like a range (`reset_episode`, a
+`truth.EpisodeReset`) and `SimReferee` reads its ground truth. It is the bridge's
+test and benchmark backend: same messages as real hosts, no root. Sensors and
+actuators can be killed (no bye) and restarted, like processes. Each signs with its
+own key from the run's `HostKeys`, as real programs do.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -24,11 +28,11 @@ from cyberdial.range.hub import HEARTBEAT_INTERVAL_S, ActuatorLink, SensorLink
 from cyberdial.range.model import Activity, AlertKind, Compromise, GameModel
 from cyberdial.range.scenario import Scenario
 from cyberdial.range.sim import SimBatch
+from cyberdial.range.truth import FINDING_TEXT, Measurement
 from cyberdial.range.wire import Alert, Command, CommandResult, HostKeys
 
 logger = logging.getLogger(__name__)
 
-_COMPROMISE_NAME = {int(c): c.name.lower() for c in Compromise}
 _ACTIVITY_ALERT = {int(Activity.SCAN): AlertKind.SCAN, int(Activity.EXPLOIT): AlertKind.EXPLOIT}
 # Upper bound on one thread's lifetime, so a forgotten host side cannot outlive a test run.
 MAX_LIFETIME_S = 3600.0
@@ -136,7 +140,8 @@ class SimulatedHosts:
 
     # ----------------------------------------------------------- the world
 
-    def reset(self, seed: int | None = None) -> None:
+    def reset_episode(self, seed: int | None = None) -> None:
+        """Step 0 of a new episode (`truth.EpisodeReset`): the simulated world starts over."""
         with self.lock:
             self.batch.reset(seed)
             self._green_failures = 0
@@ -225,7 +230,7 @@ class SimulatedHosts:
                 h = scenario.host_index[command.host]
                 if command.action == "analyse":
                     # Analyse reports in the wire's terms: a clean host reads "none".
-                    compromise = ("none", "user", "privileged")[int(batch.compromise[0, h])]
+                    compromise = FINDING_TEXT[Compromise(int(batch.compromise[0, h]))]
                 elif command.action == "remove":
                     if batch.compromise[0, h] == Compromise.USER:
                         batch.compromise[0, h] = Compromise.CLEAN
@@ -242,19 +247,11 @@ class SimulatedHosts:
         return CommandResult(command_id=command.command_id, action=command.action, ok=True,
                              host=command.host, subnet=command.subnet, compromise=compromise)
 
-    def measure(self) -> dict[str, Any]:
+    def measure(self) -> Measurement:
+        """The simulated world's truth, with the green failures since the last call."""
         with self.lock:
-            batch = self.batch
-            hosts = self.scenario.all_hosts
             failures, self._green_failures = self._green_failures, 0
-            return {
-                "compromise": {h.name: _COMPROMISE_NAME[int(batch.compromise[0, h.index])]
-                               for h in hosts if batch.compromise[0, h.index]},
-                "impacted": [h.name for h in hosts if batch.impacted[0, h.index]],
-                "decoys": [h.name for h in hosts if batch.decoy[0, h.index]],
-                "down": [h.name for h in hosts if batch.down[0, h.index] > 0],
-                "green_failures": failures,
-            }
+            return replace(self.batch.measurement(0), green_failures=failures)
 
 
 class SimReferee:
@@ -263,8 +260,8 @@ class SimReferee:
     def __init__(self, hosts: SimulatedHosts) -> None:
         self.hosts = hosts
 
-    def reset(self, seed: int | None = None) -> None:
-        self.hosts.reset(seed)
+    def start_episode(self) -> None:
+        pass  # the hosts' own reset starts their green count afresh
 
-    def measure(self) -> dict[str, Any]:
+    def measure(self) -> Measurement:
         return self.hosts.measure()
