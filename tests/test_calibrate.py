@@ -166,3 +166,15 @@ def test_calibrate_on_real_hosts_writes_a_scenario_the_simulator_uses(tmp_path: 
     evaluate = cli("evaluate", "react", "--scenario", str(out), "--episodes", "3")
     assert evaluate.returncode == 0, evaluate.stderr
     assert "tiny-cal" in evaluate.stdout
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "scenarios" / "calibrated").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_calibrations_are_of_the_shipped_scenarios_as_they_are(path: Path) -> None:
+    # A calibration measured a range: if its base scenario changed since, measure again.
+    calibrated = load_scenario(path)
+    assert calibrated.calibration is not None
+    base = load_scenario(calibrated.calibration.base)
+    assert calibrated.calibration.base_hash == base.scenario_hash
+    assert calibrated.model_copy(update={
+        "name": base.name, "sensors": base.sensors, "calibration": None}) == base
