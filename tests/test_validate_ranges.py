@@ -81,9 +81,9 @@ def test_check_ranges_refuses_what_cannot_be_used() -> None:
     check_ranges(4, 4, capacity)
     with pytest.raises(CyberdialError, match="at least one range"):
         check_ranges(0, 5, capacity)
-    with pytest.raises(CyberdialError, match="more than --episodes 3.*--ranges 3"):
+    with pytest.raises(CyberdialError, match=r"more than --episodes 3.*--ranges 3"):
         check_ranges(4, 3, capacity)
-    with pytest.raises(CyberdialError, match="4 CPU cores.*--ranges 4 or fewer"):
+    with pytest.raises(CyberdialError, match=r"4 CPU cores.*--ranges 4 or fewer"):
         check_ranges(5, 10, capacity)
     # Memory: 300 MiB worker + 6 × 0.75 + 8 × 40 MiB per range = 624.5 MiB.
     assert capacity.range_bytes == int(300 * MIB + 6 * 0.75 * MIB + 8 * 40 * MIB)
