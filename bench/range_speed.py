@@ -4,7 +4,8 @@ For each scenario: time to `Range.up()` (every host answers, every service
 listens, every program is ready), a few steps of red and green running, then time
 to `down()`. Memory: the machine's peak drop in MemAvailable while the range was
 up, and the summed PSS of the run's processes (host shells, programs, implants;
-not the Docker engine's own processes).
+not the Docker engine's own processes), split as `validate --ranges` sizes a range:
+the shells' PSS per host (MiB/host) and the PSS per host program (MiB/prog).
 
 Container hosts: a name `SCENARIO@docker` runs every host of the scenario in a
 container, `SCENARIO@dockerN` its leading host groups that make exactly N hosts
