@@ -40,9 +40,9 @@ logger = logging.getLogger(__name__)
 MIB = 2**20
 GIB = 2**30
 # What one range holds besides its worker, rounded up from `bench/range_speed.py tiny
-# small` (PSS on the 2-core machine): 0.34-0.71 MiB per host (its shell and a share of
-# the router's and the bridges' shells) and 36 MiB per host program (per subnet one
-# services, sensor, actuator and, with users, green process; one red).
+# small large` (PSS on the 2-core machine): 0.30-0.71 MiB per host (its shell and a
+# share of the router's and the bridges' shells) and 36-39 MiB per host program (per
+# subnet one services, sensor, actuator and, with users, green process; one red).
 HOST_MIB = 0.75
 PROGRAM_MIB = 40.0
 # Memory left to everything else on the machine.
