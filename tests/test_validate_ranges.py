@@ -147,6 +147,29 @@ def test_too_many_ranges_are_refused_before_anything_starts(
     assert not out.exists()  # not even the simulated side ran
 
 
+def refusing_policy(seed: int) -> tuple[object, object]:
+    """A policy factory (run in each range's worker) that fails as a bad checkpoint does."""
+    raise CyberdialError(f"no policy for seed {seed}")
+
+
+def test_an_error_in_a_range_stops_every_range(tmp_path: Path) -> None:
+    from cyberdial.agents.parallel import play_on_ranges
+    from cyberdial.agents.recording import Recorder, header_for
+    from cyberdial.range.model import GameModel
+
+    model = GameModel(load_scenario("tiny"))
+    header = header_for(model, range_kind="emulated", policy="x", seed=0,
+                        run_ids=["a00001", "a00002"])
+    with Recorder(tmp_path / "recording.jsonl", header) as recorder, pytest.raises(
+            CyberdialError, match=r"^range a0000[12]: no policy for seed 3$"):
+        play_on_ranges(refusing_policy, ranges=2, episodes=4, seed=3,
+                       recorder=recorder, workdir=tmp_path, run_ids=["a00001", "a00002"])
+    # Both workers are gone: the parent joined them before the error reached us.
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+
+
 # ------------------------------------------------------------------ real ranges
 
 
