@@ -3,11 +3,12 @@
 Each range lives in a worker process of its own: its own run id, namespaces, bridges,
 nft tables, bridge thread and copy of the policy (a lab holds ZeroMQ sockets and
 Mininet state that must not be shared between threads). The parent names every range
-before its worker builds it, hands out episodes one at a time to whichever range is
-free, and writes what they play into one recording in episode (seed) order, whichever
-range played them. Ctrl-C, SIGTERM or an error takes every range down; whatever a
-worker that died leaves behind, the parent removes by its run id. `check_ranges`
-refuses, before anything is built, more ranges than the machine can hold.
+before its worker builds it; once all are up it hands out episodes one at a time to
+whichever range is free, and writes what they play into one recording in episode
+(seed) order, whichever range played them. Ctrl-C, SIGTERM or an error takes every
+range down; whatever a worker that died leaves behind, the parent removes by its run
+id. `check_ranges` refuses, before anything is built, more ranges than the machine
+can hold.
 """
 
 from __future__ import annotations
@@ -353,7 +354,11 @@ def _serve(workers: list[_Worker], played: _Episodes, episodes: int,
                     worker.up = True
                     if on_up is not None:
                         on_up(worker.run_id)
-                    hand_out(worker)
+                    # Episodes go out once every range is up, so each plays at least one
+                    # (a range up early would otherwise take them all on a small run).
+                    if all(w.up for w in workers):
+                        for ready in workers:
+                            hand_out(ready)
                 elif kind == "step":
                     record = StepRecord.model_validate_json(payload)
                     played.steps.setdefault(record.episode, []).append(record)
