@@ -26,7 +26,7 @@ from cyberdial.agents.recording import (
     CommandRecord,
     EpisodeEnd,
     GroundTruth,
-    Recorder,
+    RecordSink,
     StepRecord,
     bits_text,
 )
@@ -134,7 +134,7 @@ class EmulatedDrillRange:
 
     def __init__(
         self, model: GameModel, workdir: Path, pcap_limits: CaptureLimits | None = None,
-        step_period_s: float | None = None,
+        step_period_s: float | None = None, run_id: str | None = None,
     ) -> None:
         self.model = model
         self.workdir = workdir
@@ -145,6 +145,8 @@ class EmulatedDrillRange:
         self.pcap_limits = pcap_limits
         self._logs: queue.Queue[Any] = queue.Queue()
         self._stack = contextlib.ExitStack()
+        # "" until the range is up, unless the caller named the run (`validate --ranges`).
+        self._wanted_run_id = run_id
         self.run_id = ""
 
     def __enter__(self) -> EmulatedDrillRange:
@@ -156,7 +158,7 @@ class EmulatedDrillRange:
             lab = self._stack.enter_context(emulated_lab(
                 self.model.scenario, self.workdir, step_period_s=self.step_period_s,
                 step_log=self._logs.put, capture_dir=capture_dir,
-                capture_limits=self.pcap_limits))
+                capture_limits=self.pcap_limits, run_id=self._wanted_run_id))
             self.run_id = lab.run_id
             self.env = lab.env
         except BaseException:
@@ -306,19 +308,23 @@ def run_drill(
     policy: BatchPolicy,
     episodes: int,
     seed: int,
-    recorder: Recorder,
+    recorder: RecordSink,
     on_step: Callable[[StepRecord], None] | None = None,
     human: HumanSeat | None = None,
     pace_s: float = 0.0,
+    first_episode: int = 0,
 ) -> list[EpisodeEnd]:
     """Play `episodes` episodes, recording every step; returns the episodes' ends.
+
+    Episode e (from `first_episode` on) is played with seed `seed + e`, so a share of
+    a run's episodes played elsewhere (`validate --ranges N`) is the same episodes.
 
     On an exception or Ctrl-C the current episode is closed as interrupted
     before the error goes on, so the recording stays readable.
     """
     model = drill_range.model
     ends: list[EpisodeEnd] = []
-    for episode in range(episodes):
+    for episode in range(first_episode, first_episode + episodes):
         observations, masks = drill_range.reset(seed + episode)
         policy.reset(1)
         total, bits, t = 0.0, 0, 0

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -67,6 +67,9 @@ class RecordingHeader(_Record):
     flows: dict[str, list[str]] = {}
     red_entry: str | None = None
     red_targets: list[str] = []
+    # Every emulated range that played episodes of this recording (`validate --ranges N`);
+    # each step's `infos["run_id"]` says which one played it.
+    run_ids: list[str] = []
 
 
 class AlertRecord(_Record):
@@ -146,6 +149,7 @@ def header_for(
     policy: str,
     seed: int,
     run_id: str | None = None,
+    run_ids: list[str] | None = None,
 ) -> RecordingHeader:
     scenario = model.scenario
     return RecordingHeader(
@@ -178,6 +182,7 @@ def header_for(
         ],
         created=time.time(),
         run_id=run_id,
+        run_ids=list(run_ids) if run_ids is not None else ([run_id] if run_id else []),
         cidrs={subnet.name: subnet.cidr for subnet in scenario.subnets},
         flows={subnet.name: list(subnet.flows) for subnet in scenario.subnets},
         red_entry=scenario.red.entry,
@@ -188,6 +193,14 @@ def header_for(
 def bits_text(values: Any) -> str:
     """A 0/1 vector as a compact string of digits."""
     return "".join("1" if float(v) > 0.5 else "0" for v in values)
+
+
+class RecordSink(Protocol):
+    """Where a drill puts its steps and episode ends: a `Recorder`, or a range's pipe."""
+
+    def step(self, record: StepRecord) -> None: ...
+
+    def episode_end(self, record: EpisodeEnd) -> None: ...
 
 
 class Recorder:

@@ -11,9 +11,11 @@ the activity bits with what the simulator's sensor model would have shown.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 
 import matplotlib
 
@@ -26,6 +28,12 @@ from cyberdial.agents.report import TERMS
 
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
+# The power calculation's settings: the difference to resolve, as a fraction of
+# max(|simulated mean|, 1) (the verdict's scale), a two-sided test at ALPHA, and
+# the probability of seeing a difference that large when it is there.
+RESOLVE_FRACTION = 0.1
+ALPHA = 0.05
+POWER = 0.8
 # Alert kinds as activity levels (as the bridge encodes them): 1 scan, 2 exploit.
 ALERT_LEVEL = {"scan": 1, "exploit": 2, "decoy_touched": 2}
 ACTIVITY_BITS = {0: (0, 0), 1: (1, 0), 2: (1, 1)}
@@ -177,6 +185,27 @@ def bootstrap_gap(sim: np.ndarray, emulated: np.ndarray, seed: int = 0) -> tuple
     return float(low), float(high)
 
 
+def episodes_needed(
+    sim: np.ndarray,
+    emulated: np.ndarray,
+    fraction: float = RESOLVE_FRACTION,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> int | None:
+    """Episodes per range a two-sided test at `alpha` needs to see, with probability
+    `power`, a gap of `fraction` × max(|simulated mean|, 1):
+    n = (z_{1-alpha/2} + z_{power})² (s_sim² + s_emu²) / delta², from the measured
+    per-episode sample variances (normal approximation, the same n on both sides).
+    None when a side has fewer than 2 episodes (no variance to measure)."""
+    if len(sim) < 2 or len(emulated) < 2:
+        return None
+    delta = fraction * max(abs(float(sim.mean())), 1.0)
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    variance = float(sim.var(ddof=1) + emulated.var(ddof=1))
+    # At least 2: fewer leave no variance to check the next run's spread with.
+    return max(2, math.ceil(z * z * variance / (delta * delta)))
+
+
 def action_shares(recording: Recording) -> dict[str, float]:
     counts: Counter[str] = Counter()
     for step in recording.steps:
@@ -206,6 +235,8 @@ class Verdict:
     gap: float
     allowed: float
     line: str
+    # Filled in by `write_validation`: the gap's interval and the power calculation.
+    summary: str = ""
 
 
 def verdict(sim: np.ndarray, emulated: np.ndarray, tolerance: float) -> Verdict:
@@ -250,13 +281,31 @@ def write_validation(
     sim_returns, emu_returns = episode_returns(sim), episode_returns(emulated)
     result = verdict(sim_returns, emu_returns, tolerance)
     low, high = bootstrap_gap(sim_returns, emu_returns)
+    needed = episodes_needed(sim_returns, emu_returns)
+    delta = RESOLVE_FRACTION * max(abs(float(sim_returns.mean())), 1.0)
+    power_text = (
+        f"resolving a {RESOLVE_FRACTION:.0%} difference (±{delta:.2f}) needs {needed}"
+        f" episodes on each side (this run: {min(len(sim_returns), len(emu_returns))})"
+        if needed is not None
+        else f"resolving a {RESOLVE_FRACTION:.0%} difference needs at least 2 episodes on each"
+        " side to measure the spread"
+    )
+    result = replace(
+        result,
+        summary=f"gap {result.gap:+.2f}, {CONFIDENCE:.0%} interval [{low:+.2f}, {high:+.2f}];"
+        f" {power_text}",
+    )
     header = sim.header
+    run_ids = emulated.header.run_ids or (
+        [emulated.header.run_id] if emulated.header.run_id else [])
     lines = [
         f"# Validation: {header.scenario}, policy `{header.policy}`",
         "",
         f"{len(sim_returns)} simulated and {len(emu_returns)} emulated episodes with the same"
         f" seeds (first seed {header.seed}); scenario hash `{header.scenario_hash}`"
-        + (f"; emulated run `{emulated.header.run_id}`" if emulated.header.run_id else "")
+        + (f"; emulated run `{run_ids[0]}`" if len(run_ids) == 1 else "")
+        + (f"; {len(run_ids)} emulated ranges at once (runs "
+           + ", ".join(f"`{r}`" for r in run_ids) + ")" if len(run_ids) > 1 else "")
         + ".",
     ]
     if command:
@@ -272,6 +321,11 @@ def write_validation(
         "",
         f"Gap (emulated − simulated): {result.gap:+.2f}, {CONFIDENCE:.0%} bootstrap interval"
         f" [{low:+.2f}, {high:+.2f}].",
+        "",
+        f"Power: {power_text[0].upper() + power_text[1:]}, for a two-sided test at"
+        f" α = {ALPHA:g} with power {POWER:g}: n = (z₁₋α/₂ + z_power)² (s_sim² + s_emu²) / δ²,"
+        f" δ = {RESOLVE_FRACTION:g} × max(|simulated mean|, 1), from the returns' per-episode"
+        " sample variances (n − 1; normal approximation, the same n in both ranges).",
         "",
         "## Reward terms (mean cost per episode)",
         "",

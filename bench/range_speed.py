@@ -4,7 +4,8 @@ For each scenario: time to `Range.up()` (every host answers, every service
 listens, every program is ready), a few steps of red and green running, then time
 to `down()`. Memory: the machine's peak drop in MemAvailable while the range was
 up, and the summed PSS of the run's processes (host shells, programs, implants;
-not the Docker engine's own processes).
+not the Docker engine's own processes), split as `validate --ranges` sizes a range:
+the shells' PSS per host (MiB/host) and the PSS per host program (MiB/prog).
 
 Container hosts: a name `SCENARIO@docker` runs every host of the scenario in a
 container, `SCENARIO@dockerN` its leading host groups that make exactly N hosts
@@ -39,6 +40,7 @@ from cyberdial.range.emulation.state import RunState, recorded_pids
 from cyberdial.range.scenario import Scenario, load_scenario
 
 GIB = 2**30
+MIB = 2**20
 
 
 def mem_available() -> int:
@@ -120,6 +122,10 @@ def bench(spec: str, steps: int) -> dict[str, float]:
         records = state.shells + state.programs + recorded_pids(state.run_dir)
         run_pss = sum(pss(r.pid) for r in records if r.alive())
         run_pss += pss(os.getpid())
+        # The split `validate --ranges` sizes a range with (agents/parallel.py).
+        shells_pss = sum(pss(r.pid) for r in state.shells if r.alive())
+        programs = [r for r in state.programs if r.alive()]
+        programs_pss = sum(pss(r.pid) for r in programs)
     finally:
         down_started = time.monotonic()
         emulated.down()
@@ -143,6 +149,8 @@ def bench(spec: str, steps: int) -> dict[str, float]:
         "network_s": emulated.timings.get("network_s", 0.0),
         "programs_s": emulated.timings.get("programs_s", 0.0),
         "measure_s": measure_s, "peak_gib": watch.peak_used / GIB, "pss_gib": run_pss / GIB,
+        "shell_mib": shells_pss / MIB / len(scenario.all_hosts),
+        "program_mib": programs_pss / MIB / max(len(programs), 1),
         "compromised": int(np.count_nonzero(truth.compromise)),
         "green": truth.green_successes + truth.green_failures,
     }
@@ -163,7 +171,7 @@ def main() -> int:
     print(f"machine: {describe_machine()}")
     print(f"{'scenario':<16}{'hosts':>6}{'ctrs':>5}{'up s':>7}{'(net s':>8}{'progs s)':>9}"
           f"{'down s':>8}{'ns host ms':>11}{'image s':>8}{'ctr up ms':>10}{'ctr down ms':>12}"
-          f"{'peak GiB':>9}{'PSS GiB':>8}{'referee s':>10}")
+          f"{'peak GiB':>9}{'PSS GiB':>8}{'referee s':>10}{'MiB/host':>9}{'MiB/prog':>9}")
     try:
         for spec in args.scenarios:
             r = bench(spec, args.steps)
@@ -172,7 +180,8 @@ def main() -> int:
                   f"{r['namespace_host_ms']:>11.1f}{r['image_s']:>8.2f}"
                   f"{r['container_host_ms']:>10.1f}"
                   f"{r['container_down_ms']:>12.1f}{r['peak_gib']:>9.2f}{r['pss_gib']:>8.2f}"
-                  f"{r['measure_s']:>10.3f}", flush=True)
+                  f"{r['measure_s']:>10.3f}{r['shell_mib']:>9.2f}{r['program_mib']:>9.1f}",
+                  flush=True)
     finally:
         if engine is not None:
             engine.stop()

@@ -57,20 +57,23 @@ def emulated_lab(
     step_log: Callable[[StepLog], None] | None = None,
     capture_dir: Path | None = None,
     capture_limits: CaptureLimits | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Lab]:
     """The scenario on real hosts with its bridge and a client; needs root.
 
     `step_period_s`: the least a step lasts (None: the scenario's, a watched drill;
     0: as fast as the hosts allow, validation). `step_log` gets every step's host
     side (alerts, command results, ground truth). The agents' socket lies in
-    `workdir` (default: a temporary folder).
+    `workdir` (default: a temporary folder). `run_id`: the range's run id, chosen by
+    the caller (default: a new one).
     """
     # Imported here: the emulator needs root and Mininet; nothing else in bridge/ does.
     from cyberdial.range.emulation.emulator import Range
 
     with contextlib.ExitStack() as stack:
         emulated = stack.enter_context(
-            Range(scenario, hub=False, capture_dir=capture_dir, capture_limits=capture_limits))
+            Range(scenario, hub=False, capture_dir=capture_dir, capture_limits=capture_limits,
+                  run_id=run_id))
         if workdir is None:
             workdir = Path(stack.enter_context(
                 tempfile.TemporaryDirectory(dir="/tmp", prefix="cdlab")))

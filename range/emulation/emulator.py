@@ -41,6 +41,7 @@ from cyberdial.range.emulation.netns import (
 )
 from cyberdial.range.emulation.plan import (
     RangePlan,
+    check_run_id,
     make_plan,
     new_run_id,
     nft_ruleset,
@@ -92,12 +93,15 @@ class Range:
         seed: int | None = None,
         capture_dir: Path | None = None,
         capture_limits: CaptureLimits | None = None,
+        run_id: str | None = None,
     ) -> None:
         unknown = set(programs) - set(PROGRAM_ROLES)
         if unknown:
             raise ValueError(f"unknown programs {sorted(unknown)}; choose from {PROGRAM_ROLES}")
         self.scenario = scenario
-        self.run_id = new_run_id()
+        # Given by a caller that must be able to take the run down whatever becomes of this
+        # object (`validate --ranges N` names each range before its worker builds it).
+        self.run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         self.runs_root = runs_root or run_state.RUNS_ROOT
         self.run_dir = self.runs_root / self.run_id
         self.logs_dir = logs_dir or LOGS_ROOT / self.run_id
