@@ -35,12 +35,11 @@ from pathlib import Path
 import yaml
 
 from cyberdial.agents.recording import Recording, StepRecord
+from cyberdial.agents.validation import alert_levels
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, parse_scenario
 
-# Alert kinds as activity levels (as the bridge encodes them): 1 scan, 2 exploit.
-ALERT_LEVEL = {"scan": 1, "exploit": 2, "decoy_touched": 2}
 Z95 = 1.959964
 
 
@@ -80,14 +79,6 @@ class SensorFit:
         return {rate.name: rate.fitted for rate in self.rates}
 
 
-def _levels(step: StepRecord) -> dict[str, int]:
-    levels: dict[str, int] = {}
-    for alert in step.alerts:
-        level = ALERT_LEVEL.get(alert.kind, 0)
-        levels[alert.host] = max(levels.get(alert.host, 0), level)
-    return levels
-
-
 def _restored(step: StepRecord) -> set[str]:
     """Hosts a blue Restore took off the network this step."""
     done = {c.action.partition(" ")[2] for c in step.commands
@@ -116,7 +107,7 @@ def fit_sensors(recording: Recording, scenario: Scenario) -> SensorFit:
         previous_touched: set[str] = set()
         for step in recording.steps_of(episode):
             steps += 1
-            levels = _levels(step)
+            levels = alert_levels(step)
             down = _restored(step)
             decoys = set(step.ground_truth.decoys)
             touched: set[str] = set()

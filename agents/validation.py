@@ -87,7 +87,7 @@ class SensorFigures:
         }
 
 
-def _levels(step: StepRecord) -> dict[str, int]:
+def alert_levels(step: StepRecord) -> dict[str, int]:
     levels: dict[str, int] = {}
     for alert in step.alerts:
         level = ALERT_LEVEL.get(alert.kind, 0)
@@ -125,7 +125,7 @@ def sensor_figures(recording: Recording) -> SensorFigures:
     for episode in recording.episodes():
         figures.episodes += 1
         steps = recording.steps_of(episode)
-        levels = [_levels(step) for step in steps]
+        levels = [alert_levels(step) for step in steps]
         reds = [_red(step, hosts_of_subnet) for step in steps]
         if steps:
             # Red's phishing foothold raises no network alert in either range.
