@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # How long the lab waits for the range's programs to reach the bridge before it warns.
 PEERS_WAIT_S = 30.0
+# sizeof(sockaddr_un.sun_path) less its terminating NUL: the longest ipc:// path ZeroMQ binds.
+IPC_PATH_MAX = 107
 
 
 @dataclass
@@ -64,7 +66,8 @@ def emulated_lab(
     `step_period_s`: the least a step lasts (None: the scenario's, a watched drill;
     0: as fast as the hosts allow, validation). `step_log` gets every step's host
     side (alerts, command results, ground truth). The agents' socket lies in
-    `workdir` (default: a temporary folder). `run_id`: the range's run id, chosen by
+    `workdir` (default, or when `workdir` is too deep for a unix socket's path: a
+    temporary folder). `run_id`: the range's run id, chosen by
     the caller (default: a new one).
     """
     # Imported here: the emulator needs root and Mininet; nothing else in bridge/ does.
@@ -80,7 +83,12 @@ def emulated_lab(
         workdir.mkdir(parents=True, exist_ok=True)
         assert emulated.referee is not None
         hub = emulated.new_hub()
-        endpoint = f"ipc://{workdir.resolve() / f'agents-{emulated.run_id}.sock'}"
+        socket_path = workdir.resolve() / f"agents-{emulated.run_id}.sock"
+        if len(str(socket_path).encode()) > IPC_PATH_MAX:
+            # A unix socket's path holds at most 107 bytes: a deep folder's goes to /tmp.
+            socket_path = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                dir="/tmp", prefix="cdlab"))) / socket_path.name
+        endpoint = f"ipc://{socket_path}"
         service = BridgeService(scenario, hub, emulated.referee, endpoint,
                                 range_reset=emulated, step_period_s=step_period_s)
         service.step_log = step_log
