@@ -347,6 +347,9 @@ class HostHub:
             for name in members:
                 status = self._peers.get(name)
                 if status is None or status.said_bye or status.tick_done >= tick.tick:
+                    if name in waiting:
+                        logger.debug("step %d %s: %s done after %.2f s", step, phase, name,
+                                     time.monotonic() - started)
                     waiting.discard(name)
                 elif name not in waited and status.heard and not self._silent(status, now):
                     waiting.add(name)  # it spoke during the phase: a (re)started program

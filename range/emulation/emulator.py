@@ -1,9 +1,9 @@
-"""The emulated range's controller: builds a scenario on Mininet and runs its programs.
+"""The emulated range's controller: builds a scenario as namespaces and runs its programs.
 
-`Range(scenario)` is a context manager. `up()` builds one Mininet host per
-scenario host (a network namespace held by a shell) or, for `backend: docker`
-hosts, one Docker container (see docker_hosts.py), one `LinuxBridge` per
-subnet (no controller: Open vSwitch cannot run here), and a router namespace
+`Range(scenario)` is a context manager. `up()` builds one host per scenario host
+(a network and mount namespace held by a shell, as a Mininet host is) or, for
+`backend: docker` hosts, one Docker container (see docker_hosts.py), one Linux
+bridge per subnet (no controller: Open vSwitch cannot run here), and a router namespace
 whose nftables enforce the scenario's flows; then starts per subnet one services,
 one sensor, one actuator and one green process, plus one red process, and
 returns only when every host answers and every service listens. `down()` removes
@@ -15,6 +15,7 @@ its own `HostHub`).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import select
@@ -34,8 +35,10 @@ from cyberdial.range.emulation.capture import BridgeCapture, CaptureLimits
 from cyberdial.range.emulation.docker_hosts import DockerHost, DockerHosts
 from cyberdial.range.emulation.keys import KEYED_ROLES, expected_peers, key_line
 from cyberdial.range.emulation.netns import (
+    configure_namespace,
     in_netns,
     listening_ports,
+    mac_for,
     netns_inode,
     processes_in,
 )
@@ -58,7 +61,9 @@ logger = logging.getLogger(__name__)
 
 LOGS_ROOT = Path(os.environ.get("CYBERDIAL_LOGS", "/var/tmp/cyberdial"))
 READY_TIMEOUT_S = 120.0
-PARALLEL_CONFIG = 24
+# The readiness ping's socket buffers, per host (an echo reply's skb is ~1 KiB).
+PING_BUFFER_PER_HOST = 2048
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # socket.h; Python names neither
 SAVE_EVERY = 64
 PROGRAM_ROLES = ("services", "sensor", "actuator", "green", "red")
 # The range filters in its router namespace only, never bridged frames in the root one.
@@ -112,9 +117,12 @@ class Range:
         self.hub: HostHub | None = None
         self.referee: Referee | None = None
         self.state: RunState | None = None
-        self.net: Any = None
+        # The namespace holders' lifeline (see _spawn_holders) and the holders.
+        self._lifeline: int | None = None
+        self._holders: list[subprocess.Popen[bytes]] = []
         self.docker: DockerHosts | None = None  # the engine of the container hosts, if any
-        self._popens: list[subprocess.Popen[bytes]] = []
+        # The programs' launcher (programs/launcher.py) and the programs it started.
+        self._launcher: subprocess.Popen[bytes] | None = None
         self._program_names: list[str] = []
         # The host side's master secret: in memory only; each program gets its own key.
         self.host_keys = HostKeys.generate(self.run_id)
@@ -138,7 +146,7 @@ class Range:
         return self.plan.command_endpoint
 
     def host_pid(self, host: str) -> int:
-        """PID that holds `host`'s network namespace: its Mininet shell or container's init."""
+        """PID that holds `host`'s network namespace: its holder shell or container's init."""
         return self.plan.host_pids[host]
 
     @property
@@ -181,13 +189,19 @@ class Range:
                     self.plan, self.capture_dir, self.logs_dir, self.capture_limits
                 )
                 self.capture.start(self.state)
+            t = time.monotonic()
             self._write_files()
+            self.timings["files_s"] = time.monotonic() - t
             if self._want_hub:
                 self.hub = self.new_hub()
                 self.hub.open()
+            t = time.monotonic()
             self._start_programs()
+            self.timings["launch_s"] = time.monotonic() - t
             self._wait_ready()
+            t = time.monotonic()
             self.referee = Referee(self.plan, self.scenario)
+            self.timings["referee_s"] = time.monotonic() - t
             self.t0 = time.time()
             self.plan.clock_file.write_text(f"{self.t0!r}\n", encoding="utf-8")
             self.state.status = "up"
@@ -215,11 +229,17 @@ class Range:
         report = teardown(self.state)
         self.timings.update({f"down_{k}": v for k, v in report.phases.items()})
         # Reap our own children so no zombie or ResourceWarning is left behind.
-        for popen in self._popens:
-            popen.wait(timeout=10)
-        self._popens.clear()
+        if self._launcher is not None:
+            assert self._launcher.stdin is not None and self._launcher.stdout is not None
+            try:
+                self._launcher.stdin.close()
+            except BrokenPipeError:
+                pass
+            self._launcher.stdout.close()
+            self._launcher.wait(timeout=10)
+            self._launcher = None
         self.timings["down_reaped_s"] = time.monotonic() - started
-        self._close_mininet()
+        self._release_holders()
         if self.docker is not None:
             self.docker.close()
             self.docker = None
@@ -311,60 +331,61 @@ class Range:
         self.state.save()
 
     def _build_network(self) -> None:
-        from mininet.log import setLogLevel
-        from mininet.net import Mininet
-        from mininet.nodelib import LinuxBridge
+        """Hosts, bridges, links and addresses, each kind in one batch.
 
+        What Mininet builds for a host, made the way Mininet makes it (`mnexec -cdn`: a
+        network and mount namespace with its own /sys, held by a shell), but without
+        its per-node pty shell and one `ip` command per link: at 2,000 hosts those
+        one-by-one steps were most of the bring-up.
+        """
         assert self.state is not None
-        setLogLevel("error")
         plan, state = self.plan, self.state
-        net = Mininet(topo=None, switch=LinuxBridge, controller=None, build=False,
-                      autoSetMacs=False, waitConnected=False)
-        self.net = net
         t = time.monotonic()
         # Names first, so a crash halfway still leaves a complete list to remove.
         state.bridges = [s.bridge for s in plan.subnets]
         state.veths = [h.veth for h in plan.hosts] + [s.router_veth for s in plan.subnets]
         self._save()
-        router = net.addHost(plan.router_node)
-        state.shells.append(ProcessRecord.of(router.pid, "router", plan.router_node))
-        switches = {}
-        for subnet in plan.subnets:
-            switch = net.addSwitch(subnet.bridge)
-            state.shells.append(ProcessRecord.of(switch.pid, "bridge-shell", subnet.bridge))
-            switches[subnet.name] = switch
-        self._save()
-        hosts: dict[str, Any] = {}
         namespace_hosts = [h for h in plan.hosts if h.backend != "docker"]
-        for count, host in enumerate(namespace_hosts, 1):
-            # The node name shows in the shell's argv (`mininet:user0.a1b2c3`): ps tells runs apart.
-            node = net.addHost(f"{host.name}.{self.run_id}")
-            hosts[host.name] = node
-            state.shells.append(ProcessRecord.of(node.pid, "host", host.name))
-            if count % SAVE_EVERY == 0:
-                self._save()
-        self._save()
+        # The node name shows in the holder's argv (`cyberdial:user0.a1b2c3`): ps tells
+        # runs apart.
+        holders = self._spawn_holders(
+            [(plan.router_node, "router", plan.router_node)]
+            + [(f"{h.name}.{self.run_id}", "host", h.name) for h in namespace_hosts])
         self.timings["hosts_s"] = time.monotonic() - t
         t = time.monotonic()
         containers = self._start_containers()
         self.timings["containers_s"] = time.monotonic() - t
         t = time.monotonic()
+        router_pid = holders[plan.router_node]
+        # The root namespace's ends (bridges, bridge ports) get no IPv6 link-local address:
+        # else each of them runs duplicate-address detection and router solicitation, and
+        # the bridge floods those frames to every host of the subnet.
+        lines = [f"link add {s.bridge} type bridge stp_state 0" for s in plan.subnets]
+        lines += [f"link set {s.bridge} addrgenmode none" for s in plan.subnets]
         for host in namespace_hosts:
-            net.addLink(hosts[host.name], switches[host.subnet], intfName1="eth0",
-                        intfName2=host.veth)
+            lines += [f"link add {host.veth} type veth peer name eth0 address {mac_for(host.ip)}"
+                      f" netns {holders[host.name]}",
+                      f"link set {host.veth} addrgenmode none",
+                      f"link set {host.veth} master {plan.subnets[host.subnet_index].bridge}",
+                      f"link set {host.veth} up"]
         for subnet in plan.subnets:
-            net.addLink(router, switches[subnet.name], intfName1=subnet.router_intf,
-                        intfName2=subnet.router_veth)
-        for switch in switches.values():
-            switch.start([])
+            lines += [f"link add {subnet.router_veth} type veth peer name {subnet.router_intf}"
+                      f" address {mac_for(subnet.router_ip, 1)} netns {router_pid}",
+                      f"link set {subnet.router_veth} addrgenmode none",
+                      f"link set {subnet.router_veth} master {subnet.bridge}",
+                      f"link set {subnet.router_veth} up",
+                      f"link set {subnet.bridge} up"]
+        out = subprocess.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n", text=True,
+                             capture_output=True, check=False, timeout=120)
+        if out.returncode != 0:
+            raise HostCommandError(f"linking the hosts failed: {out.stderr.strip()[:300]}")
         if self.docker is not None:
-            # After the switches start: Mininet creates the bridges only then.
             self.docker.attach(plan, containers)
         self.timings["links_s"] = time.monotonic() - t
         t = time.monotonic()
-        plan.host_pids.update({name: node.pid for name, node in hosts.items()})
+        plan.host_pids.update({h.name: holders[h.name] for h in namespace_hosts})
         plan.host_pids.update({c.name: c.pid for c in containers})
-        object.__setattr__(plan, "router_pid", router.pid)
+        object.__setattr__(plan, "router_pid", router_pid)
         state.netns = {name: netns_inode(pid) or 0 for name, pid in plan.host_pids.items()}
         self._save()
         self._configure_addresses()
@@ -376,6 +397,36 @@ class Range:
             # DROP): turn that off again now that the containers exist.
             self._disable_bridge_netfilter()
         self.timings["config_s"] = time.monotonic() - t
+
+    def _spawn_holders(self, nodes: Sequence[tuple[str, str, str]]) -> dict[str, int]:
+        """Start one namespace holder per (node name, role, host name); their PIDs by host.
+
+        A holder is `sh -c 'read _'` under `mnexec -dn`, reading the controller's end of
+        one pipe: it lives until the controller closes that pipe (`down()`) or dies, so
+        a killed controller takes its hosts with it, as Mininet's pty shells did. Each
+        is recorded as it starts. Not `mnexec -c`: it closes every descriptor up to the
+        limit one by one (3 ms a host at a limit of 2^20); `Popen` closes them already.
+        """
+        assert self.state is not None
+        state = self.state
+        if self._lifeline is not None:
+            raise RuntimeError("the hosts of this range are already started")
+        read_end, self._lifeline = os.pipe()
+        pids: dict[str, int] = {}
+        try:
+            for count, (node_name, role, host) in enumerate(nodes, 1):
+                popen = subprocess.Popen(
+                    ["mnexec", "-dn", "sh", "-c", "read _", f"cyberdial:{node_name}"],
+                    stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self._holders.append(popen)
+                pids[host] = popen.pid
+                state.shells.append(ProcessRecord.of(popen.pid, role, host))
+                if count % SAVE_EVERY == 0:
+                    self._save()
+        finally:
+            os.close(read_end)
+            self._save()
+        return pids
 
     def _start_containers(self) -> list[DockerHost]:
         """Start the container hosts, each recorded (engine, id, init PID) as it starts."""
@@ -404,55 +455,32 @@ class Range:
             self._save()
 
     def _configure_addresses(self) -> None:
+        """Every host's address and default route, and the router's, over rtnetlink from
+        here (`netns.configure_namespace`): no process per host."""
         plan = self.plan
-        jobs: list[tuple[int, str]] = []
-        enter: dict[int, list[str]] = {plan.router_pid: ["mnexec", "-a", str(plan.router_pid)]}
-        for host in plan.hosts:
-            enter[plan.host_pids[host.name]] = plan.exec_prefix(host.name)
-            jobs.append((plan.host_pids[host.name], (
-                "link set lo up\n"
-                f"addr add {host.ip}/{host.prefix} dev eth0\n"
-                "link set eth0 up\n"
-                f"route add default via {host.gateway}\n"
-            )))
-        router_batch = "link set lo up\n" + "".join(
-            f"addr add {s.router_ip}/{ipaddress_prefix(s.cidr)} dev {s.router_intf}\n"
-            f"link set {s.router_intf} up\n" for s in plan.subnets)
-        jobs.append((plan.router_pid, router_batch))
-        # No IPv6 inside the range: its router solicitations and DAD would be noise
-        # for the sensors. Written from here (sysctls under /proc/sys/net are per namespace).
-        for pid, _ in jobs:
-            with in_netns(pid):
-                for key in ("all", "default"):
-                    Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1\n")
-        with in_netns(plan.router_pid):
-            Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-        running: list[tuple[subprocess.Popen[str], int]] = []
         failures: list[str] = []
-
-        def reap(limit: int) -> None:
-            while len(running) > limit:
-                popen, pid = running.pop(0)
-                _, err = popen.communicate(timeout=30)
-                if popen.returncode != 0:
-                    failures.append(f"pid {pid}: {err.strip()}")
-
-        for pid, batch in jobs:
-            popen = subprocess.Popen([*enter[pid], "ip", "-batch", "-"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-            assert popen.stdin is not None
-            popen.stdin.write(batch)
-            popen.stdin.close()
-            popen.stdin = None
-            running.append((popen, pid))
-            reap(PARALLEL_CONFIG)
-        reap(0)
+        for host in plan.hosts:
+            gateway_mac = mac_for(host.gateway, 1)
+            try:
+                configure_namespace(plan.host_pids[host.name], [("eth0", host.ip, host.prefix)],
+                                    host.gateway, neighbours=[("eth0", host.gateway, gateway_mac)])
+            except OSError as error:
+                failures.append(f"{host.name}: {error}")
+                if len(failures) >= 3:
+                    break
+        # The router knows its namespace hosts' MACs (it chose them): reaching a host needs
+        # no ARP broadcast, which a bridge copies to every port (with 250 ports, ~10 ms per
+        # host). A container's MAC is the engine's: the router asks for it as usual.
+        known = [(plan.subnets[h.subnet_index].router_intf, h.ip, mac_for(h.ip))
+                 for h in plan.hosts if h.backend != "docker"]
+        try:
+            configure_namespace(plan.router_pid, [
+                (s.router_intf, s.router_ip, ipaddress_prefix(s.cidr)) for s in plan.subnets],
+                forward=True, neighbours=known)
+        except OSError as error:
+            failures.append(f"router: {error}")
         if failures:
             raise HostCommandError(f"configuring addresses failed: {failures[:3]}")
-        bridges = "".join(f"link set {s.bridge} up\n" for s in plan.subnets)
-        subprocess.run(["ip", "-batch", "-"], input=bridges, text=True, check=True,
-                       capture_output=True)
 
     def _configure_router(self) -> None:
         rules = self.run_dir / "router.nft"
@@ -481,41 +509,70 @@ class Range:
     # ---------------------------------------------------------- programs
 
     def _start_programs(self) -> None:
+        """Every program of the range, forked by one launcher (programs/launcher.py)."""
         assert self.state is not None
+        specs: list[tuple[str, str, list[str]]] = []
         users = {h.subnet for h in self.plan.hosts if h.user}
         for subnet in self.plan.subnets:
             for role in ("services", "sensor", "actuator", "green"):
                 if role not in self._roles or (role == "green" and subnet.name not in users):
                     continue
-                self._start(role, f"{role}-{subnet.name}", ["--subnet", subnet.name])
+                specs.append((role, f"{role}-{subnet.name}", ["--subnet", subnet.name]))
         if "red" in self._roles:
-            self._start("red", "red", ["--seed", str(self.seed)])
-        self._save()
-
-    def _start(self, role: str, name: str, extra: list[str]) -> None:
-        assert self.state is not None
-        log = open(self.logs_dir / f"{name}.log", "ab")
-        keyed = role in KEYED_ROLES
+            specs.append(("red", "red", ["--seed", str(self.seed)]))
+        if not specs:
+            return
+        log = open(self.logs_dir / "launcher.log", "ab")
         try:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", f"cyberdial.range.emulation.programs.{role}",
-                 "--run-dir", str(self.run_dir), *extra],
-                stdin=subprocess.PIPE if keyed else subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-            )
+            # One BLAS thread: a process that forks must not hold threads.
+            launcher = subprocess.Popen(
+                [sys.executable, "-m", "cyberdial.range.emulation.programs.launcher"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                start_new_session=True, close_fds=True,
+                env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
         finally:
             log.close()
-        if popen.stdin is not None:
-            # Its own key, through a pipe only it holds; never in a file a host can open.
-            try:
-                popen.stdin.write(key_line(self.host_keys.key(name)))
-                popen.stdin.close()
-            except BrokenPipeError:
-                pass  # it died at once: _wait_ready reports its exit status
-            popen.stdin = None
-        self._popens.append(popen)
-        self._program_names.append(name)
-        self.state.programs.append(ProcessRecord.of(popen.pid, role, name))
+        self._launcher = launcher
+        self.state.programs.append(ProcessRecord.of(launcher.pid, "launcher", "launcher"))
+        self._save()
+        assert launcher.stdin is not None and launcher.stdout is not None
+        lines = []
+        for role, name, extra in specs:
+            # Keys go through the launcher's pipe, which only it holds; never in a file.
+            key = key_line(self.host_keys.key(name)).decode() if role in KEYED_ROLES else ""
+            lines.append(json.dumps({
+                "role": role, "name": name, "log": str(self.logs_dir / f"{name}.log"),
+                "args": ["--run-dir", str(self.run_dir), *extra], "key": key}) + "\n")
+        try:
+            launcher.stdin.write("".join(lines).encode())
+            launcher.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once: reading its answers says so
+        roles = {name: role for role, name, _ in specs}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        answers = b""
+        started: dict[str, int] = {}
+        fd = launcher.stdout.fileno()
+        while len(started) < len(specs):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise HostCommandError(
+                    f"the program launcher started {len(started)} of {len(specs)} programs"
+                    f" in {READY_TIMEOUT_S:.0f} s: see {self.logs_dir / 'launcher.log'}")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise HostCommandError(
+                    f"the program launcher exited with status {launcher.wait(10)}: see"
+                    f" {self.logs_dir / 'launcher.log'}")
+            answers += chunk
+            while b"\n" in answers:
+                line, answers = answers.split(b"\n", 1)
+                answer = json.loads(line)
+                started[answer["name"]] = answer["pid"]
+                self.state.programs.append(
+                    ProcessRecord.of(answer["pid"], roles[answer["name"]], answer["name"]))
+                self._program_names.append(answer["name"])
+        self._save()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -527,11 +584,11 @@ class Range:
         t = time.monotonic()
         ready = self.run_dir / "ready"
         while True:
-            for popen, name in zip(self._popens, self._program_names, strict=True):
-                if popen.poll() is not None:
+            for record in self.state.programs if self.state is not None else ():
+                if record.name in self._program_names and not record.alive():
                     raise HostCommandError(
-                        f"program {name} exited with status {popen.returncode}: see"
-                        f" {self.logs_dir / (name + '.log')}")
+                        f"program {record.name} exited: see"
+                        f" {self.logs_dir / (record.name + '.log')}")
             waiting = [n for n in self._program_names if not (ready / n).exists()]
             deaf = self._services_not_listening() if not waiting else []
             if not waiting and not deaf:
@@ -560,9 +617,16 @@ class Range:
         targets = {h.ip: h.name for h in self.plan.hosts}
         with in_netns(self.plan.router_pid):
             sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        # Every host answers at once: a default buffer holds ~256 replies and drops the
+        # rest, and a probe waiting for its ARP answer holds send buffer (a blocking send
+        # then waits on ARP). Room for all; a send that would still block waits a round.
+        room = PING_BUFFER_PER_HOST * len(targets)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, room)
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, room)
+        sock.setblocking(False)
         ident = os.getpid() & 0xFFFF
         answered: set[str] = set()
-        # poll, not select: Mininet's ptys push our descriptors past select's 1024.
+        # poll, not select: a large range's descriptors can pass select's 1024.
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         try:
@@ -574,6 +638,8 @@ class Range:
                     if ip not in answered:
                         try:
                             sock.sendto(probe, (ip, 0))
+                        except BlockingIOError:
+                            break
                         except OSError as error:
                             if error.errno not in (errno.EHOSTUNREACH, errno.ENETUNREACH):
                                 raise
@@ -581,11 +647,16 @@ class Range:
                 while time.monotonic() < until:
                     if not poller.poll(50):
                         continue
-                    data, (source, _port) = sock.recvfrom(2048)
+                    try:
+                        data, (source, _port) = sock.recvfrom(2048)
+                    except BlockingIOError:
+                        continue
                     header = (data[0] & 0x0F) * 4
                     if data[header] == 0 and struct.unpack("!H", data[header + 4:header + 6])[0] \
                             == ident:
                         answered.add(source)
+                logger.debug("ping round %d: %d of %d hosts answered", rounds, len(answered),
+                             len(targets))
         finally:
             sock.close()
         return sorted(targets[ip] for ip in targets if ip not in answered)
@@ -649,25 +720,17 @@ class Range:
                 raise HostCommandError(f"services did not come back after the reset: {deaf[:5]}")
             time.sleep(0.05)
 
-    def _close_mininet(self) -> None:
-        """Release the Mininet objects' ptys and reap their shells (already killed by PID)."""
-        if self.net is None:
-            return
-        for node in [*self.net.hosts, *self.net.switches]:
-            shell = node.shell
-            if shell is None:
-                continue
+    def _release_holders(self) -> None:
+        """Close the holders' pipe (any holder still alive ends) and reap them."""
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        for holder in self._holders:
             try:
-                node.stdin.close()
-                os.close(node.slave)
-            except OSError:
-                pass
-            try:
-                shell.wait(timeout=10)
+                holder.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                logger.warning("shell %s of %s did not exit", shell.pid, node.name)
-            node.shell = None
-        self.net = None
+                logger.warning("namespace holder %s did not exit", holder.pid)
+        self._holders.clear()
 
 
 def ipaddress_prefix(cidr: str) -> int:

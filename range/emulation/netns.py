@@ -158,3 +158,121 @@ def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ------------------------------------------------------------ rtnetlink
+
+_NETLINK_ROUTE = 0
+_RTM_NEWLINK, _RTM_NEWADDR, _RTM_NEWROUTE, _RTM_NEWNEIGH = 16, 20, 24, 28
+_NDA_DST, _NDA_LLADDR, _NUD_PERMANENT = 1, 2, 0x80
+_NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x4, 0x200, 0x400
+_IFF_UP = 0x1
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_RTA_GATEWAY = 5
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 254, 3, 0, 1
+_LOOPBACK_INDEX = 1
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + bytes(-length % 4)
+
+
+class _Rtnetlink:
+    """A NETLINK_ROUTE socket of the calling thread's namespace: what `ip` does, in-process.
+
+    Each request asks for an acknowledgement; an error is raised as `OSError` with the
+    kernel's errno. Configuring a host this way costs microseconds, where `ip -batch`
+    costs a process (and `mnexec` a second) per host: at 2,000 hosts, seconds.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE)
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, kind: int, flags: int, body: bytes, what: str) -> None:
+        self.seq += 1
+        header = struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_ACK | flags,
+                             self.seq, 0)
+        self.sock.send(header + body)
+        for _ in range(_MAX_NETLINK_READS):
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, answer, _flags, seq = struct.unpack_from("=IHHI", data, offset)
+                if answer == _NLMSG_ERROR and seq == self.seq:
+                    (error,) = struct.unpack_from("=i", data, offset + 16)
+                    if error:
+                        raise OSError(-error, f"{what}: {os.strerror(-error)}")
+                    return
+                offset += (length + 3) & ~3
+        raise OSError(f"{what}: no answer from rtnetlink")
+
+    def link_up(self, index: int, what: str) -> None:
+        body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP)
+        self.request(_RTM_NEWLINK, 0, body, what)
+
+    def add_address(self, index: int, ip: str, prefix: int, what: str) -> None:
+        packed = socket.inet_aton(ip)
+        body = (struct.pack("=BBBBI", socket.AF_INET, prefix, 0, _RT_SCOPE_UNIVERSE, index)
+                + _attribute(_IFA_LOCAL, packed) + _attribute(_IFA_ADDRESS, packed))
+        self.request(_RTM_NEWADDR, _NLM_F_CREATE | _NLM_F_EXCL, body, what)
+
+    def add_neighbour(self, index: int, ip: str, mac: str, what: str) -> None:
+        body = (struct.pack("=BxxxiHBB", socket.AF_INET, index, _NUD_PERMANENT, 0, 0)
+                + _attribute(_NDA_DST, socket.inet_aton(ip))
+                + _attribute(_NDA_LLADDR, bytes.fromhex(mac.replace(":", ""))))
+        self.request(_RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_EXCL, body, what)
+
+    def add_default_route(self, gateway: str, what: str) -> None:
+        body = (struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT,
+                            _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0)
+                + _attribute(_RTA_GATEWAY, socket.inet_aton(gateway)))
+        self.request(_RTM_NEWROUTE, _NLM_F_CREATE | _NLM_F_EXCL, body, what)
+
+
+def mac_for(ip: str, kind: int = 0) -> str:
+    """A locally administered MAC made from an IPv4 address (unique where the address is):
+    kind 0 for a host's interface, 1 for the router's."""
+    return ":".join(f"{b:02x}" for b in (0x02, kind, *socket.inet_aton(ip)))
+
+
+def configure_namespace(pid: int, addresses: Iterable[tuple[str, str, int]],
+                        gateway: str | None = None, *, forward: bool = False,
+                        neighbours: Iterable[tuple[str, str, str]] = ()) -> None:
+    """Give the network namespace of `pid` its addresses, as `ip -batch` would there.
+
+    `addresses` are (interface, IPv4 address, prefix length): each interface gets its
+    address and is brought up, after the loopback; then the default route via `gateway`
+    (a host's) and, with `forward`, IPv4 forwarding (the router's). IPv6 is switched
+    off: its router solicitations and duplicate-address probes would be noise for the
+    sensors. `neighbours` are (interface, IPv4 address, MAC) entries made permanent: the
+    router's own hosts and a host's gateway, whose MACs the range chose (`mac_for`), so
+    no ARP broadcast is needed to reach them. Raises OSError naming the step that failed.
+    """
+    with in_netns(pid):
+        # Sysctls under /proc/sys/net belong to the namespace of the thread that opens them.
+        for key in ("all", "default"):
+            with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w", encoding="ascii") as f:
+                f.write("1\n")
+        if forward:
+            with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as f:
+                f.write("1\n")
+        rtnl = _Rtnetlink()
+        try:
+            rtnl.link_up(_LOOPBACK_INDEX, "lo up")
+            for interface, ip, prefix in addresses:
+                index = socket.if_nametoindex(interface)
+                rtnl.add_address(index, ip, prefix, f"address {ip}/{prefix} on {interface}")
+                rtnl.link_up(index, f"{interface} up")
+            if gateway is not None:
+                rtnl.add_default_route(gateway, f"default route via {gateway}")
+            indices: dict[str, int] = {}
+            for interface, ip, mac in neighbours:
+                index = indices.setdefault(interface, socket.if_nametoindex(interface))
+                rtnl.add_neighbour(index, ip, mac, f"neighbour {ip} on {interface}")
+        finally:
+            rtnl.close()
