@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="play a policy in the simulator and on real hosts with the same seeds, and compare",
         description="Runs N episodes in the simulator and N in the emulated range with the same"
         " seeds, then writes validation.md and PNGs (returns with the gap and a confidence"
-        " interval, reward terms, actions, sensor detection and false positives) and ends with"
+        " interval, reward terms, actions, sensor detection and false positives, and how the"
+        " observation's activity and compromise bits agree with the game's rules given what"
+        " red and blue did) and ends with"
         " a one-line verdict, after the gap's interval and the episodes a 10% difference"
         " would need (a power calculation from both sides' spread). --ranges N plays the"
         " emulated episodes on N ranges at once; the recording and the verdict's inputs are"
@@ -141,6 +143,7 @@ def validate_command(args: argparse.Namespace) -> int:
         out,
         args.tolerance,
         command=command,
+        model=model,
     )
     console.print(f"report: {out / 'validation.md'}")
     console.print(result.summary)
