@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cyberdial.agents.calibration import (
 )
 from cyberdial.agents.drill import EmulatedDrillRange, run_drill
 from cyberdial.agents.recording import RECORDING_NAME, Recorder, header_for, load_recording
-from cyberdial.commands.common import console
+from cyberdial.commands.common import console, stop_signals_interrupt
 from cyberdial.commands.drill import resolve_policy
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.scenario import (
@@ -60,18 +59,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=calibrate_command)
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _play(args: argparse.Namespace, folder: Path) -> Path:
     """Play the measuring episodes on a fresh emulated range; returns the recording's folder."""
     scenario = load_scenario(args.scenario)
     policy, model = resolve_policy(args.policy, scenario, args.seed)
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     out = folder / "emulated"
-    try:
+    # As in `drill`: SIGTERM is Ctrl-C, and Ctrl-C works in a backgrounded start too.
+    with stop_signals_interrupt():
         console.print(f"emulated range: bringing up {scenario.name}...")
         with contextlib.ExitStack() as stack:
             emulated = stack.enter_context(EmulatedDrillRange(model, out, step_period_s=0.0))
@@ -81,9 +75,6 @@ def _play(args: argparse.Namespace, folder: Path) -> Path:
                                 seed=args.seed, run_id=emulated.run_id)
             recorder = stack.enter_context(Recorder(out / RECORDING_NAME, header))
             run_drill(emulated, policy, args.episodes, args.seed, recorder)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
     return out
 
 

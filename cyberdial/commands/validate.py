@@ -7,7 +7,6 @@ import contextlib
 import functools
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from cyberdial.agents.recording import (
     load_recording,
 )
 from cyberdial.agents.validation import write_validation
-from cyberdial.commands.common import console, progress_bar
+from cyberdial.commands.common import console, progress_bar, stop_signals_interrupt
 from cyberdial.commands.drill import resolve_policy
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.scenario import load_scenario
@@ -78,10 +77,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=validate_command)
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _policy_for(name: str, scenario_path: str, seed: int) -> tuple[BatchPolicy, Any]:
     """`resolve_policy` from what pickles small (a range's worker calls it)."""
     return resolve_policy(name, load_scenario(scenario_path), seed)
@@ -117,25 +112,21 @@ def validate_command(args: argparse.Namespace) -> int:
     reseed = args.policy in BASELINES
     name = f"{scenario.name}__{Path(args.policy).stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     out: Path = args.out or Path("runs") / "validate" / name
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    # As in `drill`: a backgrounded start inherits SIGINT ignored; Ctrl-C must still work.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        console.print(f"simulator: {args.episodes} episode(s)...")
-        header = header_for(model, range_kind="sim", policy=args.policy, seed=args.seed)
-        with Recorder(out / "sim" / RECORDING_NAME, header) as recorder:
-            _play(SimDrillRange(model), policy, make_policy if reseed else None, args.episodes,
-                  args.seed, recorder)
-        if args.ranges == 1:
-            _one_range(args, model, policy, make_policy if reseed else None, out)
-        else:
-            _many_ranges(args, model, make_policy, reseed, out)
-    except KeyboardInterrupt:
-        console.print("interrupted; every range is down.")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+    # As in `drill`: SIGTERM is Ctrl-C, and Ctrl-C works in a backgrounded start too.
+    with stop_signals_interrupt():
+        try:
+            console.print(f"simulator: {args.episodes} episode(s)...")
+            header = header_for(model, range_kind="sim", policy=args.policy, seed=args.seed)
+            with Recorder(out / "sim" / RECORDING_NAME, header) as recorder:
+                _play(SimDrillRange(model), policy, make_policy if reseed else None,
+                      args.episodes, args.seed, recorder)
+            if args.ranges == 1:
+                _one_range(args, model, policy, make_policy if reseed else None, out)
+            else:
+                _many_ranges(args, model, make_policy, reseed, out)
+        except KeyboardInterrupt:
+            console.print("interrupted; every range is down.")
+            raise
     command = "cyberdial " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["validate"] else ""
     result = write_validation(
         load_recording(out / "sim"),
