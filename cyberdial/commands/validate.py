@@ -106,10 +106,6 @@ def validate_command(args: argparse.Namespace) -> int:
     check_ranges(args.ranges, args.episodes, measure_capacity(model.scenario))
     if os.geteuid() != 0:
         raise NotRootError("validation on the emulated range")
-    make_policy: PolicyFactory = functools.partial(_policy_for, args.policy, args.scenario)
-    # A baseline's draws (random's) come from each episode's own seed, in both ranges and
-    # whatever range plays the episode; a trained policy is greedy and loaded once.
-    reseed = args.policy in BASELINES
     name = f"{scenario.name}__{Path(args.policy).stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     out: Path = args.out or Path("runs") / "validate" / name
     # As in `drill`: SIGTERM is Ctrl-C, and Ctrl-C works in a backgrounded start too.
@@ -118,12 +114,9 @@ def validate_command(args: argparse.Namespace) -> int:
             console.print(f"simulator: {args.episodes} episode(s)...")
             header = header_for(model, range_kind="sim", policy=args.policy, seed=args.seed)
             with Recorder(out / "sim" / RECORDING_NAME, header) as recorder:
-                _play(SimDrillRange(model), policy, make_policy if reseed else None,
-                      args.episodes, args.seed, recorder)
-            if args.ranges == 1:
-                _one_range(args, model, policy, make_policy if reseed else None, out)
-            else:
-                _many_ranges(args, model, make_policy, reseed, out)
+                _play(SimDrillRange(model), policy, _per_episode(args), args.episodes,
+                      args.seed, recorder)
+            play_emulated(args, model, policy, out)
         except KeyboardInterrupt:
             console.print("interrupted; every range is down.")
             raise
@@ -142,12 +135,33 @@ def validate_command(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_OUTSIDE_TOLERANCE
 
 
+def _per_episode(args: argparse.Namespace) -> PolicyFactory | None:
+    """A baseline is made afresh from each episode's seed, so its draws (random's) are the
+    same in both ranges and on whichever range plays the episode; None for a trained
+    policy (greedy, loaded once)."""
+    if args.policy not in BASELINES:
+        return None
+    return functools.partial(_policy_for, args.policy, args.scenario)
+
+
+def play_emulated(args: argparse.Namespace, model: Any, policy: BatchPolicy, out: Path) -> None:
+    """`args.episodes` emulated episodes (episode e from seed `args.seed` + e) into
+    `out`/emulated, on `args.ranges` ranges at once: the same episodes whatever the
+    number of ranges. For `validate` and `calibrate`; the caller has checked the ranges
+    (`check_ranges`) and holds the stop signals. Every range is down when it returns."""
+    if args.ranges == 1:
+        _one_range(args, model, policy, _per_episode(args), out)
+    else:
+        make_policy: PolicyFactory = functools.partial(_policy_for, args.policy, args.scenario)
+        _many_ranges(args, model, make_policy, args.policy in BASELINES, out)
+
+
 def _one_range(args: argparse.Namespace, model: Any, policy: BatchPolicy,
                make_policy: PolicyFactory | None, out: Path) -> None:
     scenario = model.scenario
     console.print(f"emulated range: bringing up {scenario.name}...")
     with contextlib.ExitStack() as stack:
-        # Validation needs no watching: steps as fast as the hosts allow, in lockstep.
+        # Nobody watches: steps as fast as the hosts allow, in lockstep.
         emulated = stack.enter_context(
             EmulatedDrillRange(model, out / "emulated", step_period_s=0.0))
         console.print(
