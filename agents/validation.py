@@ -5,13 +5,16 @@ policy, same seeds) and measures, identically on both: returns (with the gap and
 a bootstrap confidence interval), reward terms, action distributions, and how the
 sensors did against what red really did each step — scan, exploit and
 compromise detection rates, false-positive alerts, and the per-bit agreement of
-the activity bits with what the simulator's sensor model would have shown.
+the activity bits with what the simulator's sensor model would have shown — and
+of blue's compromise bits with what the game's rules (`range/blue.py`) give from
+the step's ground truth, finished actions and alerts (`compromise_figures`).
 `write_validation` turns that into validation.md and PNGs with a one-line verdict.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +28,8 @@ import numpy as np
 
 from cyberdial.agents.recording import Recording, StepRecord
 from cyberdial.agents.report import TERMS
+from cyberdial.range.errors import CyberdialError
+from cyberdial.range.model import COMPROMISE_BITS, ActionKind, Compromise, GameModel, Observed
 
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -37,6 +42,13 @@ POWER = 0.8
 # Alert kinds as activity levels (as the bridge encodes them): 1 scan, 2 exploit.
 ALERT_LEVEL = {"scan": 1, "exploit": 2, "decoy_touched": 2}
 ACTIVITY_BITS = {0: (0, 0), 1: (1, 0), 2: (1, 1)}
+# Blue's compromise bits (the observation's 3rd and 4th bit of a host) as the game's value.
+OBSERVED_OF_BITS = {
+    (int(bits[0]), int(bits[1])): Observed(value) for value, bits in enumerate(COMPROMISE_BITS)
+}
+BITS_OF_OBSERVED = {state: bits for bits, state in OBSERVED_OF_BITS.items()}
+# A recording's ground-truth words as what Analyse reveals (`Observed` shares the values).
+TRUTH_OBSERVED = {level.name.lower(): Observed(int(level)) for level in Compromise}
 
 
 @dataclass
@@ -171,6 +183,143 @@ def sensor_figures(recording: Recording) -> SensorFigures:
     return figures
 
 
+@dataclass
+class CompromiseFigures:
+    """How blue's compromise bits followed the game's rules, and ground truth (NaN when unseen).
+
+    Each host-step that has an observation after it (every step but an episode's last)
+    is one cell: blue's compromise bits after the step, from the next step's recorded
+    observation, against what `range/blue.py`'s rules give from the bits before it, the
+    Analyses and Restores that finished in it (Analyse reveals the true compromise at
+    the step's start: the previous step's ground truth, clean before step 0), and its
+    exploit alerts. In the simulator that is exact by construction; on real hosts a
+    wrong or failed Analyse, a failed Restore or the bridge's bookkeeping shows here.
+    """
+
+    cells: int = 0
+    bit_agreement: list[int] = field(default_factory=lambda: [0, 0])
+    analysed_cells: int = 0
+    analysed_bit_agreement: list[int] = field(default_factory=lambda: [0, 0])
+    truth_matches: int = 0
+
+    def rates(self) -> dict[str, float]:
+        rate = SensorFigures._rate
+        return {
+            "compromise bit 1 agreement with the game's rules, all host-steps": rate(
+                self.bit_agreement[0], self.cells
+            ),
+            "compromise bit 2 agreement with the game's rules, all host-steps": rate(
+                self.bit_agreement[1], self.cells
+            ),
+            "compromise bit 1 agreement with the game's rules, host-steps an Analyse finished":
+                rate(self.analysed_bit_agreement[0], self.analysed_cells),
+            "compromise bit 2 agreement with the game's rules, host-steps an Analyse finished":
+                rate(self.analysed_bit_agreement[1], self.analysed_cells),
+            "compromise bits matching ground truth, all host-steps": rate(
+                self.truth_matches, self.cells
+            ),
+        }
+
+
+def _check_layout(recording: Recording, model: GameModel) -> None:
+    """The recording's agents, hosts and actions must be the model's, or slots mean nothing."""
+    header = recording.header
+    agents = [(a.name, a.hosts, a.actions) for a in header.agents]
+    wanted = [
+        (layout.name, [model.scenario.all_hosts[h].name for h in layout.hosts],
+         [action.label for action in layout.actions])
+        for layout in model.agents
+    ]
+    if agents != wanted:
+        raise CyberdialError(
+            f"the {header.range} recording of {header.scenario!r} has other agents, hosts or"
+            f" actions than scenario {model.scenario.name!r}: validate it with the scenario"
+            " it was recorded with"
+        )
+
+
+def _observed_bits(model: GameModel, step: StepRecord) -> dict[str, tuple[int, int]]:
+    """Blue's compromise bits per host in a step's recorded observations (first agent's)."""
+    bits: dict[str, tuple[int, int]] = {}
+    for layout in model.agents:
+        text = step.observations.get(layout.name, "")
+        for i, h in enumerate(layout.hosts):
+            name = model.scenario.all_hosts[h].name
+            at = 4 * i + 2
+            if name not in bits and len(text) >= at + 2:
+                bits[name] = (int(text[at]), int(text[at + 1]))
+    return bits
+
+
+def _finished_actions(model: GameModel, steps: list[StepRecord]) -> list[list[tuple[ActionKind,
+                                                                                  str]]]:
+    """Per step, the host actions that finished (took effect) in it: `advance_timers`
+    replayed from the recorded slot each agent carried on (`action_index`)."""
+    timers = [0] * model.n_agents
+    finished: list[list[tuple[ActionKind, str]]] = []
+    for step in steps:
+        done: list[tuple[ActionKind, str]] = []
+        for layout in model.agents:
+            slot = step.action_index.get(layout.name, 0)
+            if not 0 <= slot < layout.n_actions:
+                slot = 0
+            a = layout.index
+            if timers[a] == 0:
+                timers[a] = int(model.action_duration[a, slot])
+            timers[a] -= 1
+            action = layout.actions[slot]
+            if timers[a] == 0 and action.host is not None:
+                done.append((action.kind, action.host))
+        finished.append(done)
+    return finished
+
+
+def compromise_figures(recording: Recording, model: GameModel) -> CompromiseFigures:
+    """Blue's compromise bits against the game's rules and against ground truth, identically
+    for either range's recording (see `CompromiseFigures`)."""
+    _check_layout(recording, model)
+    figures = CompromiseFigures()
+    clean = {h.name: "clean" for h in recording.header.hosts}
+    for episode in recording.episodes():
+        steps = recording.steps_of(episode)
+        finished = _finished_actions(model, steps)
+        for t in range(len(steps) - 1):
+            step = steps[t]
+            before, after = _observed_bits(model, step), _observed_bits(model, steps[t + 1])
+            truth_before = steps[t - 1].ground_truth.compromise if t > 0 else clean
+            expected = {host: OBSERVED_OF_BITS[bits] for host, bits in before.items()}
+            analysed: set[str] = set()
+            for kind, host in finished[t]:
+                if host not in expected:
+                    continue
+                if kind == ActionKind.ANALYSE:
+                    expected[host] = TRUTH_OBSERVED[truth_before.get(host, "clean")]
+                    analysed.add(host)
+                elif kind == ActionKind.RESTORE:
+                    expected[host] = Observed.NONE
+            for host, level in alert_levels(step).items():
+                if level >= 2 and expected.get(host) == Observed.NONE:
+                    expected[host] = Observed.UNKNOWN
+            truth = step.ground_truth.compromise
+            for host, want_state in expected.items():
+                want, got = BITS_OF_OBSERVED[want_state], after.get(host)
+                if got is None:  # the host is in no agent's view after the step
+                    continue
+                agree = [int(want[i] == got[i]) for i in range(2)]
+                figures.cells += 1
+                figures.bit_agreement = [
+                    a + b for a, b in zip(figures.bit_agreement, agree, strict=True)
+                ]
+                if host in analysed:
+                    figures.analysed_cells += 1
+                    figures.analysed_bit_agreement = [
+                        a + b for a, b in zip(figures.analysed_bit_agreement, agree, strict=True)
+                    ]
+                figures.truth_matches += OBSERVED_OF_BITS.get(got) == TRUTH_OBSERVED.get(
+                    truth.get(host, ""))
+    return figures
+
+
 def episode_returns(recording: Recording) -> np.ndarray:
     return np.array([sum(s.reward for s in recording.steps_of(e)) for e in recording.episodes()])
 
@@ -253,14 +402,22 @@ def verdict(sim: np.ndarray, emulated: np.ndarray, tolerance: float) -> Verdict:
 
 
 def _bar_pair(
-    path: Path, title: str, labels: list[str], sim: list[float], emu: list[float], ylabel: str
+    path: Path, title: str, labels: list[str], sim: list[float], emu: list[float], ylabel: str,
+    wrap: int = 0,
 ) -> None:
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 3), 4))
+    """Simulated and emulated bars side by side; with `wrap`, long labels are wrapped to
+    that many characters and set upright (rotated, the sensors' long names overlap)."""
+    width = 1.2 if wrap else 0.9
+    figure, axis = plt.subplots(figsize=(max(6.0, width * len(labels) + 3), 4.5 if wrap else 4))
     x = np.arange(len(labels))
     axis.bar(x - 0.2, sim, width=0.4, label="simulated")
     axis.bar(x + 0.2, emu, width=0.4, label="emulated")
     axis.set_xticks(x)
-    axis.set_xticklabels(labels, rotation=20, ha="right")
+    if wrap:
+        wrapped = [textwrap.fill(label, wrap, break_on_hyphens=False) for label in labels]
+        axis.set_xticklabels(wrapped, fontsize=7)
+    else:
+        axis.set_xticklabels(labels, rotation=20, ha="right")
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.legend()
@@ -274,9 +431,14 @@ def _fmt(value: float) -> str:
 
 
 def write_validation(
-    sim: Recording, emulated: Recording, out_dir: Path, tolerance: float, command: str = ""
+    sim: Recording, emulated: Recording, out_dir: Path, tolerance: float, command: str = "",
+    *, model: GameModel,
 ) -> Verdict:
-    """Write validation.md and its PNGs into `out_dir`; return the verdict."""
+    """Write validation.md and its PNGs into `out_dir`; return the verdict. `model` is the
+    game both recordings were played in (its action durations say when blue's actions
+    took effect, for the compromise bits' figures)."""
+    sim_compromise, emu_compromise = compromise_figures(sim, model), compromise_figures(
+        emulated, model)
     out_dir.mkdir(parents=True, exist_ok=True)
     sim_returns, emu_returns = episode_returns(sim), episode_returns(emulated)
     result = verdict(sim_returns, emu_returns, tolerance)
@@ -347,7 +509,8 @@ def write_validation(
         f"| {v} | {sim_actions.get(v, 0.0):.2%} | {emu_actions.get(v, 0.0):.2%} |" for v in verbs
     ]
     sim_sensors, emu_sensors = sensor_figures(sim), sensor_figures(emulated)
-    sim_rates, emu_rates = sim_sensors.rates(), emu_sensors.rates()
+    sim_rates = sim_sensors.rates() | sim_compromise.rates()
+    emu_rates = emu_sensors.rates() | emu_compromise.rates()
     lines += [
         "",
         "## Sensors against red's real actions",
@@ -356,7 +519,15 @@ def write_validation(
         " a false positive is an alert on a host red did not touch that step or the one"
         " before; bit agreement compares each host-step's activity bits with what the"
         " simulator's sensor model would show for red's actions (every scan seen as 10,"
-        " every exploit as 11, nothing else).",
+        " every exploit as 11, nothing else). The compromise bits are compared, bit by bit,"
+        " with what the game's rules (`range/blue.py`) give from the bits before the step,"
+        " the Analyses and Restores that finished in it and its exploit alerts, where"
+        " Analyse reveals the true compromise at the step's start (the previous step's"
+        " ground truth): exact in the simulator by construction, so on real hosts a"
+        " wrong or failed Analyse or Restore shows as less than 1.00. Matching ground"
+        " truth counts the host-steps blue's compromise bits equal the true compromise"
+        " after the step (unknown never does): blue's knowledge, not the truth by design,"
+        " so it depends on the policy and red, the same in both ranges when the game is.",
         "",
         "| figure | simulated | emulated |",
         "|---|---|---|",
@@ -368,6 +539,9 @@ def write_validation(
         f"| red scans / exploits / compromises seen | {sim_sensors.red_scans} /"
         f" {sim_sensors.red_exploits} / {sim_sensors.compromises} | {emu_sensors.red_scans} /"
         f" {emu_sensors.red_exploits} / {emu_sensors.compromises} |",
+        f"| host-steps compared for the compromise bits / of them with an Analyse finished |"
+        f" {sim_compromise.cells} / {sim_compromise.analysed_cells} | {emu_compromise.cells} /"
+        f" {emu_compromise.analysed_cells} |",
         "",
         "![returns](returns.png)",
         "![reward terms](terms.png)",
@@ -404,14 +578,15 @@ def write_validation(
         [emu_actions.get(v, 0.0) for v in verbs],
         "share of agent-steps",
     )
-    names = [n for n in sim_rates if "rate" in n or "agreement" in n]
+    names = [n for n in sim_rates if "rate" in n or "agreement" in n or "matching" in n]
     _bar_pair(
         out_dir / "sensors.png",
         "sensors",
-        [n.replace(", ", "\n") for n in names],
+        names,
         [np.nan_to_num(sim_rates[n]) for n in names],
         [np.nan_to_num(emu_rates[n]) for n in names],
         "rate",
+        wrap=16,
     )
     (out_dir / "validation.md").write_text("\n".join(lines), encoding="utf-8")
     return result

@@ -22,6 +22,7 @@ from cyberdial.range.scenario import load_scenario, resolve_scenario_path
 CLI = [sys.executable, "-m", "cyberdial"]
 REPO = Path(__file__).resolve().parent.parent
 POLICY = REPO / "scenarios" / "policies" / "tiny_dial_sau.pt"
+CPUS = len(os.sched_getaffinity(0))
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -144,20 +145,53 @@ def test_calibrate_bad_input_is_one_line(
         assert status == 2 and "root" in err
 
 
+def test_calibrate_refuses_ranges_it_cannot_use_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As `validate --ranges`: one line, exit 2, no range begun, no file written.
+    runs, out = tmp_path / "runs", tmp_path / "cal.yaml"
+    many = CPUS + 1
+    result = subprocess.run(
+        [*CLI, "calibrate", "tiny", "--episodes", str(many), "--ranges", str(many), "--out",
+         str(out)], capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+        env=dict(os.environ, CYBERDIAL_RUNS=str(runs)))
+    line = one_line_error(result)
+    assert line.startswith(f"error: --ranges {many}: this machine gives {CPUS} CPU cores"), line
+    assert not runs.exists()
+    recording = sim_recording(resolve_scenario_path("tiny"), tmp_path / "sim", 1)
+    for options, says in [(["--episodes", "2", "--ranges", "3"], "more than --episodes 2"),
+                          (["--ranges", "0"], "at least one range"),
+                          (["--recording", str(recording), "--ranges", "2"], "with --recording")]:
+        status, _, err = run(capsys, "calibrate", "tiny", *options, "--out", str(out))
+        assert status == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+    assert not out.exists() and not (tmp_path / "cal.episodes").exists()
+
+
 @pytest.mark.root
 @pytest.mark.mininet
 @pytest.mark.slow
+@pytest.mark.skipif(CPUS < 2, reason="two ranges at once need two CPU cores")
 @pytest.mark.timeout(600)
 def test_calibrate_on_real_hosts_writes_a_scenario_the_simulator_uses(tmp_path: Path) -> None:
+    # On two ranges at once (the one-range path is validate's, tested there).
+    from cyberdial.range.emulation.state import RUNS_ROOT, list_runs
+
     out = tmp_path / "tiny-cal.yaml"
-    result = cli("calibrate", "tiny", "--episodes", "3", "--out", str(out), timeout=580)
+    result = cli("calibrate", "tiny", "--episodes", "3", "--ranges", "2", "--out", str(out),
+                 timeout=580)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "every range is down: 3 episode(s) played on 2" in result.stdout
     calibrated = load_scenario(out)
     assert calibrated.calibration is not None
     assert calibrated.calibration.episodes == 3
     assert calibrated.calibration.base_hash == load_scenario("tiny").scenario_hash
     recording = load_recording(tmp_path / "tiny-cal.episodes" / "emulated")
-    assert recording.header.range == "emulated" and len(recording.episodes()) == 3
+    assert recording.header.range == "emulated" and recording.episodes() == [0, 1, 2]
+    assert len(set(recording.header.run_ids)) == 2
+    assert {step.infos["run_id"] for step in recording.steps} == set(recording.header.run_ids)
+    for run_id in recording.header.run_ids:
+        assert run_id not in {state.run_id for state in list_runs()}
+        assert not (RUNS_ROOT / run_id).exists()
     fit = fit_sensors(recording, load_scenario("tiny"))
     exploits = {rate.name: rate for rate in fit.rates}["exploit_detect"]
     assert exploits.trials > 0  # red really exploited on three episodes of tiny

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -17,13 +15,15 @@ from cyberdial.agents.calibration import (
     fit_sensors,
     write_calibration,
 )
-from cyberdial.agents.drill import EmulatedDrillRange, run_drill
-from cyberdial.agents.recording import RECORDING_NAME, Recorder, header_for, load_recording
-from cyberdial.commands.common import console
+from cyberdial.agents.parallel import check_ranges, measure_capacity
+from cyberdial.agents.recording import load_recording
+from cyberdial.commands.common import console, stop_signals_interrupt
 from cyberdial.commands.drill import resolve_policy
+from cyberdial.commands.validate import play_emulated
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.scenario import (
     MAX_SCENARIO_BYTES,
+    Scenario,
     load_scenario,
     read_bounded_text,
     resolve_scenario_path,
@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "calibrate",
         help="fit the simulator's sensor model to what the real sensors did, as a scenario",
-        description="Plays episodes of SCENARIO on the emulated range (root), measures how"
+        description="Plays episodes of SCENARIO on the emulated range (root; with --ranges N"
+        " on N ranges at once, as validate does), measures how"
         " often the real sensors saw red's scans and exploits (and sweeps, where the"
         " scenario watches them), and writes a copy of the scenario with those rates in"
         " `sensors:` and a `calibration:` section. Train, evaluate and validate on that"
@@ -50,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="emulated episodes to play (default 30)")
     parser.add_argument("--seed", type=int, default=100_000,
                         help="first episode seed (default 100000, away from validate's 0..)")
+    parser.add_argument(
+        "--ranges", type=int, default=1, metavar="N",
+        help="emulated ranges playing the episodes at once, as `validate --ranges N` (default"
+        " 1); refused before anything starts when the machine cannot hold N (one CPU core and"
+        " the measured memory per range) or N exceeds --episodes")
     parser.add_argument("--recording", type=Path,
                         help="fit this recording (a run folder or recording.jsonl) instead of"
                         " playing episodes")
@@ -60,36 +66,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=calibrate_command)
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _play(args: argparse.Namespace, folder: Path) -> Path:
-    """Play the measuring episodes on a fresh emulated range; returns the recording's folder."""
-    scenario = load_scenario(args.scenario)
+def _play(args: argparse.Namespace, scenario: Scenario, folder: Path) -> Path:
+    """Play the measuring episodes on fresh emulated ranges (`validate`'s way: the same
+    refusals, episodes and teardown); returns the recording's folder."""
     policy, model = resolve_policy(args.policy, scenario, args.seed)
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    out = folder / "emulated"
-    try:
-        console.print(f"emulated range: bringing up {scenario.name}...")
-        with contextlib.ExitStack() as stack:
-            emulated = stack.enter_context(EmulatedDrillRange(model, out, step_period_s=0.0))
-            console.print(f"range {emulated.run_id} is up: {args.episodes} episode(s) of"
-                          f" {scenario.episode_length} steps with {args.policy}")
-            header = header_for(model, range_kind="emulated", policy=args.policy,
-                                seed=args.seed, run_id=emulated.run_id)
-            recorder = stack.enter_context(Recorder(out / RECORDING_NAME, header))
-            run_drill(emulated, policy, args.episodes, args.seed, recorder)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-    return out
+    # Before anything is built: the policy is loaded, so this process weighs as a worker.
+    check_ranges(args.ranges, args.episodes, measure_capacity(model.scenario))
+    if os.geteuid() != 0:
+        raise NotRootError("calibration on the emulated range (or pass --recording)")
+    # As in `drill`: SIGTERM is Ctrl-C, and Ctrl-C works in a backgrounded start too.
+    with stop_signals_interrupt():
+        try:
+            play_emulated(args, model, policy, folder)
+        except KeyboardInterrupt:
+            console.print("interrupted; every range is down.")
+            raise
+    return folder / "emulated"
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise CyberdialError("--episodes must be at least 1")
+    if args.ranges < 1:
+        raise CyberdialError(f"--ranges {args.ranges}: at least one range is needed")
+    if args.recording is not None and args.ranges != 1:
+        raise CyberdialError(f"--ranges {args.ranges} plays episodes; with --recording none"
+                             " are played: drop one of them")
     scenario = load_scenario(args.scenario)
     source = resolve_scenario_path(args.scenario)
     text = read_bounded_text(source, MAX_SCENARIO_BYTES, "scenario")
@@ -105,9 +107,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         recording = load_recording(args.recording)
         policy, seed = recording.header.policy, recording.header.seed
     else:
-        if os.geteuid() != 0:
-            raise NotRootError("calibration on the emulated range (or pass --recording)")
-        recording = load_recording(_play(args, folder))
+        recording = load_recording(_play(args, scenario, folder))
         policy, seed = args.policy, args.seed
     fit = fit_sensors(recording, scenario)
     calibrated = calibrated_text(text, fit, policy=policy, seed=seed, source=str(source))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from cyberdial.agents.recording import (
     load_recording,
 )
 from cyberdial.agents.report import write_report
-from cyberdial.commands.common import console
+from cyberdial.commands.common import console, stop_signals_interrupt
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.model import GameModel
 from cyberdial.range.scenario import Scenario, load_scenario
@@ -139,10 +138,6 @@ def resolve_policy(name: str, scenario: Scenario, seed: int) -> tuple[BatchPolic
     return policy, model
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def drill_command(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise CyberdialError("--episodes must be at least 1")
@@ -185,56 +180,50 @@ def drill_command(args: argparse.Namespace) -> int:
     name = f"{scenario.name}__{Path(args.policy).stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     out = args.out or Path("runs") / "drills" / name
     # Ctrl-C and SIGTERM end the drill the same way: the range comes down, the
-    # recording keeps what was played and is reported.
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    # A process started in the background of a non-interactive shell (a CI job, `cmd &`)
-    # inherits SIGINT *ignored*, and Python keeps it so: Ctrl-C was then lost and the drill
-    # played on. Its own handler makes SIGINT interrupt however the drill was started.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with contextlib.ExitStack() as stack:
-            drill_range: DrillRange
-            if args.range_kind == "emulated":
-                console.print(f"bringing up {scenario.name} on real hosts...")
-                emulated = stack.enter_context(
-                    EmulatedDrillRange(model, out, pcap_limits, step_period_s=bridge_pace))
-                console.print(f"range {emulated.run_id} is up; the drill starts")
-                drill_range = emulated
-            else:
-                drill_range = SimDrillRange(model)
-            header = header_for(
-                model,
-                range_kind=args.range_kind,
-                policy=args.policy,
-                seed=args.seed,
-                run_id=getattr(drill_range, "run_id", None),
-            )
-            recorder = stack.enter_context(Recorder(out / RECORDING_NAME, header))
-            view = LiveView(header)
-            publish = None
-            if web_address is not None:
-                web = _start_web(stack, header, scenario, web_address)
-                publish = web.publish
-                stack.callback(web.finish)
-                if args.human:
-                    from cyberdial.agents.web.server import WebSeat
+    # recording keeps what was played and is reported; SIGINT does so even in a drill
+    # started in the background of a non-interactive shell (a CI job, `cmd &`).
+    with stop_signals_interrupt():
+        try:
+            with contextlib.ExitStack() as stack:
+                drill_range: DrillRange
+                if args.range_kind == "emulated":
+                    console.print(f"bringing up {scenario.name} on real hosts...")
+                    emulated = stack.enter_context(
+                        EmulatedDrillRange(model, out, pcap_limits, step_period_s=bridge_pace))
+                    console.print(f"range {emulated.run_id} is up; the drill starts")
+                    drill_range = emulated
+                else:
+                    drill_range = SimDrillRange(model)
+                header = header_for(
+                    model,
+                    range_kind=args.range_kind,
+                    policy=args.policy,
+                    seed=args.seed,
+                    run_id=getattr(drill_range, "run_id", None),
+                )
+                recorder = stack.enter_context(Recorder(out / RECORDING_NAME, header))
+                view = LiveView(header)
+                publish = None
+                if web_address is not None:
+                    web = _start_web(stack, header, scenario, web_address)
+                    publish = web.publish
+                    stack.callback(web.finish)
+                    if args.human:
+                        from cyberdial.agents.web.server import WebSeat
 
-                    human = WebSeat(model, args.human, deadline, web)
-                    interactive = False
-            ends = _play(
-                drill_range, policy, args, recorder, view, human, interactive, pace, publish
-            )
-    except KeyboardInterrupt:
-        if (out / RECORDING_NAME).is_file():
-            report = write_report(load_recording(out), out)
-            console.print(
-                f"interrupted; the range is down.\nrecording: {out / RECORDING_NAME}\n"
-                f"report: {report}"
-            )
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+                        human = WebSeat(model, args.human, deadline, web)
+                        interactive = False
+                ends = _play(
+                    drill_range, policy, args, recorder, view, human, interactive, pace, publish
+                )
+        except KeyboardInterrupt:
+            if (out / RECORDING_NAME).is_file():
+                report = write_report(load_recording(out), out)
+                console.print(
+                    f"interrupted; the range is down.\nrecording: {out / RECORDING_NAME}\n"
+                    f"report: {report}"
+                )
+            raise
     for end in ends:
         console.print(
             f"episode {end.episode}: return {end.episode_return:.2f},"

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from cyberdial.agents.recording import (
     load_recording,
 )
 from cyberdial.agents.validation import write_validation
-from cyberdial.commands.common import console, progress_bar
+from cyberdial.commands.common import console, progress_bar, stop_signals_interrupt
 from cyberdial.commands.drill import resolve_policy
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.scenario import load_scenario
@@ -38,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="play a policy in the simulator and on real hosts with the same seeds, and compare",
         description="Runs N episodes in the simulator and N in the emulated range with the same"
         " seeds, then writes validation.md and PNGs (returns with the gap and a confidence"
-        " interval, reward terms, actions, sensor detection and false positives) and ends with"
+        " interval, reward terms, actions, sensor detection and false positives, and how the"
+        " observation's activity and compromise bits agree with the game's rules given what"
+        " red and blue did) and ends with"
         " a one-line verdict, after the gap's interval and the episodes a 10% difference"
         " would need (a power calculation from both sides' spread). --ranges N plays the"
         " emulated episodes on N ranges at once; the recording and the verdict's inputs are"
@@ -76,10 +77,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=validate_command)
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _policy_for(name: str, scenario_path: str, seed: int) -> tuple[BatchPolicy, Any]:
     """`resolve_policy` from what pickles small (a range's worker calls it)."""
     return resolve_policy(name, load_scenario(scenario_path), seed)
@@ -109,31 +106,20 @@ def validate_command(args: argparse.Namespace) -> int:
     check_ranges(args.ranges, args.episodes, measure_capacity(model.scenario))
     if os.geteuid() != 0:
         raise NotRootError("validation on the emulated range")
-    make_policy: PolicyFactory = functools.partial(_policy_for, args.policy, args.scenario)
-    # A baseline's draws (random's) come from each episode's own seed, in both ranges and
-    # whatever range plays the episode; a trained policy is greedy and loaded once.
-    reseed = args.policy in BASELINES
     name = f"{scenario.name}__{Path(args.policy).stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     out: Path = args.out or Path("runs") / "validate" / name
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    # As in `drill`: a backgrounded start inherits SIGINT ignored; Ctrl-C must still work.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        console.print(f"simulator: {args.episodes} episode(s)...")
-        header = header_for(model, range_kind="sim", policy=args.policy, seed=args.seed)
-        with Recorder(out / "sim" / RECORDING_NAME, header) as recorder:
-            _play(SimDrillRange(model), policy, make_policy if reseed else None, args.episodes,
-                  args.seed, recorder)
-        if args.ranges == 1:
-            _one_range(args, model, policy, make_policy if reseed else None, out)
-        else:
-            _many_ranges(args, model, make_policy, reseed, out)
-    except KeyboardInterrupt:
-        console.print("interrupted; every range is down.")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+    # As in `drill`: SIGTERM is Ctrl-C, and Ctrl-C works in a backgrounded start too.
+    with stop_signals_interrupt():
+        try:
+            console.print(f"simulator: {args.episodes} episode(s)...")
+            header = header_for(model, range_kind="sim", policy=args.policy, seed=args.seed)
+            with Recorder(out / "sim" / RECORDING_NAME, header) as recorder:
+                _play(SimDrillRange(model), policy, _per_episode(args), args.episodes,
+                      args.seed, recorder)
+            play_emulated(args, model, policy, out)
+        except KeyboardInterrupt:
+            console.print("interrupted; every range is down.")
+            raise
     command = "cyberdial " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["validate"] else ""
     result = write_validation(
         load_recording(out / "sim"),
@@ -141,6 +127,7 @@ def validate_command(args: argparse.Namespace) -> int:
         out,
         args.tolerance,
         command=command,
+        model=model,
     )
     console.print(f"report: {out / 'validation.md'}")
     console.print(result.summary)
@@ -148,12 +135,33 @@ def validate_command(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_OUTSIDE_TOLERANCE
 
 
+def _per_episode(args: argparse.Namespace) -> PolicyFactory | None:
+    """A baseline is made afresh from each episode's seed, so its draws (random's) are the
+    same in both ranges and on whichever range plays the episode; None for a trained
+    policy (greedy, loaded once)."""
+    if args.policy not in BASELINES:
+        return None
+    return functools.partial(_policy_for, args.policy, args.scenario)
+
+
+def play_emulated(args: argparse.Namespace, model: Any, policy: BatchPolicy, out: Path) -> None:
+    """`args.episodes` emulated episodes (episode e from seed `args.seed` + e) into
+    `out`/emulated, on `args.ranges` ranges at once: the same episodes whatever the
+    number of ranges. For `validate` and `calibrate`; the caller has checked the ranges
+    (`check_ranges`) and holds the stop signals. Every range is down when it returns."""
+    if args.ranges == 1:
+        _one_range(args, model, policy, _per_episode(args), out)
+    else:
+        make_policy: PolicyFactory = functools.partial(_policy_for, args.policy, args.scenario)
+        _many_ranges(args, model, make_policy, args.policy in BASELINES, out)
+
+
 def _one_range(args: argparse.Namespace, model: Any, policy: BatchPolicy,
                make_policy: PolicyFactory | None, out: Path) -> None:
     scenario = model.scenario
     console.print(f"emulated range: bringing up {scenario.name}...")
     with contextlib.ExitStack() as stack:
-        # Validation needs no watching: steps as fast as the hosts allow, in lockstep.
+        # Nobody watches: steps as fast as the hosts allow, in lockstep.
         emulated = stack.enter_context(
             EmulatedDrillRange(model, out / "emulated", step_period_s=0.0))
         console.print(

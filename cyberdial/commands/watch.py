@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
+import contextlib
 import threading
 
 from cyberdial.agents.recording import load_recording
-from cyberdial.commands.common import console
+from cyberdial.commands.common import console, stop_signals_interrupt
 from cyberdial.range.errors import CyberdialError
 
 
@@ -34,10 +34,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     watch.set_defaults(func=watch_command)
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def watch_command(args: argparse.Namespace) -> int:
     if args.duration is not None and args.duration <= 0:
         raise CyberdialError("--for must be a positive number of seconds")
@@ -56,19 +52,14 @@ def watch_command(args: argparse.Namespace) -> int:
         mode="replay",
         title=f"replay of {args.run}",
     )
-    previous = signal.signal(signal.SIGTERM, _stop)
-    try:
-        with view:
-            view.load(recording.steps)
-            if not address.loopback:
-                console.print(
-                    f"[bold yellow]the page listens on {address.host}, not only this machine[/]"
-                )
-            console.print(f"web view: {view.url}", soft_wrap=True)
-            console.print(f"{len(recording.steps)} steps; Ctrl-C stops")
-            threading.Event().wait(args.duration)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # SIGTERM stops the replay as Ctrl-C does; SIGINT keeps the handler it has.
+    with stop_signals_interrupt(sigint=False), contextlib.suppress(KeyboardInterrupt), view:
+        view.load(recording.steps)
+        if not address.loopback:
+            console.print(
+                f"[bold yellow]the page listens on {address.host}, not only this machine[/]"
+            )
+        console.print(f"web view: {view.url}", soft_wrap=True)
+        console.print(f"{len(recording.steps)} steps; Ctrl-C stops")
+        threading.Event().wait(args.duration)
     return 0
