@@ -61,9 +61,11 @@ PolicyFactory = Callable[[int], tuple[BatchPolicy, GameModel]]
 
 
 def range_programs(scenario: Scenario) -> int:
-    """Host programs a range of `scenario` runs (as `Range._start_programs` starts them)."""
+    """Host programs a range of `scenario` runs (as `Range._start_programs` starts them):
+    services, sensor and actuator per subnet, green per subnet with users, red, and the
+    launcher that forks them."""
     with_users = {host.subnet for host in scenario.all_hosts if host.user}
-    return 3 * len(scenario.subnets) + len(with_users) + 1
+    return 3 * len(scenario.subnets) + len(with_users) + 2
 
 
 def _meminfo(key: str) -> int:

@@ -90,7 +90,7 @@ class TrainConfig:
     strategic action unmasking), qmix (DRQN agents and a monotonic mixer, no messages)
     or iql (independent DRQN agents, no messages)"""
     scenario: str = "small"
-    """scenario file, or a shipped name (tiny, small, large, signal)"""
+    """scenario file, or a shipped name (tiny, small, large, xlarge, signal)"""
     seed: int = 0
     """seed of the networks, the exploration and the simulator"""
     episodes: int = 20_000

@@ -1,11 +1,13 @@
 """How fast the emulated range comes up and goes down, and how much memory it holds.
 
 For each scenario: time to `Range.up()` (every host answers, every service
-listens, every program is ready), a few steps of red and green running, then time
-to `down()`. Memory: the machine's peak drop in MemAvailable while the range was
-up, and the summed PSS of the run's processes (host shells, programs, implants;
-not the Docker engine's own processes), split as `validate --ranges` sizes a range:
-the shells' PSS per host (MiB/host) and the PSS per host program (MiB/prog).
+listens, every program is ready), a few steps played in lockstep through the range's
+own hub as fast as the hosts allow (mean "step s", and "late": steps in which some
+program missed its deadline), then time to `down()`. Memory: the machine's peak
+drop in MemAvailable while the range was up, and the summed PSS of the run's
+processes (host shells, programs, implants; not the Docker engine's own processes),
+split as `validate --ranges` sizes a range: the shells' PSS per host (MiB/host) and
+the PSS per host program (MiB/prog).
 
 Container hosts: a name `SCENARIO@docker` runs every host of the scenario in a
 container, `SCENARIO@dockerN` its leading host groups that make exactly N hosts
@@ -15,7 +17,7 @@ table gives the time to create one host (Mininet's shell, or the container, not
 counting the one-off import of our host image: "image s") and, at down, to remove
 one container (its share of the removal phase).
 Needs root. Usage: sudo .venv/bin/python bench/range_speed.py [tiny small large
-tiny@docker small@docker50] [--steps N]. Figures are printed, never asserted.
+xlarge tiny@docker small@docker50] [--steps N]. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -111,8 +113,13 @@ def bench(spec: str, steps: int) -> dict[str, float]:
     try:
         emulated.up()
         up_s = time.monotonic() - started
+        step_times: list[float] = []
+        late_steps = 0
         for _ in range(steps):
-            emulated.wait_step()
+            step_started = time.monotonic()
+            emulated.wait_step(pace=False)  # in lockstep, as fast as the hosts allow
+            step_times.append(time.monotonic() - step_started)
+            late_steps += bool(emulated.last_late)
             emulated.alerts()
         assert emulated.referee is not None
         measure_started = time.monotonic()
@@ -151,6 +158,8 @@ def bench(spec: str, steps: int) -> dict[str, float]:
         "measure_s": measure_s, "peak_gib": watch.peak_used / GIB, "pss_gib": run_pss / GIB,
         "shell_mib": shells_pss / MIB / len(scenario.all_hosts),
         "program_mib": programs_pss / MIB / max(len(programs), 1),
+        "step_s": float(np.mean(step_times)) if step_times else float("nan"),
+        "late_steps": late_steps,
         "compromised": int(np.count_nonzero(truth.compromise)),
         "green": truth.green_successes + truth.green_failures,
     }
@@ -158,7 +167,7 @@ def bench(spec: str, steps: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenarios", nargs="*", default=["tiny", "small", "large"],
+    parser.add_argument("scenarios", nargs="*", default=["tiny", "small", "large", "xlarge"],
                         help="shipped names, or NAME@docker / NAME@dockerN for container hosts")
     parser.add_argument("--steps", type=int, default=5, help="steps to run while up (default 5)")
     args = parser.parse_args()
@@ -171,7 +180,8 @@ def main() -> int:
     print(f"machine: {describe_machine()}")
     print(f"{'scenario':<16}{'hosts':>6}{'ctrs':>5}{'up s':>7}{'(net s':>8}{'progs s)':>9}"
           f"{'down s':>8}{'ns host ms':>11}{'image s':>8}{'ctr up ms':>10}{'ctr down ms':>12}"
-          f"{'peak GiB':>9}{'PSS GiB':>8}{'referee s':>10}{'MiB/host':>9}{'MiB/prog':>9}")
+          f"{'peak GiB':>9}{'PSS GiB':>8}{'referee s':>10}{'MiB/host':>9}{'MiB/prog':>9}"
+          f"{'step s':>8}{'late':>5}")
     try:
         for spec in args.scenarios:
             r = bench(spec, args.steps)
@@ -180,7 +190,8 @@ def main() -> int:
                   f"{r['namespace_host_ms']:>11.1f}{r['image_s']:>8.2f}"
                   f"{r['container_host_ms']:>10.1f}"
                   f"{r['container_down_ms']:>12.1f}{r['peak_gib']:>9.2f}{r['pss_gib']:>8.2f}"
-                  f"{r['measure_s']:>10.3f}{r['shell_mib']:>9.2f}{r['program_mib']:>9.1f}",
+                  f"{r['measure_s']:>10.3f}{r['shell_mib']:>9.2f}{r['program_mib']:>9.1f}"
+                  f"{r['step_s']:>8.2f}{r['late_steps']:>5}",
                   flush=True)
     finally:
         if engine is not None:

@@ -27,6 +27,7 @@ from cyberdial.range.emulation.netns import (
     cmdline,
     in_netns,
     listening_ports,
+    mac_for,
     netns_inode,
     processes_in,
 )
@@ -48,7 +49,7 @@ from cyberdial.range.emulation.state import (
 )
 from cyberdial.range.errors import CyberdialError, NotRootError
 from cyberdial.range.model import AlertKind, Compromise, GameModel
-from cyberdial.range.scenario import Scenario, load_scenario
+from cyberdial.range.scenario import BRIDGE_MAX_PORTS, Scenario, load_scenario
 from cyberdial.range.wire import Alert, Command, CommandResult
 
 REPO = Path(__file__).parent.parent
@@ -74,6 +75,16 @@ def test_plan_names_carry_run_id_and_fit_interfaces() -> None:
     assert ua0.ip == "10.2.0.2" and ua0.gateway == "10.2.0.1"
     assert ua0.decoy_port == 21 and ua0.vulnerable_ports == (22,)
     assert RangePlan.from_json(plan.to_json()) == plan
+
+
+def test_the_2000_host_scenario_fits_its_bridges_and_interface_names() -> None:
+    # (A subnet a bridge cannot hold is the scenario's error: test_scenario.py.)
+    plan = make_plan(load_scenario("xlarge"), "a1b2c3", "/tmp/x")
+    assert len(plan.hosts) == 2000 and len(plan.subnets) == 8
+    assert all(len(s.hosts) + 1 <= BRIDGE_MAX_PORTS for s in plan.subnets)
+    names = [h.veth for h in plan.hosts] + [s.router_veth for s in plan.subnets]
+    assert len(set(names)) == len(names) and all(len(n) <= IFNAME_MAX for n in names)
+    assert len({mac_for(h.ip) for h in plan.hosts}) == 2000
 
 
 def test_router_rules_follow_flows() -> None:
@@ -561,6 +572,53 @@ def test_cli_up_shell_status_down(footprint: Footprint) -> None:
         down = subprocess.run([*CLI, "range", "down", run_id], capture_output=True, text=True,
                               timeout=90, cwd=REPO)
     assert down.returncode == 0, down.stderr
+    assert records is not None
+    assert_nothing_left(footprint, records)
+
+
+@root
+@mininet
+@pytest.mark.timeout(120)
+def test_hosts_are_built_in_batches_as_the_plan_says(footprint: Footprint,
+                                                    tmp_path: Path) -> None:
+    """The batched build: each host's eth0 has the MAC and address the range chose, its
+    gateway and the router's hosts are permanent neighbours (no ARP to reach them), the
+    root namespace's ends have no IPv6 address, and one launcher forked every program."""
+    emulated = Range(load_scenario("tiny"), logs_dir=tmp_path)
+    records = None
+    try:
+        emulated.up()
+        records = records_of(emulated.run_id)
+        plan = emulated.plan
+        for host in plan.hosts:
+            link = emulated.run_in(host.name, ["ip", "-o", "link", "show", "eth0"]).stdout
+            assert mac_for(host.ip) in link
+            addr = emulated.run_in(host.name, ["ip", "-o", "-4", "addr", "show", "eth0"]).stdout
+            assert f"{host.ip}/{host.prefix}" in addr
+            route = emulated.run_in(host.name, ["ip", "route", "show", "default"]).stdout
+            assert f"via {host.gateway} dev eth0" in route
+            neigh = emulated.run_in(host.name, ["ip", "neigh", "show", host.gateway]).stdout
+            assert mac_for(host.gateway, 1) in neigh and "PERMANENT" in neigh
+        router = subprocess.run(["mnexec", "-a", str(plan.router_pid), "ip", "neigh", "show",
+                                 "nud", "permanent"], capture_output=True, text=True,
+                                check=True).stdout
+        assert all(f"{h.ip} dev" in router and mac_for(h.ip) in router for h in plan.hosts)
+        root_ends = [h.veth for h in plan.hosts] + [s.bridge for s in plan.subnets]
+        for name in root_ends:
+            inet6 = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", name],
+                                   capture_output=True, text=True, check=True).stdout
+            assert inet6 == "", name
+        state = emulated.state
+        assert state is not None
+        launcher = next(p for p in state.programs if p.role == "launcher")
+        programs = [p for p in state.programs if p.role != "launcher"]
+        assert len(programs) == len(emulated.expected_peers()) + len(plan.subnets)  # + services
+        for program in programs:
+            stat = Path(f"/proc/{program.pid}/stat").read_text()
+            assert int(stat[stat.rfind(")") + 2:].split()[1]) == launcher.pid
+            assert Path(f"/proc/{program.pid}/comm").read_text().strip() == program.name[:15]
+    finally:
+        emulated.down()
     assert records is not None
     assert_nothing_left(footprint, records)
 

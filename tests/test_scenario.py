@@ -117,7 +117,8 @@ def test_missing_file_is_one_line_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "hosts", "agents"), [("tiny", 6, 2), ("small", 100, 3), ("large", 500, 5)]
+    ("name", "hosts", "agents"),
+    [("tiny", 6, 2), ("small", 100, 3), ("large", 500, 5), ("xlarge", 2000, 8)],
 )
 def test_shipped_scenarios(name: str, hosts: int, agents: int) -> None:
     scenario = load_scenario(name)

@@ -105,8 +105,9 @@ def test_capacity_is_measured_from_the_machine_and_the_scenario() -> None:
     assert capacity.programs == range_programs(small)
     assert capacity.cpus == CPUS
     assert 0 < capacity.available_bytes and 10 * MIB < capacity.worker_bytes
-    # tiny: per subnet services, sensor, actuator (2 subnets), green on the user one, red.
-    assert range_programs(load_scenario("tiny")) == 3 * 2 + 1 + 1
+    # tiny: per subnet services, sensor, actuator (2 subnets), green on the user one, red,
+    # and the launcher that forks them.
+    assert range_programs(load_scenario("tiny")) == 3 * 2 + 1 + 1 + 1
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -129,6 +129,8 @@ class Range:
         self.t0 = 0.0
         self.step = 0
         self.episode = 0
+        # The programs that missed the last `wait_step`'s deadline (named, never hidden).
+        self.last_late: tuple[str, ...] = ()
         self.timings: dict[str, float] = {}
         # Packet captures of every subnet bridge (pcapng rings), when asked for.
         self.capture_dir = capture_dir
@@ -276,15 +278,17 @@ class Range:
         Red and green make their move of the current step, then every sensor reports
         what it saw and closes the step (`HostHub.run_phase`). With `pace`, the step
         lasts at least the scenario's `step_period` (a watched range); without, it
-        lasts what the hosts take. A range without its own hub is stepped by its
+        lasts what the hosts take; `last_late` names the programs that missed its
+        deadline. A range without its own hub is stepped by its
         bridge instead.
         """
         if not self.t0:
             raise RuntimeError("the range is not up")
         hub = self._require_hub()
         started = time.monotonic()
-        hub.run_phase("act", episode=self.episode, step=self.step)
-        hub.run_phase("close", episode=self.episode, step=self.step)
+        acted = hub.run_phase("act", episode=self.episode, step=self.step)
+        closed = hub.run_phase("close", episode=self.episode, step=self.step)
+        self.last_late = tuple(sorted({*acted.late, *closed.late}))
         if pace:
             while (left := started + self.plan.step_period - time.monotonic()) > 0:
                 hub.pump(min(left, 0.05))
