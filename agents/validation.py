@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -127,6 +128,15 @@ def _red(
     return expected, touched
 
 
+def _agreement(want: Sequence[int], got: Sequence[int]) -> list[int]:
+    """Per bit of a host's two, 1 where the two readings agree."""
+    return [int(want[i] == got[i]) for i in range(2)]
+
+
+def _plus(totals: list[int], more: list[int]) -> list[int]:
+    return [a + b for a, b in zip(totals, more, strict=True)]
+
+
 def sensor_figures(recording: Recording) -> SensorFigures:
     figures = SensorFigures()
     hosts = [h.name for h in recording.header.hosts]
@@ -171,15 +181,11 @@ def sensor_figures(recording: Recording) -> SensorFigures:
                 want = ACTIVITY_BITS[expected.get(host, 0)]
                 got = ACTIVITY_BITS[now.get(host, 0)]
                 figures.cells += 1
-                agree = [int(want[i] == got[i]) for i in range(2)]
-                figures.bit_agreement = [
-                    a + b for a, b in zip(figures.bit_agreement, agree, strict=True)
-                ]
+                agree = _agreement(want, got)
+                figures.bit_agreement = _plus(figures.bit_agreement, agree)
                 if host in touched:
                     figures.touched_cells += 1
-                    figures.touched_bit_agreement = [
-                        a + b for a, b in zip(figures.touched_bit_agreement, agree, strict=True)
-                    ]
+                    figures.touched_bit_agreement = _plus(figures.touched_bit_agreement, agree)
     return figures
 
 
@@ -305,16 +311,12 @@ def compromise_figures(recording: Recording, model: GameModel) -> CompromiseFigu
                 want, got = BITS_OF_OBSERVED[want_state], after.get(host)
                 if got is None:  # the host is in no agent's view after the step
                     continue
-                agree = [int(want[i] == got[i]) for i in range(2)]
+                agree = _agreement(want, got)
                 figures.cells += 1
-                figures.bit_agreement = [
-                    a + b for a, b in zip(figures.bit_agreement, agree, strict=True)
-                ]
+                figures.bit_agreement = _plus(figures.bit_agreement, agree)
                 if host in analysed:
                     figures.analysed_cells += 1
-                    figures.analysed_bit_agreement = [
-                        a + b for a, b in zip(figures.analysed_bit_agreement, agree, strict=True)
-                    ]
+                    figures.analysed_bit_agreement = _plus(figures.analysed_bit_agreement, agree)
                 figures.truth_matches += OBSERVED_OF_BITS.get(got) == TRUTH_OBSERVED.get(
                     truth.get(host, ""))
     return figures
