@@ -337,7 +337,7 @@ class Range:
     def _build_network(self) -> None:
         """Hosts, bridges, links and addresses, each kind in one batch.
 
-        What Mininet builds for a host, made the way Mininet makes it (`mnexec -cdn`: a
+        What Mininet builds for a host, made the way Mininet makes it (`mnexec -dn`: a
         network and mount namespace with its own /sys, held by a shell), but without
         its per-node pty shell and one `ip` command per link: at 2,000 hosts those
         one-by-one steps were most of the bring-up.
