@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 # on the very same episodes, so differences are the policies', not the dice's.
 HELD_OUT_SEED = 2_000_000
 NO_COMM_SUFFIX = "-nocomm"
+MIX_SUFFIX = "-mix"
 MANIFEST = "compare.json"
 # Two-sided 95 % Student-t quantiles by degrees of freedom (for the curves' bands).
 T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -128,20 +129,29 @@ def sends_messages(algo: str) -> bool:
 def parse_algo(token: str) -> tuple[str, dict[str, Any]]:
     """An algorithm as compare names it -> (registry name, config changes).
 
-    `dial-sau-nocomm` is `dial-sau` with `--no-comm` (the no-message ablation);
+    A registered name may carry ablation suffixes, in this order: `-nocomm` (messages
+    forced to 0: `dial-sau-nocomm`) and `-mix` (DIAL with QMIX's mixer: `dial-sau-mix`);
     baselines map to themselves.
     """
     if is_baseline(token) or token in ALGORITHMS:
         return token, {}
-    base = token.removesuffix(NO_COMM_SUFFIX)
-    if token.endswith(NO_COMM_SUFFIX) and base in ALGORITHMS:
+    base, changes = token, {}
+    if base.endswith(MIX_SUFFIX):
+        base, changes["mixer"] = base.removesuffix(MIX_SUFFIX), True
+    if base.endswith(NO_COMM_SUFFIX) and base.removesuffix(NO_COMM_SUFFIX) in ALGORITHMS:
+        base, changes["no_comm"] = base.removesuffix(NO_COMM_SUFFIX), True
+    if base in ALGORITHMS:
         if not sends_messages(base):
-            raise CompareError(f"algorithm {token!r}: {base} sends no messages, so there is"
-                               " nothing to switch off")
-        return base, {"no_comm": True}
-    known = [*ALGORITHMS, *(f"{a}{NO_COMM_SUFFIX}" for a in ALGORITHMS if sends_messages(a)),
-             *BASELINES]
-    raise CompareError(f"unknown algorithm {token!r}: choose from {', '.join(known)}")
+            suffix = NO_COMM_SUFFIX if changes.get("no_comm") else MIX_SUFFIX
+            reason = ("sends no messages, so there is nothing to switch off" if suffix ==
+                      NO_COMM_SUFFIX else "is not DIAL: qmix always mixes, iql never does")
+            raise CompareError(f"algorithm {token!r}: {base} {reason} ({suffix})")
+        return base, {name: changes[name] for name in ("no_comm", "mixer") if name in changes}
+    dial = [a for a in ALGORITHMS if sends_messages(a)]
+    known = [*ALGORITHMS, *(f"{a}{NO_COMM_SUFFIX}" for a in dial),
+             *(f"{a}{MIX_SUFFIX}" for a in dial), *BASELINES]
+    raise CompareError(f"unknown algorithm {token!r}: choose from {', '.join(known)}"
+                       f" (suffixes combine: dial-sau{NO_COMM_SUFFIX}{MIX_SUFFIX})")
 
 
 # Settings that compare itself sets per run; an --option may not change them.
@@ -475,7 +485,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
 MESSAGE_FIGURES = ("mi_activity", "mi_red", "mi_red_given_activity", "listener_effect")
 # The comparisons the paper makes (and its ablations): first minus second, paired by seed.
 PAIRS = (("dial-sau", "qmix"), ("dial-sau", "dial-sau-nocomm"), ("dial-sau", "dial"),
-         ("dial-sau", "iql"), ("dial-sau", "react"), ("qmix", "dial-sau-nocomm"))
+         ("dial-sau", "iql"), ("dial-sau", "react"), ("qmix", "dial-sau-nocomm"),
+         ("dial-sau-mix", "dial-sau"), ("dial-sau-mix", "qmix"))
 
 
 def paired_difference(results: list[dict[str, Any]], scenario: str, first: str,

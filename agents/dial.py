@@ -25,6 +25,12 @@ Three rules keep training and execution one game (after the authors' code):
   messages agree with the bits that chose the recorded actions, masks and rewards.
 - No loss term for the cost of messages by default: the reward charges the bits
   sent (`comm_penalty` adds the differentiable expected cost back, as an option).
+
+Credit assignment (`mixer`, off by default, an ablation beyond the paper): as the
+authors', every agent learns the team reward on its own Q-values. With `mixer` on,
+the agents' chosen Q-values are mixed by QMIX's monotonic, state-conditioned mixer
+(agents/qmix.py) and the TD error is Q_tot's, still back-propagated through the
+messages; acting stays per agent, so a trained policy runs a range unchanged.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from cyberdial.agents.qlearning import (
     gru_sequence,
     td_target,
 )
+from cyberdial.agents.qmix import QMixer
 from cyberdial.agents.training import Learner, TrainConfig
 from cyberdial.range.model import GameModel
 
@@ -351,7 +358,7 @@ class Unroll:
 
 @dataclass
 class LossTerms:
-    td_error: torch.Tensor  # (B, T, A)
+    td_error: torch.Tensor  # (B, T, A) per agent, or (B, T) of Q_tot with the mixer
     comm_cost: torch.Tensor  # scalar, the differentiable expected cost of bits sent
     unroll: Unroll
     loss: torch.Tensor
@@ -370,8 +377,17 @@ class DialLearner(Learner):
         self.network = DialNetwork(model, config.hidden).to(self.device)
         self.target = copy.deepcopy(self.network)
         self.target.requires_grad_(False)
+        # Optional credit assignment: QMIX's mixer over the chosen Q-values and the state.
+        self.mixer = QMixer(model.n_agents, model.state_size).to(self.device) if config.mixer \
+            else None
+        self.target_mixer = (copy.deepcopy(self.mixer).requires_grad_(False)
+                             if self.mixer is not None else None)
+        self.uses_state = self.mixer is not None
+        self.trainable = list(self.network.parameters())
+        if self.mixer is not None:
+            self.trainable += list(self.mixer.parameters())
         self.optimiser = torch.optim.RMSprop(
-            self.network.parameters(), lr=config.lr, momentum=config.momentum
+            self.trainable, lr=config.lr, momentum=config.momentum
         )
         self.generator = torch.Generator().manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
@@ -460,8 +476,13 @@ class DialLearner(Learner):
             # network's only by its (older) weights.
             target_q = self.unroll(self.target, batch).q
         next_value = double_q_next_values(online.q[:, 1:], target_q[:, 1:], batch.masks[:, 1:])
+        taken = chosen_q(online.q[:, :-1], batch.actions)  # (B, T, A)
+        if self.mixer is not None and self.target_mixer is not None:
+            taken = self.mixer(taken, batch.states[:, :-1])  # Q_tot (B, T)
+            with torch.no_grad():
+                next_value = self.target_mixer(next_value, batch.states[:, 1:])
         target = td_target(batch.rewards * config.reward_scale, next_value, config.gamma)
-        td_error = chosen_q(online.q[:, :-1], batch.actions) - target
+        td_error = taken - target
         # Optional: the reward charges the executed bits, but that charge has no gradient;
         # the expected cost of the soft messages gives senders a reason to stay silent.
         comm_cost = (
@@ -477,7 +498,7 @@ class DialLearner(Learner):
         terms = self.losses(batch)
         self.optimiser.zero_grad()
         terms.loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
         self.optimiser.step()
         messages = terms.unroll.messages.detach()
         logits = terms.unroll.logits.detach()
@@ -495,6 +516,8 @@ class DialLearner(Learner):
 
     def update_target(self) -> None:
         self.target.load_state_dict(self.network.state_dict())
+        if self.mixer is not None and self.target_mixer is not None:
+            self.target_mixer.load_state_dict(self.mixer.state_dict())
 
     # --------------------------------------------------------- policy and state
 
@@ -509,11 +532,15 @@ class DialLearner(Learner):
         return np.zeros_like(self.model.slot_analyse)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "network": self.network.state_dict(),
             "target": self.target.state_dict(),
             "optimiser": self.optimiser.state_dict(),
         }
+        if self.mixer is not None and self.target_mixer is not None:
+            state["mixer"] = self.mixer.state_dict()
+            state["target_mixer"] = self.target_mixer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         network = dict(state["network"])
@@ -525,5 +552,8 @@ class DialLearner(Learner):
         target = dict(state.get("target", state["network"]))
         target.setdefault("host_bit", self.network.host_bit)
         self.target.load_state_dict(target)
+        if self.mixer is not None and self.target_mixer is not None:
+            self.mixer.load_state_dict(state["mixer"])
+            self.target_mixer.load_state_dict(state.get("target_mixer", state["mixer"]))
         if "optimiser" in state:
             self.optimiser.load_state_dict(state["optimiser"])

@@ -140,6 +140,10 @@ class TrainConfig:
     """ablation: messages forced to 0 (no learned communication)"""
     no_sau: bool = False
     """ablation: switch strategic action unmasking off (every action legal)"""
+    mixer: bool = False
+    """DIAL only: learn the team reward through QMIX's monotonic mixer over the agents'
+    chosen Q-values and the global state (centralised training); each agent still acts
+    on its own Q-values and messages, so execution is unchanged"""
     message_bits: int | None = None
     """message width in bits per agent and step (default: the scenario's)"""
     eval_every: int = 1_000
@@ -180,6 +184,10 @@ class TrainConfig:
             raise ConfigError("--gamma must lie in [0, 1]")
         if self.message_bits is not None and not 0 <= self.message_bits <= 8:
             raise ConfigError("--message-bits must lie in 0..8")
+        if self.mixer and not ALGORITHMS[self.algo].learner.endswith(":DialLearner"):
+            raise ConfigError(f"--mixer is for dial and dial-sau: {self.algo} "
+                              + ("always mixes" if self.algo == "qmix" else "never mixes"
+                                 " (qmix is iql with a mixer)"))
         resolve_device(self.device)
 
     @property
@@ -192,6 +200,8 @@ class TrainConfig:
             parts.append("nosau")
         if not self.gate_messages and "dial" in self.algo and not self.no_comm:
             parts.append("nogate")
+        if self.mixer:
+            parts.append("mix")
         if self.message_bits is not None:
             parts.append(f"bits{self.message_bits}")
         return "-".join(parts)
@@ -265,7 +275,7 @@ class Learner(ABC):
     """What an algorithm provides to the loop: behaviour, learning, a greedy policy, state."""
 
     uses_messages: ClassVar[bool] = False
-    uses_state: ClassVar[bool] = False
+    uses_state: bool = False
     """whether `update` reads the global `state()` (a mixer does); if not, the loop leaves
     the episodes' states at 0 instead of asking the simulator every step"""
     acting_noise: NDArray[np.float32] | None = None

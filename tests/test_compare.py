@@ -118,6 +118,12 @@ def test_compare_cli_on_tiny_reports_every_algorithm_and_resumes(
 
 def test_algorithm_names_and_budgets() -> None:
     assert parse_algo("dial-sau-nocomm") == ("dial-sau", {"no_comm": True})
+    assert parse_algo("dial-sau-mix") == ("dial-sau", {"mixer": True})
+    assert parse_algo("dial-nocomm-mix") == ("dial", {"no_comm": True, "mixer": True})
+    with pytest.raises(CompareError, match="qmix is not DIAL: qmix always mixes"):
+        parse_algo("qmix-mix")
+    with pytest.raises(CompareError, match="choose from"):
+        parse_algo("dial-sau-mix-nocomm")  # suffixes in one order only
     assert parse_algo("qmix") == ("qmix", {})
     assert parse_algo("react") == ("react", {})
     with pytest.raises(CompareError, match="choose from"):
@@ -141,6 +147,8 @@ def test_algorithm_names_and_budgets() -> None:
     ("react:hidden=4", "react is a hand-written blue"),
     ("dial-sau-hidden=4", "expected ALGO:SETTING=VALUE"),
     ("dial-sau:target_update_unit=days", "--target-update-unit must be one of"),
+    ("qmix:mixer=true", "--mixer is for dial and dial-sau: qmix always mixes"),
+    ("iql:mixer=true", "--mixer is for dial and dial-sau: iql never mixes"),
 ])
 def test_bad_options_are_one_line_errors_naming_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, message: str

@@ -79,6 +79,39 @@ def test_no_comm_cuts_the_gradient_to_the_sender(tmp_path: Path) -> None:
     assert batch.messages.sum() == 0
 
 
+@pytest.mark.timeout(60)
+def test_the_mixer_learns_q_tot_through_the_messages(tmp_path: Path) -> None:
+    learner, batch = _learner_and_batch(tmp_path, mixer=True)
+    assert learner.uses_state and batch.states.abs().sum() > 0  # the loop stored states
+    terms = learner.losses(batch)
+    assert terms.td_error.shape == batch.rewards.shape  # one TD error of Q_tot per step
+    assert learner.mixer is not None
+    mixer_grads = torch.autograd.grad(terms.loss, list(learner.mixer.parameters()),
+                                      retain_graph=True)
+    assert all(g.abs().sum() > 0 for g in mixer_grads[:2])
+    # The team's TD error still reaches the senders' message rows through the receivers.
+    head = learner.network.head[-1]
+    weight_grad = torch.autograd.grad(terms.loss, head.weight)[0]
+    assert weight_grad[learner.network.max_actions :].abs().sum() > 0
+
+
+@pytest.mark.timeout(60)
+def test_the_mixer_follows_the_target_copy_and_the_checkpoint(tmp_path: Path) -> None:
+    learner, batch = _learner_and_batch(tmp_path, mixer=True)
+    assert learner.mixer is not None and learner.target_mixer is not None
+    learner.update(batch)
+    weight = learner.mixer.hyper_b1.weight
+    assert not torch.equal(weight, learner.target_mixer.hyper_b1.weight)
+    learner.update_target()
+    assert torch.equal(weight, learner.target_mixer.hyper_b1.weight)
+    again = DialLearner(learner.model, learner.config)
+    again.load_state_dict(learner.state_dict())
+    assert again.mixer is not None and torch.equal(again.mixer.hyper_b1.weight, weight)
+    # Without the mixer nothing of it is made, saved or read.
+    plain, _ = _learner_and_batch(tmp_path, run_name="plain")
+    assert plain.mixer is None and not plain.uses_state and "mixer" not in plain.state_dict()
+
+
 def test_dru_is_noisy_sigmoid_in_training_and_threshold_in_execution() -> None:
     logits = torch.tensor([-3.0, -0.1, 0.2, 4.0])
     assert torch.equal(dru(logits, 2.0, training=False), torch.tensor([0.0, 0.0, 1.0, 1.0]))

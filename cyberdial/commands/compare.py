@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="scenario files or shipped names (default: small large)")
     parser.add_argument("--algos", nargs="+", default=["dial-sau", "qmix", "iql", "react"],
                         help="learners (dial-sau; dial-sau-nocomm, its no-message ablation;"
+                        " dial-sau-mix, DIAL-SAU learning through QMIX's mixer;"
                         " dial, DIAL without SAU; qmix; iql) and hand-written blues (react,"
                         " random, sleep) (default: dial-sau qmix iql react)")
     parser.add_argument("--option", action="append", default=[], metavar="ALGO:SETTING=VALUE",
