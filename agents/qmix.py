@@ -221,7 +221,7 @@ class DrqnLearner(Learner):
     def reset(self, n_envs: int) -> None:
         self.hidden = self.network.initial_hidden(n_envs)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(
         self, observations: NDArray[np.float32], masks: NDArray[np.int8], epsilon: float
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:

@@ -86,6 +86,32 @@ def test_dial_unroll_equals_the_step_by_step_network(no_comm: bool) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_dial_replays_inputs_decoded_once_per_batch_and_gates_as_the_host_bits_say() -> None:
+    """The target's unroll reuses the online one's decoded inputs for the same batch only,
+    and the message gate (a product with the host bits) is "any host bit set"."""
+    learner, batch = _learner_and_batch("dial-sau")
+    assert isinstance(learner, DialLearner)
+    network = learner.network
+    reference = (batch.observations * network.host_bit).amax(dim=-1) > 0
+    assert torch.equal(network.sees_activity(batch.observations), reference)
+    assert bool(reference.any()) and not bool(reference.all())
+    with torch.no_grad():
+        for parameter in learner.target.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    learner.unroll(network, batch)
+    reused = learner.unroll(learner.target, batch)
+    learner._replayed = None
+    fresh = learner.unroll(learner.target, batch)
+    assert torch.equal(reused.q, fresh.q) and torch.equal(reused.messages, fresh.messages)
+    other = EpisodeBatch(**{**vars(batch), "observations": batch.observations.flip(0),
+                            "noise": batch.noise.flip(0)})
+    learner.unroll(network, batch)
+    then_other = learner.unroll(network, other)
+    learner._replayed = None
+    assert torch.equal(then_other.q, learner.unroll(network, other).q)
+
+
+@pytest.mark.timeout(120)
 def test_qmix_sequence_equals_the_step_by_step_network() -> None:
     learner, batch = _learner_and_batch("qmix")
     assert isinstance(learner, QmixLearner)
