@@ -100,6 +100,7 @@ class DialNetwork(nn.Module):
     action_valid: torch.Tensor
     peers: torch.Tensor
     host_bit: torch.Tensor
+    heard_at: torch.Tensor
 
     def __init__(self, model: GameModel, hidden: int = 128) -> None:
         super().__init__()
@@ -138,6 +139,14 @@ class DialNetwork(nn.Module):
         self.register_buffer("action_valid", action_valid)
         self.register_buffer("peers", peers)
         self.register_buffer("host_bit", host_bit)
+        # heard_at[sender·bits + k, receiver]: the column of the message embedding that
+        # reads bit k of that sender, or n_incoming (a zero column) for the receiver itself.
+        heard_at = torch.full((n_agents * bits, n_agents), self.n_incoming, dtype=torch.long)
+        for receiver in range(n_agents):
+            for slot, sender in enumerate(peers[receiver].tolist()):
+                for k in range(bits):
+                    heard_at[sender * bits + k, receiver] = slot * bits + k
+        self.register_buffer("heard_at", heard_at, persistent=False)  # derived, not saved
 
         self.observation_embedding = nn.Linear(model.max_obs, hidden)
         self.message_embedding = nn.Linear(self.n_incoming, hidden) if self.n_incoming else None
@@ -171,7 +180,11 @@ class DialNetwork(nn.Module):
         compromise, "unknown" included); the blocked, message and last-action slices
         do not count.
         """
-        return (observations * self.host_bit).amax(dim=-1) > 0
+        # Observations are bits, so "any host bit set" is "their sum is positive": one
+        # product per agent with its host-bit indicator, no masked copy of the inputs.
+        flat = observations.reshape(-1, self.n_agents, observations.shape[-1])
+        count = torch.bmm(flat.transpose(0, 1), self.host_bit[:, :, None])  # (A, N, 1)
+        return (count[..., 0].t() > 0).reshape(observations.shape[:-1])
 
     def previous_actions(self, observations: torch.Tensor) -> torch.Tensor:
         """Each agent's last action slot, decoded from its observation's one-hot: (B, A)."""
@@ -179,18 +192,31 @@ class DialNetwork(nn.Module):
         one_hot = observations.gather(2, index) * self.action_valid
         return one_hot.argmax(dim=2)
 
-    def embed_inputs(self, observations: torch.Tensor) -> torch.Tensor:
+    def embed_inputs(self, observations: torch.Tensor,
+                     previous_actions: torch.Tensor | None = None) -> torch.Tensor:
         """The inputs that do not depend on messages, embedded: (..., A, max_obs) -> (..., A, H).
 
         Observation (without its message and last-action slices), own previous action
-        and agent index. Leading dimensions are free, so the learner embeds whole
-        episodes in one pass and only the messages are fed step by step.
+        (`previous_actions`, (..., A), decoded here if not given) and agent index.
+        Leading dimensions are free, so the learner embeds whole episodes in one pass
+        and only the messages are fed step by step.
         """
         lead = observations.shape[:-2]
         flat = observations.reshape(-1, self.n_agents, observations.shape[-1])
+        if previous_actions is None:
+            previous_actions = self.previous_actions(flat)
+        weight = self.observation_embedding.weight
+        if flat.shape[0] >= self.hidden_size:
+            # Many steps (the learner's replay): the dropped slices are dropped from each
+            # agent's copy of the weight, not from the inputs: one product per agent, no
+            # masked copy of the episodes' observations.
+            per_agent = weight[None] * self.keep[:, None, :]  # (A, H, obs)
+            observed = torch.bmm(flat.transpose(0, 1), per_agent.transpose(1, 2)).transpose(0, 1)
+        else:  # one step of a few envs (acting): masking the inputs is the smaller copy
+            observed = nn.functional.linear(flat * self.keep, weight)
         embedded = (
-            self.observation_embedding(flat * self.keep)
-            + self.action_embedding(self.previous_actions(flat))
+            observed + self.observation_embedding.bias
+            + self.action_embedding(previous_actions.reshape(-1, self.n_agents))
             + self.agent_embedding.weight
         )
         return embedded.reshape(*lead, self.n_agents, self.hidden_size)
@@ -206,6 +232,19 @@ class DialNetwork(nn.Module):
         return self.rnn(
             x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
         ).reshape(batch, self.n_agents, -1)
+
+    def heard(self) -> torch.Tensor | None:
+        """The message embedding's weight laid out per sender and receiver, (A·bits, A·H).
+
+        `sent.reshape(B, A·bits) @ heard()` is every receiver's `message_embedding`
+        product with its peers' messages (bias left out) in one product, without
+        gathering each receiver's incoming messages first. None without messages.
+        """
+        if self.message_embedding is None:
+            return None
+        weight = self.message_embedding.weight  # (H, n_incoming)
+        padded = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], dim=1)
+        return padded.t()[self.heard_at].reshape(self.heard_at.shape[0], -1)
 
     def recur_silent(self, embedded: torch.Tensor) -> torch.Tensor:
         """GRU states over whole episodes when no peer ever speaks: (B, T, A, H).
@@ -369,6 +408,8 @@ class DialLearner(Learner):
 
     uses_messages = True
     acting_noise: NDArray[np.float32] | None = None
+    # The last batch replayed and its decoded inputs (`_replay_inputs`).
+    _replayed: tuple[EpisodeBatch, torch.device, torch.Tensor, torch.Tensor | None] | None = None
 
     def __init__(self, model: GameModel, config: TrainConfig) -> None:
         super().__init__(model, config)
@@ -411,7 +452,7 @@ class DialLearner(Learner):
             soft = soft * network.sees_activity(observations)[..., None]
         return soft
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(
         self, observations: NDArray[np.float32], masks: NDArray[np.int8], epsilon: float
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
@@ -439,7 +480,8 @@ class DialLearner(Learner):
         the GRU runs the sequence in one call.
         """
         n, steps = batch.size, batch.steps
-        embedded = network.embed_inputs(batch.observations)  # (B, T+1, A, H)
+        previous_actions, gates = self._replay_inputs(network, batch)
+        embedded = network.embed_inputs(batch.observations, previous_actions)  # (B, T+1, A, H)
         if not self.comm:
             hidden_all = network.recur_silent(embedded)
             q, logits = network.outputs(hidden_all)
@@ -447,25 +489,58 @@ class DialLearner(Learner):
             return Unroll(q, logits, zeros, list(logits.unbind(1)))
         # Per-step views from unbind: one gradient for all steps in the backward pass, not
         # a full-size zero tensor per step as indexing [:, t] would give.
-        inputs = embedded.unbind(1)
-        noise = batch.noise.unbind(1)
-        gates = (network.sees_activity(batch.observations)[..., None].to(embedded.dtype)
-                 .unbind(1) if self.gate else None)
+        # The message embedding's bias and the DRU's noise scale, for every step at once.
+        assert network.message_embedding is not None
+        inputs = (embedded + network.message_embedding.bias).unbind(1)
+        noise = (self.config.dru_sigma * batch.noise).unbind(1)
+        heard = network.heard()
+        assert heard is not None
+        agents, width = self.model.n_agents, self.model.message_bits * self.model.n_agents
+        step_gates = gates[..., None].to(embedded.dtype).unbind(1) if gates is not None else None
         hidden = network.initial_hidden(n)
         sent = hidden.new_zeros(n, self.model.n_agents, self.model.message_bits)
         features_seen, logits_seen, messages = [], [], []
+        # The message rows of the head's last layer, sliced once (a slice per step would
+        # give the backward pass a full-size gradient of the layer per step).
+        first, last = network.head[0], network.head[2]
+        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+        message_weight = last.weight[network.max_actions:]
+        message_bias = last.bias[network.max_actions:]
         for t in range(steps + 1):
-            hidden = network.recur(inputs[t], network.incoming_from_messages(sent), hidden)
-            logits, features = network.message_logits(hidden)
-            # The DRU, with the noise that acted.
-            sent = dru(logits, self.config.dru_sigma, training=True, noise=noise[t])
-            if gates is not None:
-                sent = sent * gates[t]
+            # `network.recur`, with the peers' messages through `heard`.
+            x = torch.relu(torch.addmm(inputs[t].reshape(n, -1), sent.reshape(n, width), heard))
+            hidden = network.rnn(x.reshape(n * agents, -1),
+                                 hidden.reshape(n * agents, -1)).reshape(n, agents, -1)
+            features = torch.relu(first(hidden))
+            logits = nn.functional.linear(features, message_weight, message_bias)
+            # The DRU (`dru`), with the noise that acted.
+            sent = torch.sigmoid(logits + noise[t])
+            if step_gates is not None:
+                sent = sent * step_gates[t]
             features_seen.append(features)
             logits_seen.append(logits)
             messages.append(sent)
         q = network.q_from_features(torch.stack(features_seen, 1))
         return Unroll(q, torch.stack(logits_seen, 1), torch.stack(messages, 1), logits_seen)
+
+    def _replay_inputs(self, network: DialNetwork, batch: EpisodeBatch
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Previous actions (B, T+1, A) and message gates (B, T+1, A) of a batch's steps.
+
+        Read from the observations by index tables the online and target networks
+        share, so the target's unroll of the same batch reuses the online one's.
+        """
+        cached = self._replayed
+        if cached is not None and cached[0] is batch and cached[1] == network.keep.device:
+            return cached[2], cached[3]
+        with torch.no_grad():
+            previous_actions = network.previous_actions(
+                batch.observations.reshape(-1, *batch.observations.shape[2:])
+            ).reshape(batch.observations.shape[:3])
+            gates = (network.sees_activity(batch.observations) if self.comm and self.gate
+                     else None)
+        self._replayed = (batch, network.keep.device, previous_actions, gates)
+        return previous_actions, gates
 
     def losses(self, batch: EpisodeBatch) -> LossTerms:
         """Per-agent double-Q TD errors on the team reward, through the messages."""

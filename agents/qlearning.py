@@ -40,6 +40,15 @@ def chosen_q(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return q.gather(3, actions.unsqueeze(3)).squeeze(3)
 
 
+def q_of_actions(features: torch.Tensor, head: nn.Linear, actions: torch.Tensor) -> torch.Tensor:
+    """`chosen_q(head(features), actions)` without the head's other outputs: (...) Q-values.
+
+    Only the taken actions' rows of the head's weight are used, so the backward pass
+    does not run through all `max_actions` outputs (the loss reads one per agent and step).
+    """
+    return (features * head.weight[actions]).sum(dim=-1) + head.bias[actions]
+
+
 def double_q_next_values(
     online_next_q: torch.Tensor, target_next_q: torch.Tensor, next_masks: torch.Tensor
 ) -> torch.Tensor:

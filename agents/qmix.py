@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -27,11 +27,10 @@ from torch import nn
 
 from cyberdial.agents.buffer import EpisodeBatch
 from cyberdial.agents.qlearning import (
-    chosen_q,
-    double_q_next_values,
     epsilon_greedy,
     greedy_actions,
     gru_sequence,
+    q_of_actions,
     td_target,
 )
 from cyberdial.agents.training import Learner, TrainConfig
@@ -72,13 +71,23 @@ class DrqnNetwork(nn.Module):
     def initial_hidden(self, batch: int) -> torch.Tensor:
         return self.agent_ids.new_zeros(batch, self.n_agents, self.hidden_size)
 
+    def embed(self, observations: torch.Tensor) -> torch.Tensor:
+        """ReLU(fc1([observation, one-hot agent index])): (..., A, max_obs) -> (..., A, H).
+
+        The one-hot's product with fc1 is the weight's column for the agent, so it is
+        added instead of concatenated: no copy of the observations.
+        """
+        observation_columns = self.fc1.weight[:, : -self.n_agents]
+        agent_columns = self.fc1.weight[:, -self.n_agents:].t()  # (A, H)
+        return torch.relu(nn.functional.linear(observations, observation_columns, self.fc1.bias)
+                          + agent_columns)
+
     def forward(
         self, observations: torch.Tensor, hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for all agents: (Q (B, A, max_actions), hidden (B, A, H))."""
         batch = observations.shape[0]
-        ids = self.agent_ids.expand(batch, -1, -1)
-        x = torch.relu(self.fc1(torch.cat([observations, ids], dim=2)))
+        x = self.embed(observations)
         hidden = self.rnn(
             x.reshape(batch * self.n_agents, -1), hidden.reshape(batch * self.n_agents, -1)
         ).reshape(batch, self.n_agents, -1)
@@ -91,12 +100,16 @@ class DrqnNetwork(nn.Module):
         before and after the GRU see every step at once and the GRU runs the sequence in
         one call: nothing here depends on the previous step's output.
         """
+        return self.fc2(self.hidden_sequence(observations))
+
+    def hidden_sequence(self, observations: torch.Tensor) -> torch.Tensor:
+        """GRU states over whole episodes, (B, T, A, obs) -> (B, T, A, H): `sequence`
+        before its last layer."""
         batch, steps = observations.shape[:2]
-        ids = self.agent_ids.expand(batch, steps, -1, -1)
-        x = torch.relu(self.fc1(torch.cat([observations, ids], dim=3)))
-        x = x.permute(1, 0, 2, 3).reshape(steps, batch * self.n_agents, -1)
+        x = self.embed(observations).permute(1, 0, 2, 3).reshape(
+            steps, batch * self.n_agents, -1)
         hidden = gru_sequence(self.rnn, x).reshape(steps, batch, self.n_agents, -1)
-        return self.fc2(hidden.permute(1, 0, 2, 3))
+        return hidden.permute(1, 0, 2, 3)
 
 
 # ------------------------------------------------------------------ the mixer
@@ -128,12 +141,20 @@ class QMixer(nn.Module):
         """Mix (..., A) chosen Q-values with (..., state_size) states into (...) Q_tot."""
         lead = agent_qs.shape[:-1]
         qs = agent_qs.reshape(-1, 1, self.n_agents)
-        s = states.reshape(-1, states.shape[-1])
-        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed)
-        b1 = self.hyper_b1(s).view(-1, 1, self.embed)
-        hidden = nn.functional.elu(torch.bmm(qs, w1) + b1)
-        w_final = self.hyper_w_final(s).abs().view(-1, self.embed, 1)
-        v = self.value(s).view(-1, 1, 1)
+        # The four layers that read the state run as one product (the state is wide: a
+        # single pass over it instead of four), on the states as given (a slice of the
+        # episodes' states is not copied first).
+        first = [cast(nn.Linear, self.hyper_w1[0]), cast(nn.Linear, self.hyper_w_final[0]),
+                 self.hyper_b1, cast(nn.Linear, self.value[0])]
+        weight = torch.cat([layer.weight for layer in first])
+        bias = torch.cat([layer.bias for layer in first])
+        out = torch.matmul(states, weight.t()) + bias
+        hyper_w1, hyper_w_final, b1, value = out.reshape(-1, out.shape[-1]).split(
+            [layer.out_features for layer in first], dim=1)
+        w1 = self.hyper_w1[2](torch.relu(hyper_w1)).abs().view(-1, self.n_agents, self.embed)
+        hidden = nn.functional.elu(torch.bmm(qs, w1) + b1.view(-1, 1, self.embed))
+        w_final = self.hyper_w_final[2](torch.relu(hyper_w_final)).abs().view(-1, self.embed, 1)
+        v = self.value[2](torch.relu(value)).view(-1, 1, 1)
         return (torch.bmm(hidden, w_final) + v).reshape(lead)
 
 
@@ -200,7 +221,7 @@ class DrqnLearner(Learner):
     def reset(self, n_envs: int) -> None:
         self.hidden = self.network.initial_hidden(n_envs)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(
         self, observations: NDArray[np.float32], masks: NDArray[np.int8], epsilon: float
     ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
@@ -220,11 +241,16 @@ class DrqnLearner(Learner):
     def td_errors(self, batch: EpisodeBatch) -> torch.Tensor:
         """Double-Q TD errors: (B, T) of Q_tot with the mixer, (B, T, A) without."""
         config = self.config
-        q = self.unroll(self.network, batch.observations)
+        # The same arithmetic as `unroll`'s Q-values, but the gradient flows through the
+        # taken actions' Q only: the full head is evaluated without one, for the online
+        # network's choice of next action (double Q), and the target's only at that choice.
+        hidden = self.network.hidden_sequence(batch.observations)
         with torch.no_grad():
-            target_q = self.unroll(self.target, batch.observations)
-            next_value = double_q_next_values(q[:, 1:], target_q[:, 1:], batch.masks[:, 1:])
-        q_taken = chosen_q(q[:, :-1], batch.actions)  # (B, T, A)
+            next_q = self.network.fc2(hidden[:, 1:])
+            best_next = greedy_actions(next_q, batch.masks[:, 1:])
+            target_hidden = self.target.hidden_sequence(batch.observations)[:, 1:]
+            next_value = q_of_actions(target_hidden, self.target.fc2, best_next)
+        q_taken = q_of_actions(hidden[:, :-1], self.network.fc2, batch.actions)  # (B, T, A)
         reward = batch.rewards * config.reward_scale  # (B, T)
         if self.mixer is not None and self.target_mixer is not None:
             q_tot = self.mixer(q_taken, batch.states[:, :-1])

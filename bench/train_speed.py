@@ -132,7 +132,8 @@ def main() -> None:
         return
 
     print(f"machine: {describe_machine()}, {args.threads} torch thread(s), device {args.device},"
-          f" {args.episodes} episodes per measurement, median of {args.repeats}")
+          f" {args.episodes} episodes per measurement, median of {args.repeats};"
+          f" load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"this": package_tree(REPO, Path(scratch) / "this")}
         if args.against:
@@ -157,6 +158,7 @@ def main() -> None:
                              (f" {'':>9}" if args.against else ""))
                     print(f"{scenario:<8} {algo:<10} {name[:10]:<10} {wall:>10.1f}"
                           f" {steps:>11,.0f} {cpu:>14.1f}{ratio}", flush=True)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

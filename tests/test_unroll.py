@@ -17,7 +17,8 @@ import torch
 
 from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
 from cyberdial.agents.dial import DialLearner
-from cyberdial.agents.qmix import QmixLearner
+from cyberdial.agents.qlearning import chosen_q, double_q_next_values, td_target
+from cyberdial.agents.qmix import QMixer, QmixLearner
 from cyberdial.agents.training import (
     ConfigError,
     Learner,
@@ -85,6 +86,32 @@ def test_dial_unroll_equals_the_step_by_step_network(no_comm: bool) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_dial_replays_inputs_decoded_once_per_batch_and_gates_as_the_host_bits_say() -> None:
+    """The target's unroll reuses the online one's decoded inputs for the same batch only,
+    and the message gate (a product with the host bits) is "any host bit set"."""
+    learner, batch = _learner_and_batch("dial-sau")
+    assert isinstance(learner, DialLearner)
+    network = learner.network
+    reference = (batch.observations * network.host_bit).amax(dim=-1) > 0
+    assert torch.equal(network.sees_activity(batch.observations), reference)
+    assert bool(reference.any()) and not bool(reference.all())
+    with torch.no_grad():
+        for parameter in learner.target.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    learner.unroll(network, batch)
+    reused = learner.unroll(learner.target, batch)
+    learner._replayed = None
+    fresh = learner.unroll(learner.target, batch)
+    assert torch.equal(reused.q, fresh.q) and torch.equal(reused.messages, fresh.messages)
+    other = EpisodeBatch(**{**vars(batch), "observations": batch.observations.flip(0),
+                            "noise": batch.noise.flip(0)})
+    learner.unroll(network, batch)
+    then_other = learner.unroll(network, other)
+    learner._replayed = None
+    assert torch.equal(then_other.q, learner.unroll(network, other).q)
+
+
+@pytest.mark.timeout(120)
 def test_qmix_sequence_equals_the_step_by_step_network() -> None:
     learner, batch = _learner_and_batch("qmix")
     assert isinstance(learner, QmixLearner)
@@ -98,6 +125,48 @@ def test_qmix_sequence_equals_the_step_by_step_network() -> None:
     assert torch.allclose(fast, slow, atol=1e-5)
     for fast_grad, slow_grad in zip(_gradients(fast.pow(2).mean(), network),
                                     _gradients(slow.pow(2).mean(), network), strict=True):
+        assert torch.allclose(fast_grad, slow_grad, rtol=1e-4, atol=1e-6)
+
+
+def _mix_module_by_module(mixer: QMixer, agent_qs: torch.Tensor, states: torch.Tensor
+                         ) -> torch.Tensor:
+    """QMIX's mixer as pymarl writes it: each hypernetwork on its own, on copied states."""
+    qs = agent_qs.reshape(-1, 1, mixer.n_agents)
+    s = states.reshape(-1, states.shape[-1])
+    w1 = mixer.hyper_w1(s).abs().view(-1, mixer.n_agents, mixer.embed)
+    b1 = mixer.hyper_b1(s).view(-1, 1, mixer.embed)
+    hidden = torch.nn.functional.elu(torch.bmm(qs, w1) + b1)
+    w_final = mixer.hyper_w_final(s).abs().view(-1, mixer.embed, 1)
+    v = mixer.value(s).view(-1, 1, 1)
+    return (torch.bmm(hidden, w_final) + v).reshape(agent_qs.shape[:-1])
+
+
+@pytest.mark.timeout(120)
+def test_qmix_td_errors_equal_the_full_head_and_the_module_by_module_mixer() -> None:
+    """`td_errors` reads only the taken actions' Q and runs the mixer's state layers as one
+    product: the same TD errors and gradients as the whole head and pymarl's mixer."""
+    learner, batch = _learner_and_batch("qmix")
+    assert isinstance(learner, QmixLearner) and learner.mixer is not None
+    assert learner.target_mixer is not None
+    # A target that differs from the online networks, so a mix-up would show.
+    with torch.no_grad():
+        for parameter in [*learner.target.parameters(), *learner.target_mixer.parameters()]:
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    fast = learner.td_errors(batch)
+    q = learner.unroll(learner.network, batch.observations)
+    with torch.no_grad():
+        target_q = learner.unroll(learner.target, batch.observations)
+        next_value = double_q_next_values(q[:, 1:], target_q[:, 1:], batch.masks[:, 1:])
+        next_tot = _mix_module_by_module(learner.target_mixer, next_value, batch.states[:, 1:])
+    q_tot = _mix_module_by_module(learner.mixer, chosen_q(q[:, :-1], batch.actions),
+                                  batch.states[:, :-1])
+    slow = q_tot - td_target(batch.rewards * learner.config.reward_scale, next_tot,
+                             learner.config.gamma)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    parameters = learner.trainable
+    fast_grads = torch.autograd.grad(fast.pow(2).mean(), parameters)
+    slow_grads = torch.autograd.grad(slow.pow(2).mean(), parameters)
+    for fast_grad, slow_grad in zip(fast_grads, slow_grads, strict=True):
         assert torch.allclose(fast_grad, slow_grad, rtol=1e-4, atol=1e-6)
 
 
