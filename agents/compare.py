@@ -361,8 +361,23 @@ class LocalEngine:
                         yield outcome
                 complete = True
             finally:
-                if not complete:  # Ctrl-C, or the caller stopped listening: start nothing more
-                    pool.shutdown(wait=False, cancel_futures=True)
+                if not complete:  # Ctrl-C, kill, or the caller stopped listening
+                    stop_workers(pool)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Start nothing more and end the runs in progress (their unfinished runs are trained
+    again on resume). Leaving the pool would wait for running workers, which a signal to
+    this process alone (`kill PID`, not a terminal's Ctrl-C to the whole group) never
+    reaches: the command would hang for hours while its runs went on."""
+    # CPython's ProcessPoolExecutor keeps its worker processes by PID in `_processes`.
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout=60)
 
 
 def describe_error(error: BaseException) -> str:

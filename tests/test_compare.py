@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +203,54 @@ def test_cli_evaluate_scores_a_hand_written_blue(capsys: pytest.CaptureFixture[s
     assert main(["evaluate", "react", "--scenario", "tiny", "--episodes", "4"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "tiny: react, 4 episodes" in out and "bits sent" in out
+
+
+def _children(pid: int) -> set[int]:
+    """Every process below `pid` (from /proc; threads' children lists together)."""
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            frontier.extend(kids - found)
+            found |= kids
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_kill_of_the_command_alone_stops_its_workers(tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM to the command only, not its group, as a scheduler or a user
+    sends it) while the local workers train: the command exits as interrupted and takes
+    its workers with it, where it used to wait for them to finish their runs."""
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "cyberdial", "compare", "--name", "k", "--results-dir",
+               str(results), "--scenarios", "tiny", "--algos", "qmix", "dial-sau",
+               "--seeds", "1", "--episodes", "200000", "--workers", "2"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 600
+        # Both runs training: their folders have an eval.csv (written as training starts).
+        while len(list((results / "k" / "runs").glob("*/eval.csv"))) < 2:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the runs did not start in 600 s"
+            time.sleep(0.2)
+        workers = _children(process.pid)
+        assert workers
+        os.kill(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert not list((results / "k" / "final").glob("*.json"))  # no run was finished

@@ -24,7 +24,7 @@ from cyberdial.agents.compare import (
     write_report,
 )
 from cyberdial.agents.training import resolve_device
-from cyberdial.commands.common import console, progress_bar
+from cyberdial.commands.common import console, progress_bar, stop_signals_interrupt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -154,7 +154,9 @@ def compare_command(args: argparse.Namespace) -> int:
                           f" {final['return_mean']:.2f}, {final['bits_per_episode']:.1f} bits,"
                           f" {record['train_seconds']:.0f} s{_where(record)}", soft_wrap=True)
 
-        failures = run_comparison(config, on_done=done, engine=engine)
+        # `kill PID` stops the sweep as Ctrl-C does (its workers with it).
+        with stop_signals_interrupt():
+            failures = run_comparison(config, on_done=done, engine=engine)
     report = write_report(config)
     console.print(f"report: {report}", soft_wrap=True)
     if failures:
