@@ -543,7 +543,8 @@ class DialLearner(Learner):
         return previous_actions, gates
 
     def losses(self, batch: EpisodeBatch) -> LossTerms:
-        """Per-agent double-Q TD errors on the team reward, through the messages."""
+        """Double-Q TD errors on the team reward, through the messages: per agent, or of
+        Q_tot with the mixer."""
         config = self.config
         online = self.unroll(self.network, batch)
         with torch.no_grad():
