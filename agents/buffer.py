@@ -3,18 +3,20 @@
 An episode of T steps keeps T + 1 observations, masks, global states and DRU noise
 draws (the last for bootstrapping) and T actions, executed message bits and team
 rewards. Observations are bits, kept as uint8; a sampled `EpisodeBatch` is float32
-tensors for the learner.
+tensors for the learner, with the sparse forms its networks' first layers read
+(`SparseRows`), made once per batch for the online and the target network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from cyberdial.agents.qlearning import SparseRows
 from cyberdial.range.model import GameModel
 
 
@@ -29,6 +31,21 @@ class EpisodeBatch:
     rewards: torch.Tensor  # (B, T) float32, the team reward
     states: torch.Tensor  # (B, T+1, state_size) float32, for centralised critics/mixers
     noise: torch.Tensor  # (B, T+1, A, bits) float32, the DRU noise that acted (0 if none)
+    # The sparse forms, made on first use (`observation_rows`, `state_rows`).
+    _sparse: dict[str, SparseRows | None] = field(default_factory=dict, repr=False,
+                                                  compare=False)
+
+    def observation_rows(self) -> SparseRows | None:
+        """The observations' 1s (`SparseRows.of`), made once for every network that reads them."""
+        if "observations" not in self._sparse:
+            self._sparse["observations"] = SparseRows.of(self.observations)
+        return self._sparse["observations"]
+
+    def state_rows(self) -> SparseRows | None:
+        """The global states as the first state plus their changes, made once."""
+        if "states" not in self._sparse:
+            self._sparse["states"] = SparseRows.of(self.states, offset=True)
+        return self._sparse["states"]
 
     @property
     def size(self) -> int:
@@ -78,8 +95,9 @@ class EpisodeBuffer:
             values = torch.from_numpy(array if dtype is None else array.astype(dtype))
             return values.to(device, non_blocking=True)
 
-        return EpisodeBatch(
-            observations=tensor(self.observations[index], np.float32),
+        bits = tensor(self.observations[index])
+        batch = EpisodeBatch(
+            observations=bits.to(torch.float32),
             masks=tensor(self.masks[index]),
             actions=tensor(self.actions[index]),
             messages=tensor(self.messages[index], np.float32),
@@ -87,3 +105,6 @@ class EpisodeBuffer:
             states=tensor(self.states[index]),
             noise=tensor(self.noise[index]),
         )
+        # Found in the uint8 bits: half the bytes of the float copy to scan.
+        batch._sparse["observations"] = SparseRows.of(bits)
+        return batch

@@ -47,11 +47,12 @@ from torch import nn
 
 from cyberdial.agents.buffer import EpisodeBatch
 from cyberdial.agents.qlearning import (
-    chosen_q,
-    double_q_next_values,
+    SparseRows,
     epsilon_greedy,
     greedy_actions,
     gru_sequence,
+    q_of_actions,
+    sparse_linear,
     td_target,
 )
 from cyberdial.agents.qmix import QMixer
@@ -193,27 +194,24 @@ class DialNetwork(nn.Module):
         return one_hot.argmax(dim=2)
 
     def embed_inputs(self, observations: torch.Tensor,
-                     previous_actions: torch.Tensor | None = None) -> torch.Tensor:
+                     previous_actions: torch.Tensor | None = None,
+                     sparse: SparseRows | None = None) -> torch.Tensor:
         """The inputs that do not depend on messages, embedded: (..., A, max_obs) -> (..., A, H).
 
         Observation (without its message and last-action slices), own previous action
         (`previous_actions`, (..., A), decoded here if not given) and agent index.
         Leading dimensions are free, so the learner embeds whole episodes in one pass
-        and only the messages are fed step by step.
+        and only the messages are fed step by step. The observation's product reads
+        only its 1s (`sparse_linear`; `sparse` is `SparseRows.of(observations)` when
+        the caller has it).
         """
         lead = observations.shape[:-2]
         flat = observations.reshape(-1, self.n_agents, observations.shape[-1])
         if previous_actions is None:
             previous_actions = self.previous_actions(flat)
-        weight = self.observation_embedding.weight
-        if flat.shape[0] >= self.hidden_size:
-            # Many steps (the learner's replay): the dropped slices are dropped from each
-            # agent's copy of the weight, not from the inputs: one product per agent, no
-            # masked copy of the episodes' observations.
-            per_agent = weight[None] * self.keep[:, None, :]  # (A, H, obs)
-            observed = torch.bmm(flat.transpose(0, 1), per_agent.transpose(1, 2)).transpose(0, 1)
-        else:  # one step of a few envs (acting): masking the inputs is the smaller copy
-            observed = nn.functional.linear(flat * self.keep, weight)
+        # The message and last-action slices are dropped by `keep`, per agent.
+        observed = sparse_linear(flat, self.observation_embedding.weight, keep=self.keep,
+                                 sparse=sparse)
         embedded = (
             observed + self.observation_embedding.bias
             + self.action_embedding(previous_actions.reshape(-1, self.n_agents))
@@ -387,12 +385,26 @@ class DialPolicy:
 
 @dataclass
 class Unroll:
-    """A network replayed over whole episodes, with messages flowing inside the learner."""
+    """A network replayed over whole episodes, with messages flowing inside the learner.
 
-    q: torch.Tensor  # (B, T+1, A, max_actions)
+    The Q-values are kept as the head's hidden layer: the loss reads one Q per agent and
+    step (`q_of`), so the backward pass need not run through every action's output.
+    """
+
+    network: DialNetwork
+    features: torch.Tensor  # (B, T+1, A, H) the head's hidden layer
     logits: torch.Tensor  # (B, T+1, A, bits) message logits
     messages: torch.Tensor  # (B, T+1, A, bits) DRU outputs fed to the peers next step
     step_logits: list[torch.Tensor]  # the same logits, per step, as the graph holds them
+
+    @property
+    def q(self) -> torch.Tensor:
+        """Every action's Q-value, (B, T+1, A, max_actions)."""
+        return self.network.q_from_features(self.features)
+
+    def q_of(self, actions: torch.Tensor, steps: slice) -> torch.Tensor:
+        """Q of `actions` (B, T', A) at those steps: `chosen_q(q[:, steps], actions)`."""
+        return q_of_actions(self.features[:, steps], self.network._head_layers()[1], actions)
 
 
 @dataclass
@@ -481,12 +493,13 @@ class DialLearner(Learner):
         """
         n, steps = batch.size, batch.steps
         previous_actions, gates = self._replay_inputs(network, batch)
-        embedded = network.embed_inputs(batch.observations, previous_actions)  # (B, T+1, A, H)
+        embedded = network.embed_inputs(batch.observations, previous_actions,
+                                        batch.observation_rows())  # (B, T+1, A, H)
         if not self.comm:
             hidden_all = network.recur_silent(embedded)
-            q, logits = network.outputs(hidden_all)
+            logits, features = network.message_logits(hidden_all)
             zeros = torch.zeros_like(logits)
-            return Unroll(q, logits, zeros, list(logits.unbind(1)))
+            return Unroll(network, features, logits, zeros, list(logits.unbind(1)))
         # Per-step views from unbind: one gradient for all steps in the backward pass, not
         # a full-size zero tensor per step as indexing [:, t] would give.
         # The message embedding's bias and the DRU's noise scale, for every step at once.
@@ -520,8 +533,8 @@ class DialLearner(Learner):
             features_seen.append(features)
             logits_seen.append(logits)
             messages.append(sent)
-        q = network.q_from_features(torch.stack(features_seen, 1))
-        return Unroll(q, torch.stack(logits_seen, 1), torch.stack(messages, 1), logits_seen)
+        return Unroll(network, torch.stack(features_seen, 1), torch.stack(logits_seen, 1),
+                      torch.stack(messages, 1), logits_seen)
 
     def _replay_inputs(self, network: DialNetwork, batch: EpisodeBatch
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -549,14 +562,17 @@ class DialLearner(Learner):
         online = self.unroll(self.network, batch)
         with torch.no_grad():
             # Same noise for the target network: its messages differ from the online
-            # network's only by its (older) weights.
-            target_q = self.unroll(self.target, batch).q
-        next_value = double_q_next_values(online.q[:, 1:], target_q[:, 1:], batch.masks[:, 1:])
-        taken = chosen_q(online.q[:, :-1], batch.actions)  # (B, T, A)
+            # network's only by its (older) weights. Double Q: the online network's best
+            # legal next action, valued by the target.
+            target = self.unroll(self.target, batch)
+            best_next = greedy_actions(
+                self.network.q_from_features(online.features[:, 1:]), batch.masks[:, 1:])
+            next_value = target.q_of(best_next, slice(1, None))
+        taken = online.q_of(batch.actions, slice(None, -1))  # (B, T, A)
         if self.mixer is not None and self.target_mixer is not None:
-            taken = self.mixer(taken, batch.states[:, :-1])  # Q_tot (B, T)
+            taken = self.mixer.mix_steps(taken, batch, next_steps=False)  # Q_tot (B, T)
             with torch.no_grad():
-                next_value = self.target_mixer(next_value, batch.states[:, 1:])
+                next_value = self.target_mixer.mix_steps(next_value, batch, next_steps=True)
         target = td_target(batch.rewards * config.reward_scale, next_value, config.gamma)
         td_error = taken - target
         # Optional: the reward charges the executed bits, but that charge has no gradient;
@@ -581,8 +597,8 @@ class DialLearner(Learner):
         saturated = ((messages - 0.5).abs() > 0.4).float().mean() if self.comm else messages.sum()
         return {
             "losses/td_loss": float(terms.td_error.detach().pow(2).mean()),
-            "losses/q_values": float(chosen_q(terms.unroll.q[:, :-1].detach(),
-                                              batch.actions).mean()),
+            "losses/q_values": float(terms.unroll.q_of(batch.actions, slice(None, -1))
+                                     .detach().mean()),
             "losses/grad_norm": float(grad_norm),
             "losses/comm_cost": float(terms.comm_cost.detach()),
             "comm/message_mean": float(messages.mean()),

@@ -11,7 +11,9 @@ action can never be chosen nor bootstrapped by one learner and not by another.
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -96,3 +98,116 @@ def _sequence_gru(input_size: int, hidden_size: int) -> nn.GRU:
     if key not in _SEQUENCE_GRUS:
         _SEQUENCE_GRUS[key] = nn.GRU(input_size, hidden_size).requires_grad_(False)
     return _SEQUENCE_GRUS[key]
+
+
+
+# Above this share of entries that differ from the base, a dense product is as fast.
+SPARSE_DENSITY_LIMIT = 0.05
+# Below this many entries (one step of a few envs, as when acting) the dense product is one
+# call where the sparse form is a dozen: dense is faster.
+SPARSE_MIN_ENTRIES = 1 << 18
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """A (..., D) matrix as a base row plus the few entries where each row differs from it.
+
+    What `sparse_linear` multiplies. Observations are bits and few are set (3–5 of
+    342–988 per agent and step on small and large): no base, only 1s. Global states
+    are wide one-hots that change little from the first step (large: 5,011 entries):
+    their first row is the base, and a row's changes are +1s, −1s and a few other
+    values (episode progress). Entries are listed row by row, each kind in row order.
+    """
+
+    shape: tuple[int, ...]
+    base: torch.Tensor | None  # (D,), or None for a base of zeros
+    ones: tuple[torch.Tensor, torch.Tensor]  # (rows, columns) where the row is base + 1
+    minus_ones: tuple[torch.Tensor, torch.Tensor]  # where it is base − 1
+    others: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, columns, differences)
+
+    @property
+    def n_rows(self) -> int:
+        return math.prod(self.shape[:-1])
+
+    @classmethod
+    def of(cls, inputs: torch.Tensor, offset: bool = False) -> SparseRows | None:
+        """The sparse form of `inputs`, or None when too many entries differ from the base.
+
+        offset: use the first row as the base (else zeros).
+        """
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        base = flat[0].to(torch.float32) if offset and flat.shape[0] else None
+        differs = flat != base.to(flat.dtype) if base is not None else flat
+        rows, columns = differs.nonzero(as_tuple=True)
+        if rows.numel() > SPARSE_DENSITY_LIMIT * flat.numel():
+            return None
+        values = flat[rows, columns]
+        empty = rows[:0]
+        if base is None and bool((values == 1).all()):  # bits: only 1s, the common case
+            return cls(tuple(inputs.shape), None, (rows, columns), (empty, empty),
+                       (empty, empty, empty.to(torch.float32)))
+        difference = values.to(torch.float32)
+        if base is not None:
+            difference = difference - base[columns]
+        one, minus_one = difference == 1, difference == -1
+        other = ~(one | minus_one)
+        return cls(tuple(inputs.shape), base, (rows[one], columns[one]),
+                   (rows[minus_one], columns[minus_one]),
+                   (rows[other], columns[other], difference[other]))
+
+
+def sparse_linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  keep: torch.Tensor | None = None, sparse: SparseRows | None = None
+                  ) -> torch.Tensor:
+    """`linear(inputs, weight, bias)`, reading only the weight's columns where rows differ
+    from their base: inputs (..., D), weight (H, D) -> (..., H).
+
+    Each row's product is the base's plus the sum of the columns where it holds base + 1
+    (`embedding_bag`) minus those where it holds base − 1, plus the few other
+    differences: forward and backward read those columns only, where a dense product
+    reads every one. The same values as the dense product up to summation order.
+    `sparse` is `SparseRows.of(inputs)` when the caller has it (the online and target
+    networks replay the same batch); small inputs and those with too many differences
+    go dense.
+
+    keep (A, D), optional, with inputs (..., A, D) and no base: which columns each
+    agent's rows use (the dense `linear(inputs * keep, weight)`).
+    """
+    if sparse is None and inputs.numel() >= SPARSE_MIN_ENTRIES:
+        sparse = SparseRows.of(inputs)
+    lead = inputs.shape[:-1]
+    if sparse is None:
+        dense = inputs.to(weight.dtype)
+        if keep is not None:
+            dense = dense * keep
+        return nn.functional.linear(dense, weight, bias)
+    columns_in, n_rows = inputs.shape[-1], sparse.n_rows
+    table = weight.t().contiguous()  # (D, H): row c is column c of the weight, in one run
+    out = weight.new_zeros(n_rows, weight.shape[0])
+
+    def used(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        assert keep is not None
+        return keep.reshape(-1)[(rows % keep.shape[0]) * columns_in + columns] != 0
+
+    for sign, (rows, columns) in ((1.0, sparse.ones), (-1.0, sparse.minus_ones)):
+        if keep is not None:
+            kept = used(rows, columns)
+            rows, columns = rows[kept], columns[kept]
+        if not rows.numel():
+            continue
+        counts = torch.bincount(rows, minlength=n_rows)
+        bags = nn.functional.embedding_bag(columns, table, torch.cumsum(counts, 0) - counts,
+                                           mode="sum")
+        out = out + bags if sign > 0 else out - bags
+    rows, columns, difference = sparse.others
+    if keep is not None:
+        kept = used(rows, columns)
+        rows, columns, difference = rows[kept], columns[kept], difference[kept]
+    if rows.numel():
+        out = out.index_add(0, rows, table[columns] * difference[:, None].to(weight.dtype))
+    if sparse.base is not None:
+        assert keep is None, "a per-agent keep mask needs a base of zeros"
+        out = out + sparse.base.to(weight.dtype) @ table
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*lead, weight.shape[0])

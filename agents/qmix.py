@@ -27,10 +27,13 @@ from torch import nn
 
 from cyberdial.agents.buffer import EpisodeBatch
 from cyberdial.agents.qlearning import (
+    SPARSE_MIN_ENTRIES,
+    SparseRows,
     epsilon_greedy,
     greedy_actions,
     gru_sequence,
     q_of_actions,
+    sparse_linear,
     td_target,
 )
 from cyberdial.agents.training import Learner, TrainConfig
@@ -71,16 +74,18 @@ class DrqnNetwork(nn.Module):
     def initial_hidden(self, batch: int) -> torch.Tensor:
         return self.agent_ids.new_zeros(batch, self.n_agents, self.hidden_size)
 
-    def embed(self, observations: torch.Tensor) -> torch.Tensor:
+    def embed(self, observations: torch.Tensor,
+              sparse: SparseRows | None = None) -> torch.Tensor:
         """ReLU(fc1([observation, one-hot agent index])): (..., A, max_obs) -> (..., A, H).
 
         The one-hot's product with fc1 is the weight's column for the agent, so it is
-        added instead of concatenated: no copy of the observations.
+        added instead of concatenated: no copy of the observations. The observations'
+        product reads only their 1s (`sparse_linear`; `sparse` when the caller has it).
         """
         observation_columns = self.fc1.weight[:, : -self.n_agents]
         agent_columns = self.fc1.weight[:, -self.n_agents:].t()  # (A, H)
-        return torch.relu(nn.functional.linear(observations, observation_columns, self.fc1.bias)
-                          + agent_columns)
+        return torch.relu(sparse_linear(observations, observation_columns, self.fc1.bias,
+                                        sparse=sparse) + agent_columns)
 
     def forward(
         self, observations: torch.Tensor, hidden: torch.Tensor
@@ -102,11 +107,12 @@ class DrqnNetwork(nn.Module):
         """
         return self.fc2(self.hidden_sequence(observations))
 
-    def hidden_sequence(self, observations: torch.Tensor) -> torch.Tensor:
+    def hidden_sequence(self, observations: torch.Tensor,
+                        sparse: SparseRows | None = None) -> torch.Tensor:
         """GRU states over whole episodes, (B, T, A, obs) -> (B, T, A, H): `sequence`
         before its last layer."""
         batch, steps = observations.shape[:2]
-        x = self.embed(observations).permute(1, 0, 2, 3).reshape(
+        x = self.embed(observations, sparse).permute(1, 0, 2, 3).reshape(
             steps, batch * self.n_agents, -1)
         hidden = gru_sequence(self.rnn, x).reshape(steps, batch, self.n_agents, -1)
         return hidden.permute(1, 0, 2, 3)
@@ -139,23 +145,49 @@ class QMixer(nn.Module):
 
     def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """Mix (..., A) chosen Q-values with (..., state_size) states into (...) Q_tot."""
-        lead = agent_qs.shape[:-1]
-        qs = agent_qs.reshape(-1, 1, self.n_agents)
-        # The four layers that read the state run as one product (the state is wide: a
-        # single pass over it instead of four), on the states as given (a slice of the
-        # episodes' states is not copied first).
-        first = [cast(nn.Linear, self.hyper_w1[0]), cast(nn.Linear, self.hyper_w_final[0]),
-                 self.hyper_b1, cast(nn.Linear, self.value[0])]
+        return self.mix(agent_qs, self.read_states(states))
+
+    def mix_steps(self, agent_qs: torch.Tensor, batch: EpisodeBatch,
+                  next_steps: bool) -> torch.Tensor:
+        """`forward` over a batch's steps: agent_qs (B, T, A) with the states of steps
+        0..T-1, or of steps 1..T with `next_steps`, -> (B, T) Q_tot.
+
+        The states are read through their sparse form (`EpisodeBatch.state_rows`), made
+        once for the online and the target mixer, over all T + 1 steps.
+        """
+        read = self.read_states(batch.states, batch.state_rows())
+        return self.mix(agent_qs, read[:, 1:] if next_steps else read[:, :-1])
+
+    def read_states(self, states: torch.Tensor,
+                    sparse: SparseRows | None = None) -> torch.Tensor:
+        """The four layers that read the state, as one product: (..., state_size) ->
+        (..., width), as `mix` takes them.
+
+        The state is wide (large: 5,011) and changes little from its first step, so the
+        product reads only the entries that differ from it (`sparse_linear`).
+        """
+        first = self._state_layers()
         weight = torch.cat([layer.weight for layer in first])
         bias = torch.cat([layer.bias for layer in first])
-        out = torch.matmul(states, weight.t()) + bias
-        hyper_w1, hyper_w_final, b1, value = out.reshape(-1, out.shape[-1]).split(
-            [layer.out_features for layer in first], dim=1)
+        if sparse is None and states.numel() >= SPARSE_MIN_ENTRIES:
+            sparse = SparseRows.of(states, offset=True)
+        return sparse_linear(states, weight, bias, sparse=sparse)
+
+    def mix(self, agent_qs: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+        """Q_tot (...) from (..., A) chosen Q-values and the states as `read_states` read them."""
+        lead = agent_qs.shape[:-1]
+        qs = agent_qs.reshape(-1, 1, self.n_agents)
+        hyper_w1, hyper_w_final, b1, value = read.reshape(-1, read.shape[-1]).split(
+            [layer.out_features for layer in self._state_layers()], dim=1)
         w1 = self.hyper_w1[2](torch.relu(hyper_w1)).abs().view(-1, self.n_agents, self.embed)
         hidden = nn.functional.elu(torch.bmm(qs, w1) + b1.view(-1, 1, self.embed))
         w_final = self.hyper_w_final[2](torch.relu(hyper_w_final)).abs().view(-1, self.embed, 1)
         v = self.value[2](torch.relu(value)).view(-1, 1, 1)
         return (torch.bmm(hidden, w_final) + v).reshape(lead)
+
+    def _state_layers(self) -> list[nn.Linear]:
+        return [cast(nn.Linear, self.hyper_w1[0]), cast(nn.Linear, self.hyper_w_final[0]),
+                self.hyper_b1, cast(nn.Linear, self.value[0])]
 
 
 # ------------------------------------------------------------------ execution
@@ -244,18 +276,19 @@ class DrqnLearner(Learner):
         # The same arithmetic as `unroll`'s Q-values, but the gradient flows through the
         # taken actions' Q only: the full head is evaluated without one, for the online
         # network's choice of next action (double Q), and the target's only at that choice.
-        hidden = self.network.hidden_sequence(batch.observations)
+        hidden = self.network.hidden_sequence(batch.observations, batch.observation_rows())
         with torch.no_grad():
             next_q = self.network.fc2(hidden[:, 1:])
             best_next = greedy_actions(next_q, batch.masks[:, 1:])
-            target_hidden = self.target.hidden_sequence(batch.observations)[:, 1:]
+            target_hidden = self.target.hidden_sequence(batch.observations,
+                                                        batch.observation_rows())[:, 1:]
             next_value = q_of_actions(target_hidden, self.target.fc2, best_next)
         q_taken = q_of_actions(hidden[:, :-1], self.network.fc2, batch.actions)  # (B, T, A)
         reward = batch.rewards * config.reward_scale  # (B, T)
         if self.mixer is not None and self.target_mixer is not None:
-            q_tot = self.mixer(q_taken, batch.states[:, :-1])
+            q_tot = self.mixer.mix_steps(q_taken, batch, next_steps=False)
             with torch.no_grad():
-                next_tot = self.target_mixer(next_value, batch.states[:, 1:])
+                next_tot = self.target_mixer.mix_steps(next_value, batch, next_steps=True)
             return q_tot - td_target(reward, next_tot, config.gamma)
         return q_taken - td_target(reward, next_value, config.gamma)
 
