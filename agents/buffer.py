@@ -108,3 +108,56 @@ class EpisodeBuffer:
         # Found in the uint8 bits: half the bytes of the float copy to scan.
         batch._sparse["observations"] = SparseRows.of(bits)
         return batch
+
+
+def _pack(array: NDArray[Any]) -> dict[str, Any]:
+    """An array in fewer bytes, exactly: bits packed 8 to a byte, floats that are mostly
+    0/1 (global states) as packed bits plus their other columns."""
+    if array.dtype == np.bool_ or (array.dtype == np.uint8 and array.max(initial=0) <= 1):
+        return {"bits": np.packbits(array.reshape(-1)), "shape": array.shape,
+                "dtype": array.dtype.str}
+    if array.dtype == np.float32 and array.ndim >= 2 and array.size:
+        rows = array.reshape(-1, array.shape[-1])
+        binary = ((rows == 0) | (rows == 1)).all(axis=0)
+        if binary.any():
+            return {"bits": np.packbits(rows[:, binary].astype(bool).reshape(-1)),
+                    "binary_columns": binary, "others": rows[:, ~binary].copy(),
+                    "shape": array.shape, "dtype": array.dtype.str}
+    return {"raw": array.copy()}
+
+
+def _unpack(packed: dict[str, Any]) -> NDArray[Any]:
+    if "raw" in packed:
+        return np.asarray(packed["raw"])
+    shape, dtype = tuple(packed["shape"]), np.dtype(packed["dtype"])
+    if "binary_columns" not in packed:
+        count = int(np.prod(shape))
+        return np.unpackbits(packed["bits"], count=count).astype(dtype).reshape(shape)
+    binary = packed["binary_columns"]
+    rows = np.zeros((int(np.prod(shape[:-1])), shape[-1]), dtype=dtype)
+    rows[:, binary] = np.unpackbits(
+        packed["bits"], count=rows.shape[0] * int(binary.sum())).reshape(rows.shape[0], -1)
+    rows[:, ~binary] = packed["others"]
+    return rows.reshape(shape)
+
+
+def buffer_snapshot(buffer: EpisodeBuffer) -> dict[str, Any]:
+    """The buffer's stored episodes and ring position, packed (`restore_buffer` inverts it).
+
+    For resuming a run: QMIX's buffer on large is about 1.7 GB as it lies in memory,
+    about a tenth of that packed (its observations, masks and most of its states are bits).
+    """
+    filled = buffer.filled
+    return {"next": buffer.next, "filled": filled, "capacity": buffer.capacity,
+            "fields": {name: _pack(getattr(buffer, name)[:filled]) for name in EPISODE_FIELDS}}
+
+
+def restore_buffer(buffer: EpisodeBuffer, snapshot: dict[str, Any]) -> None:
+    """Put a `buffer_snapshot` back into a buffer of the same model and capacity."""
+    if snapshot["capacity"] != buffer.capacity:
+        raise ValueError(f"the snapshot holds a buffer of {snapshot['capacity']} episodes,"
+                         f" this one holds {buffer.capacity}")
+    filled = int(snapshot["filled"])
+    for name in EPISODE_FIELDS:
+        getattr(buffer, name)[:filled] = _unpack(snapshot["fields"][name])
+    buffer.next, buffer.filled = int(snapshot["next"]), filled

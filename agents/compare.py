@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -260,7 +260,7 @@ def run_job(
     import torch
 
     from cyberdial.agents.checkpoint import load_policy
-    from cyberdial.agents.training import train
+    from cyberdial.agents.training import RESUME_FILE, ConfigError, load_snapshot, train
 
     torch.set_num_threads(1)  # workers share the cores; extra threads only spin
     started = time.perf_counter()
@@ -274,13 +274,23 @@ def run_job(
     else:
         algo, changes = parse_algo(job.algo)
         episodes = config.episodes[job.scenario]
+        eval_every = max(1, episodes // config.eval_points)
+        # A snapshot at every evaluation point: a stopped sweep continues its unfinished
+        # runs from their last one (runs on Ray write theirs on the worker: they restart).
         settings = config_for(
             algo, scenario=job.scenario, seed=job.seed, episodes=episodes,
-            eval_every=max(1, episodes // config.eval_points),
-            eval_episodes=config.eval_episodes, checkpoint_every=episodes,
+            eval_every=eval_every, eval_episodes=config.eval_episodes,
+            checkpoint_every=episodes, resume_every=eval_every,
             runs_dir=str(config.out_dir / "runs"), run_name=job.key, threads=1, **changes,
             device=config.device, **config.options.get(job.algo, {}),
         )
+        run_dir = config.out_dir / "runs" / job.key
+        if (run_dir / RESUME_FILE).is_file():
+            try:
+                load_snapshot(replace(settings, resume=str(run_dir)))
+                settings = replace(settings, resume=str(run_dir))
+            except ConfigError as error:  # made by other code or settings: train afresh
+                logger.warning("%s: %s; training it from its start", job.key, error)
         result = train(settings, scenario=scenario)
         curve = result.evaluations
         policy, model, _ = load_policy(result.checkpoint, device=config.device)

@@ -606,6 +606,14 @@ class DialLearner(Learner):
             "comm/saturated_fraction": float(saturated),
         }
 
+    def random_state(self) -> dict[str, Any]:
+        return {**super().random_state(), "dru_noise": self.generator.get_state()}
+
+    def set_random_state(self, state: dict[str, Any]) -> None:
+        super().set_random_state(state)
+        if "dru_noise" in state:
+            self.generator.set_state(state["dru_noise"])
+
     def update_target(self) -> None:
         self.target.load_state_dict(self.network.state_dict())
         if self.mixer is not None and self.target_mixer is not None:

@@ -28,7 +28,12 @@ import torch
 from numpy.typing import NDArray
 
 from cyberdial.agents.baselines import BatchPolicy
-from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
+from cyberdial.agents.buffer import (
+    EpisodeBatch,
+    EpisodeBuffer,
+    buffer_snapshot,
+    restore_buffer,
+)
 from cyberdial.agents.rollout import EpisodeStats, run_episodes
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
@@ -152,6 +157,12 @@ class TrainConfig:
     """episodes per greedy evaluation"""
     checkpoint_every: int = 5_000
     """write the checkpoint every this many training episodes (and at the end)"""
+    resume_every: int = 0
+    """write resume.pt (the whole training state, episode buffer included) every this many
+    training episodes, so that `--resume` can continue the run; 0: never"""
+    resume: str | None = None
+    """a run folder holding resume.pt: continue that run where its last snapshot left it,
+    with the same settings, exactly as if it had not stopped"""
     runs_dir: str = "runs"
     """folder for runs/{scenario}__{algo}__{seed}__{time}"""
     run_name: str | None = None
@@ -175,6 +186,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.resume_every < 0:
+            raise ConfigError("--resume-every must be 0 (never) or more")
         if self.target_update_unit not in TARGET_UPDATE_UNITS:
             raise ConfigError(f"--target-update-unit must be one of"
                               f" {', '.join(TARGET_UPDATE_UNITS)}, not {self.target_update_unit!r}")
@@ -315,6 +328,15 @@ class Learner(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def random_state(self) -> dict[str, Any]:
+        """The learner's own random streams (ε-greedy draws, DRU noise), for resuming."""
+        rng = getattr(self, "rng", None)
+        return {"rng": rng.bit_generator.state} if isinstance(rng, np.random.Generator) else {}
+
+    def set_random_state(self, state: dict[str, Any]) -> None:
+        if "rng" in state:
+            self.rng.bit_generator.state = state["rng"]  # type: ignore[attr-defined]
+
 
 def learner_class(algo: str) -> type[Learner]:
     if algo not in ALGORITHMS:
@@ -415,16 +437,26 @@ class RunLog:
 
     EVAL_COLUMNS = ("episodes", "seconds", "return_mean", "return_std", "bits_per_episode")
 
-    def __init__(self, config: TrainConfig, scenario: Scenario) -> None:
-        name = config.run_name or (
-            f"{scenario.name}__{config.variant}__{config.seed}__{int(time.time())}"
-        )
-        self.run_dir = Path(config.runs_dir) / name
+    def __init__(self, config: TrainConfig, scenario: Scenario,
+                 evaluations: list[dict[str, float]] | None = None) -> None:
+        """A new run folder, or with `config.resume` that run's folder, its eval.csv
+        rewritten to the `evaluations` its snapshot holds (later rows were not kept)."""
+        if config.resume:
+            self.run_dir = Path(config.resume)
+        else:
+            name = config.run_name or (
+                f"{scenario.name}__{config.variant}__{config.seed}__{int(time.time())}"
+            )
+            self.run_dir = Path(config.runs_dir) / name
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint = self.run_dir / "checkpoint.pt"
+        self.resume_file = self.run_dir / RESUME_FILE
         self.eval_log = self.run_dir / "eval.csv"
         with self.eval_log.open("w", newline="") as handle:
-            csv.writer(handle).writerow(self.EVAL_COLUMNS)
+            writer = csv.writer(handle)
+            writer.writerow(self.EVAL_COLUMNS)
+            for record in evaluations or []:
+                writer.writerow([f"{record[k]:.6g}" for k in self.EVAL_COLUMNS])
         self.writer = _summary_writer(self.run_dir, config)
 
     def iteration(self, progress: Progress, metrics: Mapping[str, float]) -> None:
@@ -473,6 +505,40 @@ class Every:
         return passed
 
 
+RESUME_FILE = "resume.pt"
+# Settings a resumed run may change: where and how it runs, not what it learns.
+RESUME_FREE = ("resume", "resume_every", "runs_dir", "run_name", "tensorboard", "threads",
+               "device")
+
+
+def save_snapshot(path: Path, config: TrainConfig, state: dict[str, Any]) -> None:
+    """Write a resume snapshot whole or not at all (a stop mid-write keeps the last one)."""
+    partial = path.with_suffix(".partial")
+    torch.save({"format": RESUME_FILE, "config": asdict(config), **state}, partial)
+    partial.replace(path)
+
+
+def load_snapshot(config: TrainConfig) -> dict[str, Any]:
+    """The snapshot in `config.resume`, refused with a one-line reason if it cannot
+    continue this config (another setting, no snapshot, a damaged file)."""
+    path = Path(str(config.resume)) / RESUME_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume {config.resume}: no {RESUME_FILE} there (a run writes it"
+                          " with --resume-every N; a finished run removes it)")
+    try:
+        snapshot: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        saved = snapshot["config"]
+    except Exception as error:  # a damaged or foreign file: one line, not a traceback
+        raise ConfigError(f"{path}: not a readable resume snapshot ({type(error).__name__})"
+                          ) from None
+    for name, value in asdict(config).items():
+        if name not in RESUME_FREE and saved.get(name) != value:
+            raise ConfigError(
+                f"--resume {config.resume}: the run was trained with --{name.replace('_', '-')}"
+                f" {saved.get(name)!r}, not {value!r}: resume it with its own settings")
+    return snapshot
+
+
 def train(
     config: TrainConfig,
     on_progress: Callable[[Progress], None] | None = None,
@@ -484,22 +550,37 @@ def train(
     config.validate()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    snapshot = load_snapshot(config) if config.resume else None
     scenario = prepare_scenario(config, scenario)
     model = GameModel(scenario)
     learner = make_learner(model, config)
     buffer = EpisodeBuffer(model, config.buffer_episodes)
     rng = np.random.default_rng(config.seed)
-    log = RunLog(config, scenario)
-    logger.info("training %s on %s into %s (%s)", config.variant, scenario.name, log.run_dir,
-                learner.device)
-
-    sim = SimBatch(model, n_envs=config.envs, seed=config.seed)
-    target_copy, evaluation, checkpointing = (
+    target_copy, evaluation, checkpointing, resuming = (
         Every(config.target_update_every), Every(config.eval_every),
-        Every(config.checkpoint_every))
+        Every(config.checkpoint_every), Every(config.resume_every or config.episodes + 1))
     evaluations: list[dict[str, float]] = []
     episodes_done = updates_done = iteration = 0
-    started = time.perf_counter()
+    elapsed_before = 0.0
+    if snapshot is not None:
+        learner.load_state_dict(snapshot["learner"])
+        learner.set_random_state(snapshot["learner_random"])
+        restore_buffer(buffer, snapshot["buffer"])
+        rng.bit_generator.state = snapshot["loop_random"]
+        torch.set_rng_state(snapshot["torch_random"])
+        episodes_done, updates_done, iteration = (
+            snapshot["episodes"], snapshot["updates"], snapshot["iteration"])
+        for counter, due_next in zip((target_copy, evaluation, checkpointing, resuming),
+                                     snapshot["due_next"], strict=True):
+            counter.next = due_next
+        evaluations = snapshot["evaluations"]
+        elapsed_before = snapshot["seconds"]
+    log = RunLog(config, scenario, evaluations)
+    logger.info("%s %s on %s in %s (%s)", "resuming" if snapshot else "training",
+                config.variant, scenario.name, log.run_dir, learner.device)
+
+    sim = SimBatch(model, n_envs=config.envs, seed=config.seed)
+    started = time.perf_counter() - elapsed_before
     while episodes_done < config.episodes:
         # 1. Play a batch of whole episodes with the ε-greedy behaviour policy.
         n = min(config.envs, config.episodes - episodes_done)
@@ -551,8 +632,18 @@ def train(
         if checkpointing.due(episodes_done) or last:
             save_checkpoint(log.checkpoint, learner, config, model, episodes_done,
                             evaluations[-1] if evaluations else None)
+        if resuming.due(episodes_done) and not last:
+            save_snapshot(log.resume_file, config, {
+                "learner": learner.state_dict(), "learner_random": learner.random_state(),
+                "buffer": buffer_snapshot(buffer), "loop_random": rng.bit_generator.state,
+                "torch_random": torch.get_rng_state(), "episodes": episodes_done,
+                "updates": updates_done, "iteration": iteration,
+                "due_next": [c.next for c in (target_copy, evaluation, checkpointing,
+                                              resuming)],
+                "evaluations": evaluations, "seconds": time.perf_counter() - started})
         if on_progress is not None:
             on_progress(progress)
+    log.resume_file.unlink(missing_ok=True)  # finished: nothing left to resume
     log.close()
     return TrainResult(
         run_dir=log.run_dir,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,3 +255,42 @@ def test_kill_of_the_command_alone_stops_its_workers(tmp_path: Path) -> None:
         time.sleep(0.2)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert not list((results / "k" / "final").glob("*.json"))  # no run was finished
+
+
+def test_a_stopped_run_continues_from_its_last_evaluation_point(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_job snapshots at each evaluation point; run again, it resumes from the last one
+    and ends as a run left alone (the final record and curve, the time aside)."""
+    import cyberdial.agents.training as training
+    from cyberdial.agents.compare import Job, run_job
+
+    def make(name: str) -> CompareConfig:
+        return CompareConfig(name=name, scenarios=["tiny"], algos=["qmix"], seeds=1,
+                             episodes={"tiny": 48}, eval_points=3, eval_episodes=4,
+                             final_episodes=8, results_dir=str(tmp_path))
+
+    job = Job("tiny", "qmix", 0)
+    whole = run_job(job, make("whole"))
+
+    real_save = training.save_snapshot
+
+    def save_then_stop(*args: Any, **kwargs: Any) -> None:
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # as Ctrl-C right after the first snapshot
+
+    monkeypatch.setattr(training, "save_snapshot", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, make("stopped"))
+    monkeypatch.setattr(training, "save_snapshot", real_save)
+    run_dir = tmp_path / "stopped" / "runs" / job.key
+    first_point = (run_dir / "eval.csv").read_text().splitlines()[1]
+    resumed = run_job(job, make("stopped"))
+
+    # The first evaluation is the stopped run's own (its time too): it was not made again.
+    assert (run_dir / "eval.csv").read_text().splitlines()[1] == first_point
+    assert not (run_dir / "resume.pt").exists()
+    assert resumed["final"] == whole["final"]
+    assert len(resumed["curve"]) == len(whole["curve"]) == 3
+    for got, want in zip(resumed["curve"], whole["curve"], strict=True):
+        assert {k: v for k, v in got.items() if k != "seconds"} == pytest.approx(
+            {k: v for k, v in want.items() if k != "seconds"}, nan_ok=True)

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " sent, green failures, red impact) with learning-curve PNGs. Runs go to parallel"
         " worker processes on this machine, or with --engine ray to Ray tasks (a local Ray,"
         " or a cluster with --address); a finished run is never redone, so an interrupted"
-        " comparison resumes when the same command is run again.",
+        " comparison resumes when the same command is run again (with the local workers an"
+        " unfinished run continues from its last evaluation point).",
     )
     parser.add_argument("--name", default="compare",
                         help="results/NAME holds the runs and the report (default: compare)")
