@@ -79,13 +79,17 @@ def add_config_arguments(parser: Any, cls: type = TrainConfig) -> None:
             extra["choices"] = sorted(ALGORITHMS)
         if item.name == "target_update_unit":
             extra["choices"] = TARGET_UPDATE_UNITS
-        shown = "the scenario's" if default is None else str(default)
+        # None is "as the scenario says" for a game setting, "none" for the others.
+        shown = str(default) if default is not None else (
+            "the scenario's" if item.name == "message_bits" else "none")
         if cls is TrainConfig:
             own = [f"{name}: {spec.defaults[item.name]}" for name, spec in ALGORITHMS.items()
                    if item.name in spec.defaults]
             shown = "; ".join([shown, *own])
+        if "(default:" not in help_text:  # a docstring that says its default keeps it
+            help_text = f"{help_text} (default: {shown})"
         parser.add_argument(option, dest=item.name, type=converter, default=argparse.SUPPRESS,
-                            help=f"{help_text} (default: {shown})", **extra)
+                            help=help_text, **extra)
 
 
 def config_from_args(args: Any, cls: type = TrainConfig) -> Any:
