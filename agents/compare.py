@@ -18,6 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -291,6 +292,10 @@ def run_job(
                 settings = replace(settings, resume=str(run_dir))
             except ConfigError as error:  # made by other code or settings: train afresh
                 logger.warning("%s: %s; training it from its start", job.key, error)
+        if settings.resume is None and run_dir.exists():
+            # What an earlier start left (its TensorBoard events, a set-aside snapshot)
+            # would mix with this run's: the comparison's run folders are its own.
+            shutil.rmtree(run_dir)
         result = train(settings, scenario=scenario)
         curve = result.evaluations
         policy, model, _ = load_policy(result.checkpoint, device=config.device)

@@ -270,7 +270,11 @@ def test_a_stopped_run_continues_from_its_last_evaluation_point(
                              final_episodes=8, results_dir=str(tmp_path))
 
     job = Job("tiny", "qmix", 0)
+    stale = tmp_path / "whole" / "runs" / job.key / "events.out.tfevents.1.earlier-start"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
     whole = run_job(job, make("whole"))
+    assert not stale.exists()  # a run started afresh does not mix with an earlier start
 
     real_save = training.save_snapshot
 
