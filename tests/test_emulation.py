@@ -30,6 +30,7 @@ from cyberdial.range.emulation.netns import (
     mac_for,
     netns_inode,
     processes_in,
+    wait_for_own_namespaces,
 )
 from cyberdial.range.emulation.plan import (
     IFNAME_MAX,
@@ -254,6 +255,33 @@ def can_connect(plan: RangePlan, source: str, ip: str, port: int, timeout_s: flo
 
 root = pytest.mark.root
 mininet = pytest.mark.mininet
+
+
+@root
+@mininet
+@pytest.mark.timeout(60)
+def test_links_wait_for_every_holder_to_have_made_its_namespace() -> None:
+    """A holder is a PID before it has its namespace (a link sent then lands in ours):
+    bring-up waits for each; one that stays in ours or exits is named, not waited on."""
+    holders = [subprocess.Popen(["mnexec", "-dn", "sh", "-c", "read _"],
+                                stdin=subprocess.PIPE) for _ in range(20)]
+    stays = subprocess.Popen(["sleep", "30"])
+    exits = subprocess.Popen(["true"])
+    try:
+        assert wait_for_own_namespaces([p.pid for p in holders], timeout=30) == []
+        own = netns_inode(os.getpid())
+        assert all(netns_inode(p.pid) not in (None, own) for p in holders)
+        exits.wait(timeout=10)  # exited and reaped: no namespace to read
+        started = time.monotonic()
+        late = wait_for_own_namespaces([holders[0].pid, stays.pid, exits.pid], timeout=0.3)
+        assert sorted(late) == sorted([stays.pid, exits.pid])
+        assert time.monotonic() - started < 10
+    finally:
+        for process in [*holders, stays]:
+            process.kill()
+            process.wait(timeout=10)
+            if process.stdin is not None:
+                process.stdin.close()
 
 
 @root

@@ -41,6 +41,7 @@ from cyberdial.range.emulation.netns import (
     mac_for,
     netns_inode,
     processes_in,
+    wait_for_own_namespaces,
 )
 from cyberdial.range.emulation.plan import (
     RangePlan,
@@ -65,6 +66,9 @@ READY_TIMEOUT_S = 120.0
 PING_BUFFER_PER_HOST = 2048
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # socket.h; Python names neither
 SAVE_EVERY = 64
+# Seconds for every namespace holder of a bring-up to have made its namespace (they take
+# milliseconds; a loaded machine, 2,000 of them, far more).
+HOLDER_START_TIMEOUT = 60.0
 PROGRAM_ROLES = ("services", "sensor", "actuator", "green", "red")
 # The range filters in its router namespace only, never bridged frames in the root one.
 _BRIDGE_NF = tuple(Path(f"/proc/sys/net/bridge/bridge-nf-call-{t}tables") for t in ("ip", "ip6",
@@ -430,6 +434,14 @@ class Range:
         finally:
             os.close(read_end)
             self._save()
+        # Links go to `netns PID` next: each holder must have made its namespace first.
+        late = wait_for_own_namespaces(pids.values(), HOLDER_START_TIMEOUT)
+        if late:
+            names = [host for host, pid in pids.items() if pid in late]
+            raise HostCommandError(
+                f"{len(late)} host namespace(s) were not made within {HOLDER_START_TIMEOUT:.0f}"
+                f" s ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): is mnexec"
+                " installed and are we root? The range is torn down; try again")
         return pids
 
     def _start_containers(self) -> list[DockerHost]:

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -75,6 +76,42 @@ def netns_inode(pid: int) -> int | None:
         return os.stat(f"/proc/{pid}/ns/net").st_ino
     except OSError:
         return None
+
+
+def wait_for_own_namespaces(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until every process in `pids` has a network namespace other than ours.
+
+    A namespace holder (`mnexec -dn`) is a PID as soon as it is forked, but it makes its
+    namespace a moment later: a link sent to `netns PID` before then lands in the root
+    namespace (and fails there, `File exists`, on its eth0). Returns the PIDs that did
+    not get one: exited, or still in ours after `timeout` seconds (empty: all did).
+    """
+    own = netns_inode(os.getpid())
+    pending, failed = list(pids), []
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = []
+        for pid in pending:
+            inode = netns_inode(pid)
+            if inode is None or process_state(pid) in (None, "Z", "X"):
+                failed.append(pid)  # exited (a zombie's namespace cannot be read)
+            elif inode == own:
+                waiting.append(pid)
+        pending = waiting
+        if not pending or time.monotonic() >= deadline:
+            return failed + pending
+        time.sleep(0.002)
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of `pid` (R, S, Z, ...), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    return fields[0].decode() if fields else None
 
 
 def process_start_time(pid: int) -> int | None:
