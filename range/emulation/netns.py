@@ -103,14 +103,20 @@ def wait_for_own_namespaces(pids: Iterable[int], timeout: float) -> list[int]:
         time.sleep(0.002)
 
 
-def process_state(pid: int) -> str | None:
-    """The one-letter state of `pid` (R, S, Z, ...), None if gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onward of /proc/PID/stat (state first), None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2 :].split()
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of `pid` (R, S, Z, ...), None if gone."""
+    fields = _stat_fields(pid)
     return fields[0].decode() if fields else None
 
 
@@ -119,15 +125,9 @@ def process_start_time(pid: int) -> int | None:
 
     A (pid, start time) pair names a process for good: a recycled PID differs.
     """
+    fields = _stat_fields(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
