@@ -144,8 +144,8 @@ def _unpack(packed: dict[str, Any]) -> NDArray[Any]:
 def buffer_snapshot(buffer: EpisodeBuffer) -> dict[str, Any]:
     """The buffer's stored episodes and ring position, packed (`restore_buffer` inverts it).
 
-    For resuming a run: QMIX's buffer on large is about 1.7 GB as it lies in memory,
-    about a tenth of that packed (its observations, masks and most of its states are bits).
+    For resuming a run: QMIX's buffer on large is 1.66 GB as it lies in memory, 95 MB
+    packed (its observations, masks and all but one column of its states are bits).
     """
     filled = buffer.filled
     return {"next": buffer.next, "filled": filled, "capacity": buffer.capacity,

@@ -261,7 +261,7 @@ def run_job(
     import torch
 
     from cyberdial.agents.checkpoint import load_policy
-    from cyberdial.agents.training import RESUME_FILE, ConfigError, load_snapshot, train
+    from cyberdial.agents.training import RESUME_FILE, ConfigError, train
 
     torch.set_num_threads(1)  # workers share the cores; extra threads only spin
     started = time.perf_counter()
@@ -286,17 +286,22 @@ def run_job(
             device=config.device, **config.options.get(job.algo, {}),
         )
         run_dir = config.out_dir / "runs" / job.key
-        if (run_dir / RESUME_FILE).is_file():
-            try:
-                load_snapshot(replace(settings, resume=str(run_dir)))
-                settings = replace(settings, resume=str(run_dir))
-            except ConfigError as error:  # made by other code or settings: train afresh
-                logger.warning("%s: %s; training it from its start", job.key, error)
-        if settings.resume is None and run_dir.exists():
-            # What an earlier start left (its TensorBoard events, a set-aside snapshot)
-            # would mix with this run's: the comparison's run folders are its own.
+        resumable = (run_dir / RESUME_FILE).is_file()
+        if not resumable and run_dir.exists():
+            # What an earlier start left (its TensorBoard events) would mix with this
+            # run's: the comparison's run folders are its own.
             shutil.rmtree(run_dir)
-        result = train(settings, scenario=scenario)
+        try:
+            result = train(replace(settings, resume=str(run_dir)) if resumable else settings,
+                           scenario=scenario)
+        except ConfigError as error:
+            if not resumable:
+                raise
+            # A snapshot this run cannot continue (other settings, damaged): discarded,
+            # the run trains afresh.
+            logger.warning("%s: %s; training it from its start", job.key, error)
+            shutil.rmtree(run_dir)
+            result = train(settings, scenario=scenario)
         curve = result.evaluations
         policy, model, _ = load_policy(result.checkpoint, device=config.device)
     train_seconds = time.perf_counter() - started

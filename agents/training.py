@@ -455,8 +455,7 @@ class RunLog:
         with self.eval_log.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(self.EVAL_COLUMNS)
-            for record in evaluations or []:
-                writer.writerow([f"{record[k]:.6g}" for k in self.EVAL_COLUMNS])
+            writer.writerows(self._row(record) for record in evaluations or [])
         self.writer = _summary_writer(self.run_dir, config)
 
     def iteration(self, progress: Progress, metrics: Mapping[str, float]) -> None:
@@ -471,9 +470,12 @@ class RunLog:
         for name, value in metrics.items():
             add(name if "/" in name else f"losses/{name}", value, step)
 
+    def _row(self, record: Mapping[str, float]) -> list[str]:
+        return [f"{record[k]:.6g}" for k in self.EVAL_COLUMNS]
+
     def evaluation(self, record: Mapping[str, float]) -> None:
         with self.eval_log.open("a", newline="") as handle:
-            csv.writer(handle).writerow([f"{record[k]:.6g}" for k in self.EVAL_COLUMNS])
+            csv.writer(handle).writerow(self._row(record))
         if self.writer is not None:
             step = int(record["episodes"])
             self.writer.add_scalar("charts/eval_return", record["return_mean"], step)

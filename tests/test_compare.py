@@ -298,3 +298,18 @@ def test_a_stopped_run_continues_from_its_last_evaluation_point(
     for got, want in zip(resumed["curve"], whole["curve"], strict=True):
         assert {k: v for k, v in got.items() if k != "seconds"} == pytest.approx(
             {k: v for k, v in want.items() if k != "seconds"}, nan_ok=True)
+
+
+def test_a_snapshot_the_run_cannot_continue_is_discarded(tmp_path: Path) -> None:
+    from cyberdial.agents.compare import Job, run_job
+
+    config = CompareConfig(name="d", scenarios=["tiny"], algos=["qmix"], seeds=1,
+                           episodes={"tiny": 16}, eval_points=2, eval_episodes=4,
+                           final_episodes=4, results_dir=str(tmp_path))
+    job = Job("tiny", "qmix", 0)
+    run_dir = tmp_path / "d" / "runs" / job.key
+    run_dir.mkdir(parents=True)
+    (run_dir / "resume.pt").write_bytes(b"not a snapshot")
+    record = run_job(job, config)
+    assert record["episodes"] == 16 and record["curve"][-1]["episodes"] == 16
+    assert not (run_dir / "resume.pt").exists()
