@@ -359,7 +359,7 @@ class LocalEngine:
     workers: int = 2
 
     def describe(self) -> str:
-        return f"{self.workers} workers"
+        return f"{self.workers} worker{'' if self.workers == 1 else 's'}"
 
     def run(self, jobs: Sequence[Job], config: CompareConfig) -> Generator[Outcome, None, None]:
         # spawn, not fork: a forked child would inherit torch's thread pools and locks.
@@ -521,7 +521,8 @@ MESSAGE_FIGURES = ("mi_activity", "mi_red", "mi_red_given_activity", "listener_e
 # The comparisons the paper makes (and its ablations): first minus second, paired by seed.
 PAIRS = (("dial-sau", "qmix"), ("dial-sau", "dial-sau-nocomm"), ("dial-sau", "dial"),
          ("dial-sau", "iql"), ("dial-sau", "react"), ("qmix", "dial-sau-nocomm"),
-         ("dial-sau-mix", "dial-sau"), ("dial-sau-mix", "qmix"))
+         ("dial-sau-mix", "dial-sau"), ("dial-sau-mix", "qmix"),
+         ("dial-sau-mix", "dial-sau-nocomm-mix"))
 
 
 def paired_difference(results: list[dict[str, Any]], scenario: str, first: str,

@@ -102,7 +102,7 @@ def test_compare_cli_on_tiny_reports_every_algorithm_and_resumes(
     lost = out_dir / "final" / "tiny__qmix__1.json"
     lost.unlink()
     assert _compare(results) == 0
-    assert "1 runs to do" in " ".join(capsys.readouterr().out.split()) and lost.is_file()
+    assert "1 run to do" in " ".join(capsys.readouterr().out.split()) and lost.is_file()
 
     # Other settings under the same name would mix incomparable runs: refused, one line.
     assert main(["compare", "--name", "t", "--results-dir", str(results), "--scenarios", "tiny",

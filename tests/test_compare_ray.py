@@ -101,7 +101,7 @@ def test_ray_sweep_gives_the_local_rows_and_reports_a_failed_run(
         (results / "t" / "runs" / "tiny__qmix__1").unlink()
     assert main(_sweep(local)) == 0
     assert main(_sweep(through_ray, "--engine", "ray")) == 0
-    assert "1 runs to do" in " ".join(capsys.readouterr().out.split())
+    assert "1 run to do" in " ".join(capsys.readouterr().out.split())
     local_records, ray_records = _records(local), _records(through_ray)
     assert set(local_records) == set(ray_records) and len(ray_records) == 6
     for key, record in ray_records.items():

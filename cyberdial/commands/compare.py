@@ -137,7 +137,7 @@ def compare_command(args: argparse.Namespace) -> int:
     config.validate()
     engine = make_engine(args.engine, config.workers, args.address)
     todo = pending(config)
-    console.print(f"{config.out_dir}: {len(todo)} runs to do"
+    console.print(f"{config.out_dir}: {len(todo)} run{'' if len(todo) == 1 else 's'} to do"
                   f" ({config.seeds} seeds × {len(config.algos)} algorithms ×"
                   f" {len(config.scenarios)} scenarios, finished ones kept),"
                   f" on {engine.describe()}", soft_wrap=True)
