@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from cyberdial.range.model import ACTIVITY_BITS, COMPROMISE_BITS, Activity, GameModel, Observed
+from cyberdial.range.model import ACTIVITY, ACTIVITY_BITS, COMPROMISE_BITS, OBSERVED, GameModel
 
 
 def advance_timers(
@@ -41,7 +41,7 @@ def learn_analysed(observed: NDArray[np.int8], envs: NDArray[np.int64],
 def learn_restored(observed: NDArray[np.int8], envs: NDArray[np.int64],
                    hosts: NDArray[np.int64]) -> None:
     """A restored host is known clean."""
-    observed[envs, hosts] = Observed.NONE
+    observed[envs, hosts] = OBSERVED.NONE
 
 
 def learn_blocked(blocked: NDArray[np.bool_], envs: NDArray[np.int64],
@@ -52,8 +52,8 @@ def learn_blocked(blocked: NDArray[np.bool_], envs: NDArray[np.int64],
 
 def learn_alerts(activity: NDArray[np.int8], observed: NDArray[np.int8]) -> None:
     """An exploit seen on a host blue believes clean makes its compromise unknown."""
-    seen = (activity == Activity.EXPLOIT) & (observed == Observed.NONE)
-    observed[seen] = Observed.UNKNOWN
+    seen = (activity == ACTIVITY.EXPLOIT) & (observed == OBSERVED.NONE)
+    observed[seen] = OBSERVED.UNKNOWN
 
 
 def global_state(

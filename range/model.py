@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from functools import cached_property
+from types import SimpleNamespace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,6 +50,10 @@ class Observed(IntEnum):
 ACTIVITY_BITS = np.array([[0, 0], [1, 0], [1, 1]], dtype=np.float32)
 COMPROMISE_BITS = np.array([[0, 0], [0, 1], [1, 1], [1, 0]], dtype=np.float32)
 HOST_BITS = 4
+# A host's four bits by `activity * 4 + observed`: one lookup per host instead of two.
+HOST_BITS_BY_CODE = np.concatenate(
+    [np.repeat(ACTIVITY_BITS, len(COMPROMISE_BITS), axis=0),
+     np.tile(COMPROMISE_BITS, (len(ACTIVITY_BITS), 1))], axis=1)
 # The reward's terms, each a cost >= 0 per step; the reward is minus their sum.
 REWARD_TERMS = ("privileged", "impact", "green", "restore", "comm", "actions")
 
@@ -75,6 +80,24 @@ class RedActionKind(IntEnum):
     EXPLOIT = 3
     ESCALATE = 4
     IMPACT = 5
+
+
+def plain_values(kinds: type[IntEnum]) -> SimpleNamespace:
+    """An IntEnum's members as plain ints (`plain_values(Activity).SCAN == 1`).
+
+    For numpy expressions on the step's hot paths: numpy looks for array hooks on an
+    operand's class, and on an enum class (Python 3.11) each failed lookup runs the
+    class's Python `__getattr__`, so `array == Activity.SCAN` costs about 3 µs against
+    0.5 µs for `array == 1`, and a batched step makes dozens of them.
+    """
+    return SimpleNamespace(**{member.name: int(member) for member in kinds})
+
+
+COMPROMISE = plain_values(Compromise)
+ACTIVITY = plain_values(Activity)
+OBSERVED = plain_values(Observed)
+ACTION = plain_values(ActionKind)
+RED = plain_values(RedActionKind)
 
 
 class AlertKind(StrEnum):
@@ -321,10 +344,10 @@ class GameModel:
         """
         batch = activity.shape[0]
         features = np.zeros((batch, self.n_features), dtype=np.float32)
-        host_bits = features[:, : self.n_hosts * HOST_BITS].reshape(batch, self.n_hosts, HOST_BITS)
-        host_bits[:, :, :2] = ACTIVITY_BITS[activity]
-        host_bits[:, :, 2:] = COMPROMISE_BITS[observed]
         h4 = self.n_hosts * HOST_BITS
+        # `take` and a 2-D copy: an order of magnitude faster than fancy-indexed 3-D writes.
+        code = activity.astype(np.intp) * len(COMPROMISE_BITS) + observed
+        features[:, :h4] = HOST_BITS_BY_CODE.take(code, axis=0).reshape(batch, h4)
         features[:, h4 : h4 + self.n_subnets] = blocked
         features[:, self.messages_at : self.messages_at + self.n_agents * self.message_bits] = (
             messages.reshape(batch, -1)
@@ -364,7 +387,7 @@ class GameModel:
         else:
             # Bits with more than one set, or one set that is not the first activity bit:
             # anything except "none" and a bare scan (activity 10, compromise 00).
-            shows = ~((observed == Observed.NONE) & (activity <= Activity.SCAN))
+            shows = ~((observed == OBSERVED.NONE) & (activity <= ACTIVITY.SCAN))
             host_shows = shows[:, self.action_host]  # (B, A, max_actions)
             mask = self.slot_always | (self.slot_host_action & host_shows)
             if blue.limit_analyse:
@@ -404,22 +427,22 @@ class GameModel:
         if not (costs.analyse or costs.remove or costs.block or costs.unblock):
             return total
         agents = np.broadcast_to(np.arange(self.n_agents), slots.shape)
-        kind = np.where(finished, self.action_kind[agents, slots], ActionKind.SLEEP)
+        kind = np.where(finished, self.action_kind[agents, slots], ACTION.SLEEP)
         envs = np.arange(batch)[:, None]
         host = self.action_host[agents, slots]
         truth = compromise[envs, host]
         belief = observed[envs, host]
-        analyse = kind == ActionKind.ANALYSE
-        finds_new = (truth > Compromise.CLEAN) & (belief != truth)
-        finds_privileged = analyse & (truth == Compromise.PRIVILEGED)
+        analyse = kind == ACTION.ANALYSE
+        finds_new = (truth > COMPROMISE.CLEAN) & (belief != truth)
+        finds_privileged = analyse & (truth == COMPROMISE.PRIVILEGED)
         # A peer's Analyse that finds red privileged this step (not the agent's own).
         peer_finds = (finds_privileged.sum(axis=1, keepdims=True) - finds_privileged) > 0
         subnet_blocked = blocked[envs, self.action_subnet[agents, slots]]
         wasted = (
             costs.analyse * (analyse & ~finds_new)
-            + costs.remove * ((kind == ActionKind.REMOVE) & (truth != Compromise.USER))
-            + costs.block * ((kind == ActionKind.BLOCK) & ~peer_finds)
-            + costs.unblock * ((kind == ActionKind.UNBLOCK) & ~subnet_blocked)
+            + costs.remove * ((kind == ACTION.REMOVE) & (truth != COMPROMISE.USER))
+            + costs.block * ((kind == ACTION.BLOCK) & ~peer_finds)
+            + costs.unblock * ((kind == ACTION.UNBLOCK) & ~subnet_blocked)
         )
         total += wasted.sum(axis=1).astype(np.float32)
         return total
@@ -438,7 +461,7 @@ class GameModel:
         `actions` is `action_costs(...)` of the step (0 when not given).
         """
         weights = self.scenario.reward
-        privileged = (compromise == Compromise.PRIVILEGED).astype(np.float32) @ self.host_value
+        privileged = (compromise == COMPROMISE.PRIVILEGED).astype(np.float32) @ self.host_value
         terms = {
             "privileged": privileged.astype(np.float32),
             "impact": (impacted.sum(axis=1) * weights.impact).astype(np.float32),
@@ -479,15 +502,15 @@ class GameModel:
         batch = compromise.shape[0]
         reach = self.red_reach(compromise, blocked)
         host_reach = reach[:, self.host_subnet]
-        clean = compromise == Compromise.CLEAN
+        clean = compromise == COMPROMISE.CLEAN
         candidates = [
             (
-                RedActionKind.IMPACT,
-                (compromise == Compromise.PRIVILEGED) & self.host_mission & ~impacted,
+                RED.IMPACT,
+                (compromise == COMPROMISE.PRIVILEGED) & self.host_mission & ~impacted,
             ),
-            (RedActionKind.ESCALATE, compromise == Compromise.USER),
-            (RedActionKind.EXPLOIT, scanned & host_reach & clean & self.host_vulnerable),
-            (RedActionKind.SCAN, discovered & host_reach & ~scanned & clean),
+            (RED.ESCALATE, compromise == COMPROMISE.USER),
+            (RED.EXPLOIT, scanned & host_reach & clean & self.host_vulnerable),
+            (RED.SCAN, discovered & host_reach & ~scanned & clean),
         ]
         n = self.n_hosts
         scores = np.full((batch, 4 * n + self.n_subnets), -np.inf, dtype=np.float32)
@@ -500,7 +523,7 @@ class GameModel:
             scores[:, slot * n : (slot + 1) * n] = np.where(allowed, part, -np.inf)
         sweep_ok = reach & ~swept
         sweep_score = (
-            RED_CLASS_SCORE[RedActionKind.SWEEP]
+            RED_CLASS_SCORE[RED.SWEEP]
             + self.red_subnet_bonus
             + RED_NOISE * noise[:, 4 * n :]
         )
@@ -510,16 +533,16 @@ class GameModel:
         slot = best // n
         kinds = np.array(
             [
-                RedActionKind.IMPACT,
-                RedActionKind.ESCALATE,
-                RedActionKind.EXPLOIT,
-                RedActionKind.SCAN,
-                RedActionKind.SWEEP,
+                RED.IMPACT,
+                RED.ESCALATE,
+                RED.EXPLOIT,
+                RED.SCAN,
+                RED.SWEEP,
             ],
             dtype=np.int64,
         )[np.minimum(slot, 4)]
         target = np.where(slot < 4, best % n, best - 4 * n)
-        kinds[none] = RedActionKind.NONE
+        kinds[none] = RED.NONE
         target[none] = 0
         return kinds, target
 

@@ -25,9 +25,10 @@ from cyberdial.range.blue import (
     learn_restored,
 )
 from cyberdial.range.model import (
-    ActionKind,
-    Activity,
-    Compromise,
+    ACTION,
+    ACTIVITY,
+    COMPROMISE,
+    RED,
     GameModel,
     RedActionKind,
 )
@@ -144,7 +145,7 @@ class SimBatch:
         chosen = np.where(legal, clipped, 0)
 
         restores, action_costs = self._blue_step(chosen)
-        self.activity[:] = Activity.NONE
+        self.activity[:] = ACTIVITY.NONE
         self._red_step()
         failures = self.green_failures = self._green_step()
         # An exploit seen on a host whose state blue believes clean makes it "unknown".
@@ -185,29 +186,29 @@ class SimBatch:
         action_costs = m.action_costs(finished, self.blue_pending, self.compromise, self.observed,
                                       self.blocked)
 
-        sel = finished & (kind == ActionKind.ANALYSE)
+        sel = finished & (kind == ACTION.ANALYSE)
         if sel.any():
             e, h = envs[sel], host[sel]
             learn_analysed(self.observed, e, h, self.compromise[e, h])
-        sel = finished & (kind == ActionKind.REMOVE)
+        sel = finished & (kind == ACTION.REMOVE)
         if sel.any():
             e, h = envs[sel], host[sel]
-            user = self.compromise[e, h] == Compromise.USER
-            self.compromise[e[user], h[user]] = Compromise.CLEAN
-        sel = finished & (kind == ActionKind.RESTORE)
+            user = self.compromise[e, h] == COMPROMISE.USER
+            self.compromise[e[user], h[user]] = COMPROMISE.CLEAN
+        sel = finished & (kind == ACTION.RESTORE)
         if sel.any():
             e, h = envs[sel], host[sel]
-            self.compromise[e, h] = Compromise.CLEAN
+            self.compromise[e, h] = COMPROMISE.CLEAN
             self.impacted[e, h] = False
             self.decoy[e, h] = False
             learn_restored(self.observed, e, h)
             self.down[e, h] = self.scenario.blue.restore_downtime
             np.add.at(restores, e, 1)
-        for action_kind, value in ((ActionKind.BLOCK, True), (ActionKind.UNBLOCK, False)):
+        for action_kind, value in ((ACTION.BLOCK, True), (ACTION.UNBLOCK, False)):
             sel = finished & (kind == action_kind)
             if sel.any():
                 learn_blocked(self.blocked, envs[sel], subnet[sel], value)
-        sel = finished & (kind == ActionKind.DECOY)
+        sel = finished & (kind == ACTION.DECOY)
         if sel.any():
             self.decoy[envs[sel], host[sel]] = True
         return restores, action_costs
@@ -217,7 +218,7 @@ class SimBatch:
         has_foothold = (self.compromise > 0).any(axis=1)
         waiting = ~has_foothold & (self.red_timer == 0)
         enter = waiting & (self.red_wait <= 0)
-        self.compromise[enter, m.entry_host] = Compromise.USER
+        self.compromise[enter, m.entry_host] = COMPROMISE.USER
         self.red_wait[enter] = red.reentry_delay
         self.red_wait[waiting & ~enter] -= 1
 
@@ -238,8 +239,8 @@ class SimBatch:
             self.red_target[index] = targets
             self.red_timer[index] = self._red_durations[kinds]
         self.red_timer = np.maximum(self.red_timer - 1, 0)
-        complete = (self.red_timer == 0) & (self.red_kind != RedActionKind.NONE)
-        self.red_done_kind[:] = RedActionKind.NONE
+        complete = (self.red_timer == 0) & (self.red_kind != RED.NONE)
+        self.red_done_kind[:] = RED.NONE
         if not complete.any():
             return
         reach = m.red_reach(self.compromise, self.blocked)
@@ -249,17 +250,17 @@ class SimBatch:
         self.red_done_kind[complete] = kind[complete]
         self.red_done_target[complete] = target[complete]
         self.red_done_reached[:] = np.where(
-            kind == RedActionKind.SWEEP,
+            kind == RED.SWEEP,
             reach[envs, np.minimum(target, m.n_subnets - 1)],
             np.where(
-                (kind == RedActionKind.SCAN) | (kind == RedActionKind.EXPLOIT), host_reach, True
+                (kind == RED.SCAN) | (kind == RED.EXPLOIT), host_reach, True
             ),
         )
         sensors = self.scenario.sensors
 
         sel = (
             complete
-            & (kind == RedActionKind.SWEEP)
+            & (kind == RED.SWEEP)
             & reach[envs, np.minimum(target, m.n_subnets - 1)]
         )
         if sel.any():
@@ -267,36 +268,36 @@ class SimBatch:
             self.discovered[sel] |= in_subnet
             self.swept[sel, target[sel]] = True
             seen = in_subnet & (self.rng.random(in_subnet.shape) < sensors.sweep_detect)
-            self.activity[sel] = np.maximum(self.activity[sel], np.where(seen, Activity.SCAN, 0))
-        sel = complete & (kind == RedActionKind.SCAN) & host_reach
+            self.activity[sel] = np.maximum(self.activity[sel], np.where(seen, ACTIVITY.SCAN, 0))
+        sel = complete & (kind == RED.SCAN) & host_reach
         if sel.any():
             e, h = envs[sel], target[sel]
             self.scanned[e, h] = True
             seen = self.rng.random(len(e)) < sensors.scan_detect
-            level = np.where(self.decoy[e, h], Activity.EXPLOIT, np.where(seen, Activity.SCAN, 0))
+            level = np.where(self.decoy[e, h], ACTIVITY.EXPLOIT, np.where(seen, ACTIVITY.SCAN, 0))
             self.activity[e, h] = np.maximum(self.activity[e, h], level)
-        sel = complete & (kind == RedActionKind.EXPLOIT) & host_reach
+        sel = complete & (kind == RED.EXPLOIT) & host_reach
         if sel.any():
             e, h = envs[sel], target[sel]
-            clean = self.compromise[e, h] == Compromise.CLEAN
+            clean = self.compromise[e, h] == COMPROMISE.CLEAN
             trapped = self.decoy[e, h]
             success = clean & ~trapped & (self.rng.random(len(e)) < red.exploit_success)
-            self.compromise[e[success], h[success]] = Compromise.USER
+            self.compromise[e[success], h[success]] = COMPROMISE.USER
             seen = trapped | (self.rng.random(len(e)) < sensors.exploit_detect)
-            self.activity[e[seen], h[seen]] = Activity.EXPLOIT
-        sel = complete & (kind == RedActionKind.ESCALATE)
+            self.activity[e[seen], h[seen]] = ACTIVITY.EXPLOIT
+        sel = complete & (kind == RED.ESCALATE)
         if sel.any():
             e, h = envs[sel], target[sel]
-            ok = (self.compromise[e, h] == Compromise.USER) & (
+            ok = (self.compromise[e, h] == COMPROMISE.USER) & (
                 self.rng.random(len(e)) < red.escalate_success
             )
-            self.compromise[e[ok], h[ok]] = Compromise.PRIVILEGED
-        sel = complete & (kind == RedActionKind.IMPACT)
+            self.compromise[e[ok], h[ok]] = COMPROMISE.PRIVILEGED
+        sel = complete & (kind == RED.IMPACT)
         if sel.any():
             e, h = envs[sel], target[sel]
-            ok = (self.compromise[e, h] == Compromise.PRIVILEGED) & m.host_mission[h]
+            ok = (self.compromise[e, h] == COMPROMISE.PRIVILEGED) & m.host_mission[h]
             self.impacted[e[ok], h[ok]] = True
-        self.red_kind[complete] = RedActionKind.NONE
+        self.red_kind[complete] = RED.NONE
 
     def _green_step(self) -> NDArray[np.int64]:
         m, b, green = self.model, self.n_envs, self.scenario.green
@@ -330,12 +331,12 @@ class SimBatch:
                 subnet = m.host_subnet[users[u]]
                 pick = (self.rng.random(len(e)) * self._subnet_count[subnet]).astype(np.int64)
                 victim = self._hosts_by_subnet[self._subnet_start[subnet] + pick]
-                self.activity[e, victim] = np.maximum(self.activity[e, victim], Activity.SCAN)
+                self.activity[e, victim] = np.maximum(self.activity[e, victim], ACTIVITY.SCAN)
         if green.fp_exploit > 0:
             fp = (self.rng.random(shape) < green.fp_exploit) & ~cut_off
             if fp.any():
                 e, u = np.nonzero(fp)
-                self.activity[e, server[e, u]] = Activity.EXPLOIT
+                self.activity[e, server[e, u]] = ACTIVITY.EXPLOIT
         return failures
 
     # ---------------------------------------------------------------- views

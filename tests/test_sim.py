@@ -8,7 +8,19 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 from cyberdial.agents.baselines import RandomPolicy, make_baseline
 from cyberdial.agents.rollout import run_episodes
-from cyberdial.range.model import ActionKind, Activity, Compromise, GameModel, Observed
+from cyberdial.range.model import (
+    ACTION,
+    ACTIVITY,
+    COMPROMISE,
+    OBSERVED,
+    RED,
+    ActionKind,
+    Activity,
+    Compromise,
+    GameModel,
+    Observed,
+    RedActionKind,
+)
 from cyberdial.range.scenario import Scenario, load_scenario
 from cyberdial.range.sim import SimBatch, SimRange
 
@@ -235,3 +247,30 @@ def test_react_clearly_beats_sleep(name: str) -> None:
     react = np.array(run_episodes(model, make_baseline("react", model), episodes, seed=100).returns)
     stderr = np.sqrt(sleep.var() / episodes + react.var() / episodes)
     assert react.mean() > sleep.mean() + 4 * stderr, (react.mean(), sleep.mean(), stderr)
+
+
+def test_host_bits_are_cyborgs_for_every_activity_and_belief() -> None:
+    model = GameModel(load_scenario("small"))
+    pairs = [(a, o) for a in Activity for o in Observed]
+    hosts = model.n_hosts
+    activity = np.array([[pairs[h % len(pairs)][0] for h in range(hosts)]], dtype=np.int8)
+    observed = np.array([[pairs[h % len(pairs)][1] for h in range(hosts)]], dtype=np.int8)
+    obs = model.encode_observations(
+        activity, observed, np.zeros((1, model.n_subnets), dtype=bool),
+        np.zeros((1, model.n_agents, model.message_bits), dtype=np.uint8),
+        np.zeros((1, model.n_agents), dtype=np.int64))
+    cyborg_activity = {Activity.NONE: [0, 0], Activity.SCAN: [1, 0], Activity.EXPLOIT: [1, 1]}
+    cyborg_belief = {Observed.NONE: [0, 0], Observed.USER: [0, 1], Observed.PRIVILEGED: [1, 1],
+                     Observed.UNKNOWN: [1, 0]}
+    for agent, layout in enumerate(model.agents):
+        bits = model.host_bits_of(obs[0, agent], agent)
+        for row, host in enumerate(layout.hosts):
+            a, o = pairs[host % len(pairs)]
+            assert bits[row].tolist() == cyborg_activity[a] + cyborg_belief[o], (agent, host)
+
+
+def test_plain_values_are_the_enums_values_as_ints() -> None:
+    for plain, kinds in ((ACTION, ActionKind), (ACTIVITY, Activity), (COMPROMISE, Compromise),
+                         (OBSERVED, Observed), (RED, RedActionKind)):
+        assert {m.name: getattr(plain, m.name) for m in kinds} == {m.name: m.value for m in kinds}
+        assert all(type(getattr(plain, m.name)) is int for m in kinds)
