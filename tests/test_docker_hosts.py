@@ -50,7 +50,7 @@ from cyberdial.range.emulation.docker_engine import (
 )
 from cyberdial.range.emulation.docker_hosts import HOST_IMAGE
 from cyberdial.range.emulation.emulator import Range
-from cyberdial.range.emulation.netns import all_pids, listening_ports
+from cyberdial.range.emulation.netns import all_pids, listening_ports, mac_for
 from cyberdial.range.emulation.plan import RangePlan, check_run_id, make_plan
 from cyberdial.range.emulation.state import RUNS_ROOT, ProcessRecord, RunState, teardown
 from cyberdial.range.errors import HostCommandError
@@ -319,6 +319,19 @@ def test_namespace_and_container_hosts_on_one_bridge_pass_traffic_both_ways(
         assert plan.host("opserver0").backend == "docker"
         bridge = plan.subnet("operational").bridge
         assert {bridge_of(plan.host(h).veth) for h in CONTAINER_HOSTS} == {bridge}
+        for name in CONTAINER_HOSTS:
+            # A container's link is a namespace host's: the range's MAC, which the router
+            # knows (a permanent neighbour), and no IPv6 address on the bridge's end.
+            host = plan.host(name)
+            link = emulated.run_in(name, ["ip", "-o", "link", "show", "eth0"]).stdout
+            assert mac_for(host.ip) in link, link
+            neighbour = subprocess.run(
+                ["mnexec", "-a", str(plan.router_pid), "ip", "neigh", "show", host.ip],
+                capture_output=True, text=True, check=True, timeout=10).stdout
+            assert mac_for(host.ip) in neighbour and "PERMANENT" in neighbour, neighbour
+            root_end = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", host.veth],
+                                      capture_output=True, text=True, check=True, timeout=10)
+            assert root_end.stdout.strip() == "", root_end.stdout
         for source, target in (("ophost0", "opserver0"), ("opserver0", "ophost0"),
                                ("defender", "opserver0")):
             out = emulated.run_in(source, ["ping", "-c", "2", "-W", "2", plan.host(target).ip])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cyberdial.range.emulation import docker_engine
-from cyberdial.range.emulation.netns import netns_inode, processes_in
+from cyberdial.range.emulation.netns import mac_for, netns_inode, processes_in
 from cyberdial.range.emulation.plan import HostPlan, RangePlan
 from cyberdial.range.errors import HostCommandError
 
@@ -131,15 +131,18 @@ class DockerHosts:
 
     def attach(self, plan: RangePlan, containers: Sequence[DockerHost]) -> None:
         """Give each container its link: a veth born with one end (eth0) in the
-        container's namespace, the other a port of the subnet's bridge, as Mininet's
-        hosts have. The bridges must exist (Mininet makes them when it starts them)."""
+        container's namespace, the other a port of the subnet's bridge, as a namespace
+        host's: the MAC the range chose for its address (`mac_for`, so the router knows
+        it without ARP) and no IPv6 link-local address on the bridge's end. The bridges
+        must exist (the emulator makes them first)."""
         lines = []
         for container in containers:
             host = plan.host(container.name)
             bridge = plan.subnets[host.subnet_index].bridge
             lines += [
                 f"link add {host.veth} type veth peer name {CONTAINER_INTERFACE}"
-                f" netns {container.pid}",
+                f" address {mac_for(host.ip)} netns {container.pid}",
+                f"link set {host.veth} addrgenmode none",
                 f"link set {host.veth} master {bridge}",
                 f"link set {host.veth} up",
             ]

@@ -484,11 +484,11 @@ class Range:
                 failures.append(f"{host.name}: {error}")
                 if len(failures) >= 3:
                     break
-        # The router knows its namespace hosts' MACs (it chose them): reaching a host needs
-        # no ARP broadcast, which a bridge copies to every port (with 250 ports, ~10 ms per
-        # host). A container's MAC is the engine's: the router asks for it as usual.
+        # The router knows its hosts' MACs (it chose them, containers' too): reaching a
+        # host needs no ARP broadcast, which a bridge copies to every port (with 250
+        # ports, ~10 ms per host).
         known = [(plan.subnets[h.subnet_index].router_intf, h.ip, mac_for(h.ip))
-                 for h in plan.hosts if h.backend != "docker"]
+                 for h in plan.hosts]
         try:
             configure_namespace(plan.router_pid, [
                 (s.router_intf, s.router_ip, ipaddress_prefix(s.cidr)) for s in plan.subnets],
