@@ -136,6 +136,29 @@ class ReactPolicy:
 BASELINES = {"sleep": SleepPolicy, "random": RandomPolicy, "react": ReactPolicy}
 
 
+class SilencedPolicy:
+    """Another policy with its messages silenced (`cyberdial evaluate --silent`).
+
+    The same policy's actions, but every bit it would send is 0: no peer hears one, no
+    peer's Analyse is unmasked by one, none is paid for. Scored against the policy as
+    it speaks, on the same episodes, the difference is what its messages are worth to
+    the team at execution, through both what receivers do with a bit and the actions
+    a 1 unmasks (the listener effect counts only the first).
+    """
+
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+
+    def reset(self, n_envs: int) -> None:
+        self.policy.reset(n_envs)
+
+    def act(
+        self, observations: NDArray[np.float32], masks: NDArray[np.int8]
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+        actions, bits = self.policy.act(observations, masks)
+        return actions, np.zeros_like(bits)
+
+
 def make_baseline(name: str, model: GameModel, seed: int = 0) -> BatchPolicy:
     if name == "random":
         return RandomPolicy(model, seed=seed)

@@ -202,8 +202,16 @@ def test_jobs_run_largest_first_and_bands_use_student_t(tmp_path: Path) -> None:
 
 def test_cli_evaluate_scores_a_hand_written_blue(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "react", "--scenario", "tiny", "--episodes", "4"]) == 0
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert "tiny: react, 4 episodes" in out and "bits sent" in out
+    assert "bits sent 0.00" not in out and "bits sent" in out  # react warns its peers
+
+
+def test_cli_evaluate_silent_sends_no_bit(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "react", "--scenario", "tiny", "--episodes", "4", "--silent"]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "tiny: react, messages silenced, 4 episodes" in out
+    assert "bits sent 0.00 ± 0.00" in out and "cost: comm 0.00" in out
 
 
 def _children(pid: int) -> set[int]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cyberdial.agents.baselines import ReactPolicy
+from cyberdial.agents.baselines import ReactPolicy, SilencedPolicy
 from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
 from cyberdial.agents.checkpoint import load_checkpoint, load_policy
 from cyberdial.agents.dial import DialLearner, DialPolicy, dru
@@ -314,7 +314,8 @@ def test_dial_sau_learns_to_signal(tmp_path: Path) -> None:
     """
     budget = {"scenario": "signal", "episodes": 12_000, "eval_every": 12_000,
               "eval_episodes": 200, "checkpoint_every": 12_000}
-    dial = train(_config(tmp_path, run_name="dial", **budget)).final_evaluation
+    trained = train(_config(tmp_path, run_name="dial", **budget))
+    dial = trained.final_evaluation
     silent = train(_config(tmp_path, run_name="silent", no_comm=True, **budget)).final_evaluation
     model = GameModel(load_scenario("signal"))
     clock = _best_clock_return(model, 200, seed=EVAL_SEED_OFFSET)
@@ -323,6 +324,13 @@ def test_dial_sau_learns_to_signal(tmp_path: Path) -> None:
     # can only count steps: the keeper acts on what the watcher tells it.
     assert dial["return_mean"] > silent["return_mean"] + 10.0, (dial, silent)
     assert dial["return_mean"] > clock + 10.0, (dial, clock)
+    # The same trained agents with their messages silenced lose what the warning buys.
+    policy, model, _ = load_policy(trained.checkpoint)
+    speaking = run_episodes(model, policy, 200, seed=EVAL_SEED_OFFSET).summary()
+    silenced = run_episodes(model, SilencedPolicy(policy), 200,
+                            seed=EVAL_SEED_OFFSET).summary()
+    assert silenced["bits_per_episode"] == 0.0 < speaking["bits_per_episode"]
+    assert silenced["return_mean"] < speaking["return_mean"] - 10.0, (silenced, speaking)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import argparse
 from rich.progress import TextColumn
 from rich.table import Table
 
-from cyberdial.agents.baselines import BASELINES, BatchPolicy, make_baseline
+from cyberdial.agents.baselines import BASELINES, BatchPolicy, SilencedPolicy, make_baseline
 from cyberdial.agents.checkpoint import load_policy
 from cyberdial.agents.messages import MessageStats
 from cyberdial.agents.options import add_config_arguments, config_from_args
@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           " one), cpu, cuda or cuda:N (default: auto)")
     evaluate.add_argument("--ignore-scenario-hash", action="store_true",
                           help="accept a scenario with the same layout but other settings")
+    evaluate.add_argument("--silent", action="store_true",
+                          help="silence the policy's messages: its actions, but no bit"
+                          " is sent (so none is heard, unmasks an Analyse or costs);"
+                          " against a run without it, what the messages are worth")
     evaluate.set_defaults(func=evaluate_command)
 
 
@@ -112,6 +116,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
                                                 args.ignore_scenario_hash, device=args.device)
         name = checkpoint.config.variant
         trained = f" ({checkpoint.episodes} training episodes)"
+    if args.silent:
+        policy, name = SilencedPolicy(policy), f"{name}, messages silenced"
     with progress_bar() as bar:
         task = bar.add_task(f"{model.scenario.name} / {name}", total=args.episodes)
         stats = run_episodes(model, policy, args.episodes, seed=args.seed,
