@@ -137,9 +137,9 @@ def compare_command(args: argparse.Namespace) -> int:
     config.validate()
     engine = make_engine(args.engine, config.workers, args.address)
     todo = pending(config)
-    console.print(f"{config.out_dir}: {len(todo)} run{'' if len(todo) == 1 else 's'} to do"
-                  f" ({config.seeds} seeds × {len(config.algos)} algorithms ×"
-                  f" {len(config.scenarios)} scenarios, finished ones kept),"
+    console.print(f"{config.out_dir}: {_count(len(todo), 'run')} to do"
+                  f" ({_count(config.seeds, 'seed')} × {_count(len(config.algos), 'algorithm')}"
+                  f" × {_count(len(config.scenarios), 'scenario')}, finished ones kept),"
                   f" on {engine.describe()}", soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("runs", total=len(todo))
@@ -209,3 +209,7 @@ def _saved_command(config: CompareConfig) -> CompareConfig:
         return config
     saved = json.loads(manifest.read_text(encoding="utf-8"))["config"]
     return CompareConfig(**{**saved, "name": config.name, "results_dir": config.results_dir})
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
