@@ -1,0 +1,71 @@
+"""A comparison's paired difference of held-out return over a chosen range of seeds.
+
+compare's report pairs every seed two algorithms share; this gives the same figure
+(the same function) over a subset, e.g. the seeds added after a first look, so a
+replication can be read on its own. Usage:
+    python scripts/paired_seeds.py paper-2m-small small dial-sau-mix dial-sau-nocomm-mix \
+        --seeds 5-9
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cyberdial.agents.compare import load_results, paired_difference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_range(text: str) -> range:
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be N or N-M, not {text!r}") from None
+    if low < 0 or high < low:
+        raise argparse.ArgumentTypeError(f"seeds must be N or N-M with N <= M, not {text!r}")
+    return range(low, high + 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("name", help="the comparison (results/NAME)")
+    parser.add_argument("scenario")
+    parser.add_argument("first", help="algorithm whose return comes first")
+    parser.add_argument("second", help="algorithm subtracted")
+    parser.add_argument("--seeds", type=seed_range, required=True, help="N or N-M (inclusive)")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "results",
+                        help="(default: the repository's results/)")
+    args = parser.parse_args(argv)
+    out_dir = args.results_dir / args.name
+    if not (out_dir / "final").is_dir():
+        print(f"error: {out_dir} has no final/ results", file=sys.stderr)
+        return 2
+    results = [r for r in load_results(out_dir)
+               if r["seed"] in args.seeds and r["scenario"] == args.scenario]
+    for algo in (args.first, args.second):
+        found = sorted(r["seed"] for r in results if r["algo"] == algo)
+        if not found:
+            print(f"error: no finished {args.scenario} run of {algo!r} with seeds "
+                  f"{args.seeds.start}-{args.seeds.stop - 1} in {out_dir}", file=sys.stderr)
+            return 2
+    by_key = {(r["algo"], r["seed"]): r["final"]["return_mean"] for r in results}
+    for seed in args.seeds:
+        a, b = by_key.get((args.first, seed)), by_key.get((args.second, seed))
+        if a is not None and b is not None:
+            print(f"seed {seed}: {args.first} {a:.2f}, {args.second} {b:.2f}, "
+                  f"difference {a - b:+.2f}")
+    d = paired_difference(results, args.scenario, args.first, args.second)
+    if d is None:
+        print("error: the two algorithms share no finished seed in that range", file=sys.stderr)
+        return 2
+    interval = ("no interval (one seed)" if d["n"] < 2
+                else f"95 % interval [{d['low']:+.2f}, {d['high']:+.2f}]")
+    print(f"{args.first} - {args.second}, {int(d['n'])} paired seeds: {d['mean']:+.2f}, {interval}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
