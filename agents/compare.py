@@ -160,8 +160,8 @@ RUN_SETTINGS = frozenset({"algo", "scenario", "seed", "episodes", "eval_every", 
                           "checkpoint_every", "runs_dir", "run_name", "threads",
                           "device"})
 # Settings that only mean something for a learner that sends messages.
-MESSAGE_SETTINGS = frozenset({"no_comm", "gate_messages", "comm_penalty", "dru_sigma",
-                              "message_bits"})
+MESSAGE_SETTINGS = frozenset({"no_comm", "gate_messages", "gate_on_activity", "comm_penalty",
+                              "dru_sigma", "message_bits"})
 
 
 def check_options(token: str, changes: dict[str, Any], algos: Sequence[str]) -> None:

@@ -20,6 +20,8 @@ Three rules keep training and execution one game (after the authors' code):
 - Gated senders (`gate_messages`, the authors' `game_comm_limited`): an agent's
   message is 0, with no gradient, unless its own observation shows something on
   one of its hosts. The gate reads the observation only, so it holds in execution.
+  `gate_on_activity` (an ablation) opens it only on this step's activity, not on a
+  compromise flag the observation still remembers.
 - The noise that acted is the noise replayed: collection stores each step's DRU
   noise with the episode, and the learner's unroll uses it, so the replayed soft
   messages agree with the bits that chose the recorded actions, masks and rewards.
@@ -57,7 +59,7 @@ from cyberdial.agents.qlearning import (
 )
 from cyberdial.agents.qmix import QMixer
 from cyberdial.agents.training import Learner, TrainConfig
-from cyberdial.range.model import GameModel
+from cyberdial.range.model import HOST_BITS, GameModel
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,8 @@ class DialNetwork(nn.Module):
     host_bit: torch.Tensor
     heard_at: torch.Tensor
 
-    def __init__(self, model: GameModel, hidden: int = 128) -> None:
+    def __init__(self, model: GameModel, hidden: int = 128,
+                 gate_on_activity: bool = False) -> None:
         super().__init__()
         n_agents, bits = model.n_agents, model.message_bits
         self.n_agents, self.message_bits, self.hidden_size = n_agents, bits, hidden
@@ -118,6 +121,9 @@ class DialNetwork(nn.Module):
         for layout in model.agents:
             slices = layout.obs_slices()
             host_bit[layout.index, slices["hosts"]] = 1.0
+            if gate_on_activity:  # each host's 4 bits: activity 2, then compromise 2
+                compromise = torch.arange(slices["hosts"].start, slices["hosts"].stop)
+                host_bit[layout.index, compromise[compromise % HOST_BITS >= 2]] = 0.0
             keep[layout.index, slices["messages"]] = 0.0
             keep[layout.index, slices["last_action"]] = 0.0
             if self.n_incoming:
@@ -179,7 +185,7 @@ class DialNetwork(nn.Module):
 
         As the authors' `get_comm_limited`: any 1 among the hosts' 4 bits (activity or
         compromise, "unknown" included); the blocked, message and last-action slices
-        do not count.
+        do not count. With `gate_on_activity` (an ablation) only the activity bits count.
         """
         # Observations are bits, so "any host bit set" is "their sum is positive": one
         # product per agent with its host-bit indicator, no masked copy of the inputs.
@@ -427,7 +433,8 @@ class DialLearner(Learner):
         super().__init__(model, config)
         self.comm = not config.no_comm and model.message_bits > 0 and model.n_agents > 1
         self.gate = config.gate_messages
-        self.network = DialNetwork(model, config.hidden).to(self.device)
+        self.network = DialNetwork(model, config.hidden,
+                                   gate_on_activity=config.gate_on_activity).to(self.device)
         self.target = copy.deepcopy(self.network)
         self.target.requires_grad_(False)
         # Optional credit assignment: QMIX's mixer over the chosen Q-values and the state.

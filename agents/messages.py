@@ -19,6 +19,12 @@ Per sender, over every step of the evaluated episodes (plug-in estimates, in bit
 
 A message that carries nothing (silent, always 1, or noise) reads ~0 on all three.
 The first bit of each message is measured.
+
+Beside them, per sender, how often it sends on the steps its hosts show activity
+(`send_when_active`) and on the steps they show none but a compromise flag is still
+remembered in its observation (`remembered_rate`, `send_when_remembered`): the
+authors' gate opens on either, so a sender that speaks on remembered flags reads
+low on `mi_activity` although its bit is gated.
 """
 
 from __future__ import annotations
@@ -43,6 +49,12 @@ def mutual_information(joint_counts: NDArray[np.int64]) -> float:
     return float(max(0.0, (joint[nonzero] * np.log2(ratio)).sum()))
 
 
+def _share(counts: NDArray[np.int64]) -> float:
+    """P(bit = 1) from counts [bit 0, bit 1]; nan without any."""
+    total = counts.sum()
+    return float(counts[1] / total) if total else math.nan
+
+
 @dataclass
 class MessageStats:
     """Counts gathered step by step; `summary()` turns them into the three figures."""
@@ -53,6 +65,8 @@ class MessageStats:
     red_counts: NDArray[np.int64] = field(init=False)
     # [sender, bit, red present] over the steps the sender's hosts showed activity
     active_red_counts: NDArray[np.int64] = field(init=False)
+    # [sender, bit, seen]: seen 0 nothing, 1 only a remembered compromise flag, 2 activity
+    seen_counts: NDArray[np.int64] = field(init=False)
     # [receiver, sender]: steps probed and steps whose greedy action changed
     probed: NDArray[np.int64] = field(init=False)
     changed: NDArray[np.int64] = field(init=False)
@@ -62,17 +76,21 @@ class MessageStats:
         self.activity_counts = np.zeros((a, 2, 2), dtype=np.int64)
         self.red_counts = np.zeros((a, 2, 2), dtype=np.int64)
         self.active_red_counts = np.zeros((a, 2, 2), dtype=np.int64)
+        self.seen_counts = np.zeros((a, 2, 3), dtype=np.int64)
         self.probed = np.zeros((a, a), dtype=np.int64)
         self.changed = np.zeros((a, a), dtype=np.int64)
 
     def add_step(self, bits: NDArray[np.uint8], activity: NDArray[np.bool_],
-                 red: NDArray[np.bool_]) -> None:
-        """bits (B, A, width) sent; activity, red (B, A) as the sender stood when sending."""
+                 red: NDArray[np.bool_], remembered: NDArray[np.bool_] | None = None) -> None:
+        """bits (B, A, width) sent; activity, red (B, A) as the sender stood when sending;
+        remembered (B, A): a compromise flag in the sender's observation (None: none)."""
         sent = (bits[..., 0] > 0).astype(np.int64) if bits.shape[-1] else np.zeros(
             activity.shape, dtype=np.int64)
         agents = np.broadcast_to(np.arange(self.n_agents), sent.shape)
         np.add.at(self.activity_counts, (agents, sent, activity.astype(np.int64)), 1)
         np.add.at(self.red_counts, (agents, sent, red.astype(np.int64)), 1)
+        seen = np.where(activity, 2, 0 if remembered is None else remembered.astype(np.int64))
+        np.add.at(self.seen_counts, (agents, sent, seen), 1)
         active = activity.astype(bool)
         np.add.at(self.active_red_counts,
                   (agents[active], sent[active], red[active].astype(np.int64)), 1)
@@ -100,6 +118,10 @@ class MessageStats:
                                    / max(1, self.activity_counts[sender].sum())),
                 "activity_rate": float(self.activity_counts[sender, :, 1].sum()
                                        / max(1, self.activity_counts[sender].sum())),
+                "send_when_active": _share(self.seen_counts[sender, :, 2]),
+                "remembered_rate": float(self.seen_counts[sender, :, 1].sum()
+                                         / max(1, self.seen_counts[sender].sum())),
+                "send_when_remembered": _share(self.seen_counts[sender, :, 1]),
             })
         return rows
 

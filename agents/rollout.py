@@ -91,9 +91,11 @@ def run_episodes(
             if probe is not None:
                 messages_carried.add_probe(probe(observations, masks))
             activity = ((batch.activity > 0).astype(np.float32) @ own_hosts) > 0
+            flagged = ((batch.observed > 0).astype(np.float32) @ own_hosts) > 0
             red_there = ((batch.compromise > 0).astype(np.float32) @ own_hosts) > 0
             actions, messages = policy.act(observations, masks)
-            messages_carried.add_step(np.asarray(messages), activity, red_there)
+            messages_carried.add_step(np.asarray(messages), activity, red_there,
+                                      remembered=flagged & ~activity)
             result = batch.step(actions, messages)
             observations, masks, done = result.observations, result.masks, result.done
             totals += result.rewards

@@ -138,6 +138,9 @@ class TrainConfig:
     gate_messages: bool = True
     """a sender's message is 0 (with no gradient) unless its own hosts show something
     in its observation, as the authors' game_comm_limited (DIAL only)"""
+    gate_on_activity: bool = False
+    """ablation of the gate: it opens only on activity (a scan or exploit) in this step's
+    observation, not on a compromise flag the observation still remembers (DIAL only)"""
     reward_scale: float = 0.1
     """rewards are multiplied by this inside the learner (keeps Q-values near 1);
     logged returns are unscaled"""
@@ -197,6 +200,9 @@ class TrainConfig:
             raise ConfigError("--gamma must lie in [0, 1]")
         if self.message_bits is not None and not 0 <= self.message_bits <= 8:
             raise ConfigError("--message-bits must lie in 0..8")
+        if self.gate_on_activity and not self.gate_messages:
+            raise ConfigError("--gate-on-activity narrows the message gate: it needs"
+                              " --gate-messages (drop --no-gate-messages)")
         if self.mixer and not ALGORITHMS[self.algo].learner.endswith(":DialLearner"):
             raise ConfigError(f"--mixer is for dial and dial-sau: {self.algo} "
                               + ("always mixes" if self.algo == "qmix" else "never mixes"
@@ -213,6 +219,8 @@ class TrainConfig:
             parts.append("nosau")
         if not self.gate_messages and "dial" in self.algo and not self.no_comm:
             parts.append("nogate")
+        if self.gate_on_activity and "dial" in self.algo and not self.no_comm:
+            parts.append("actgate")
         if self.mixer:
             parts.append("mix")
         if self.message_bits is not None:

@@ -205,6 +205,9 @@ def test_cli_evaluate_scores_a_hand_written_blue(capsys: pytest.CaptureFixture[s
     out = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert "tiny: react, 4 episodes" in out and "bits sent" in out
     assert "bits sent 0.00" not in out and "bits sent" in out  # react warns its peers
+    # Per sender: when it spoke (the gate's two reasons to open) and what its bit carried.
+    assert "when each sender sends a 1" in out and "sends | flag" in out
+    assert "what the messages carry" in out and "MI red | active" in out
 
 
 def test_cli_evaluate_silent_sends_no_bit(capsys: pytest.CaptureFixture[str]) -> None:

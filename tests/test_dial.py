@@ -18,6 +18,7 @@ from cyberdial.agents.options import field_docs
 from cyberdial.agents.rollout import run_episodes
 from cyberdial.agents.training import (
     EVAL_SEED_OFFSET,
+    ConfigError,
     TrainConfig,
     collect_episodes,
     prepare_scenario,
@@ -180,6 +181,46 @@ def test_a_gated_sender_that_sees_nothing_sends_zero_with_no_gradient(tmp_path: 
     ungated, ungated_batch = _learner_and_batch(tmp_path, gate_messages=False)
     quiet = ~ungated.network.sees_activity(ungated_batch.observations[:, :-1])
     assert ungated_batch.messages[..., 0][quiet].sum() > 0
+
+
+@pytest.mark.timeout(120)
+def test_gate_on_activity_keeps_a_sender_quiet_on_remembered_flags(tmp_path: Path) -> None:
+    """The authors' gate opens on any host bit, a remembered compromise flag included;
+    the ablation opens it on this step's scan or exploit only."""
+    def collected(**changes: object) -> tuple[DialLearner, EpisodeBatch, GameModel]:
+        config = _config(tmp_path, scenario="small", **changes)
+        torch.manual_seed(0)
+        model = GameModel(prepare_scenario(config))
+        learner = DialLearner(model, config)
+        buffer = EpisodeBuffer(model, 16)
+        buffer.add(collect_episodes(SimBatch(model, n_envs=16, seed=5), learner, epsilon=1.0,
+                                    seed=5))
+        return learner, buffer.sample(16, np.random.default_rng(0)), model
+
+    def seen(model: GameModel, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, A): any activity bit on the agent's own hosts, and only a compromise flag."""
+        active = torch.zeros(observations.shape[:3], dtype=torch.bool)
+        flagged = torch.zeros_like(active)
+        for layout in model.agents:
+            n = len(layout.hosts)
+            bits = observations[:, :, layout.index, : 4 * n].reshape(*observations.shape[:2],
+                                                                      n, 4)
+            active[:, :, layout.index] = bits[..., :2].sum(dim=(-1, -2)) > 0
+            flagged[:, :, layout.index] = bits[..., 2:].sum(dim=(-1, -2)) > 0
+        return active, flagged & ~active
+
+    narrow, batch, model = collected(gate_on_activity=True)
+    active, flagged_only = seen(model, batch.observations[:, :-1])
+    assert flagged_only.any(), "no step had only a remembered flag: the test shows nothing"
+    sent = batch.messages[..., 0] > 0
+    assert not sent[~active].any() and sent[active].any()
+    assert torch.equal(narrow.network.sees_activity(batch.observations[:, :-1]), active)
+    # The authors' gate, on the same kind of steps, lets the sender speak.
+    _, wide_batch, _ = collected()
+    _, wide_flagged = seen(model, wide_batch.observations[:, :-1])
+    assert (wide_batch.messages[..., 0] > 0)[wide_flagged].any()
+    with pytest.raises(ConfigError, match="--gate-on-activity"):
+        _config(tmp_path, gate_on_activity=True, gate_messages=False).validate()
 
 
 def test_the_target_network_follows_every_n_updates(tmp_path: Path,

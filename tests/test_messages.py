@@ -53,6 +53,32 @@ def test_a_sender_that_says_what_it_sees_and_one_that_always_talks() -> None:
     assert math.isnan(honest["listener_effect"])  # nobody was probed
 
 
+def test_a_gated_sender_that_speaks_on_remembered_flags_reads_low_on_activity() -> None:
+    """The gate opens on activity or on a compromise flag still in the observation; a
+    sender that speaks whenever its gate is open says little about activity itself."""
+    rng = np.random.default_rng(1)
+    stats = MessageStats(n_agents=2)
+    for _ in range(300):
+        activity = rng.random((8, 2)) < 0.3
+        remembered = ~activity & (rng.random((8, 2)) < 0.5)
+        bits = np.zeros((8, 2, 1), dtype=np.uint8)
+        bits[:, 0, 0] = activity[:, 0]  # agent 0: speaks on activity only
+        bits[:, 1, 0] = activity[:, 1] | remembered[:, 1]  # agent 1: whenever its gate is open
+        stats.add_step(bits, activity, activity, remembered=remembered)
+    on_activity, on_gate = stats.per_sender()
+    assert on_activity["send_when_active"] == on_gate["send_when_active"] == 1.0
+    assert on_activity["send_when_remembered"] == 0.0
+    assert on_gate["send_when_remembered"] == 1.0
+    assert on_gate["remembered_rate"] == pytest.approx(0.35, abs=0.03)
+    assert on_gate["mi_activity"] < on_activity["mi_activity"] / 2
+    # Without the remembered flags every inactive step counts as "nothing seen".
+    blind = MessageStats(n_agents=1)
+    blind.add_step(np.ones((4, 1, 1), dtype=np.uint8), np.zeros((4, 1), dtype=bool),
+                   np.zeros((4, 1), dtype=bool))
+    assert blind.per_sender()[0]["remembered_rate"] == 0.0
+    assert math.isnan(blind.per_sender()[0]["send_when_active"])
+
+
 def _policy(tmp_path: Path, algo: str = "dial-sau", **changes: object) -> tuple[object, GameModel]:
     config = dataclasses.replace(
         TrainConfig(runs_dir=str(tmp_path), tensorboard=False, scenario="small", algo=algo),

@@ -140,23 +140,37 @@ def evaluate_command(args: argparse.Namespace) -> int:
         table.add_row(f"cost: {name}", f"{summary['cost_' + name]:.2f}")
     console.print(table)
     if stats.messages is not None and model.n_agents > 1 and model.message_bits > 0:
-        console.print(message_table(model, stats.messages))
+        for message_table in message_tables(model, stats.messages):
+            console.print(message_table)
     return 0
 
 
-def message_table(model: GameModel, messages: MessageStats) -> Table:
-    """What each sender's bit carried, per agents/messages.py."""
-    table = Table(title="what the messages carry, per sender",
-                  caption="MI: mutual information in bits between the bit sent and the sender's"
-                  " own activity, red in its subnets, and red given activity; listener: how"
-                  " often a receiver's greedy action changes when the bit is flipped")
-    for column in ("sender", "sends 1", "active", "MI activity", "MI red", "MI red|active",
-                   "listener"):
-        table.add_column(column, justify="left" if column == "sender" else "right")
-    for layout, row in zip(model.agents, messages.per_sender(), strict=True):
-        effect = row["listener_effect"]
-        table.add_row(layout.name, f"{row['send_rate']:.0%}", f"{row['activity_rate']:.0%}",
-                      f"{row['mi_activity']:.3f}", f"{row['mi_red']:.3f}",
-                      f"{row['mi_red_given_activity']:.3f}",
-                      "-" if effect != effect else f"{effect:.1%}")
-    return table
+def message_tables(model: GameModel, messages: MessageStats) -> list[Table]:
+    """When each sender spoke, and what its bit carried, per agents/messages.py."""
+    rows = messages.per_sender()
+    when = Table(title="when each sender sends a 1, per sender",
+                 caption="active: its own hosts show a scan or exploit; flag only: no activity"
+                 " but a compromise flag still in its observation (the authors' gate opens"
+                 " on both, and is shut on the other steps)")
+    for column in ("sender", "sends 1", "active", "sends | active", "flag only",
+                   "sends | flag"):
+        when.add_column(column, justify="left" if column == "sender" else "right")
+    carried = Table(title="what the messages carry, per sender",
+                    caption="MI: mutual information in bits between the bit sent and the"
+                    " sender's own activity, red in its subnets, and red given activity;"
+                    " listener: how often a receiver's greedy action changes when the bit"
+                    " is flipped")
+    for column in ("sender", "MI activity", "MI red", "MI red | active", "listener"):
+        carried.add_column(column, justify="left" if column == "sender" else "right")
+    for layout, row in zip(model.agents, rows, strict=True):
+        when.add_row(layout.name, f"{row['send_rate']:.0%}", f"{row['activity_rate']:.0%}",
+                     _percent(row["send_when_active"]), f"{row['remembered_rate']:.0%}",
+                     _percent(row["send_when_remembered"]))
+        carried.add_row(layout.name, f"{row['mi_activity']:.3f}", f"{row['mi_red']:.3f}",
+                        f"{row['mi_red_given_activity']:.3f}",
+                        _percent(row["listener_effect"], digits=1))
+    return [when, carried]
+
+
+def _percent(share: float, digits: int = 0) -> str:
+    return "-" if share != share else f"{share:.{digits}%}"
