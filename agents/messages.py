@@ -126,7 +126,7 @@ class MessageStats:
         return rows
 
     def summary(self) -> dict[str, float]:
-        """Mean and minimum over senders of each figure."""
+        """Mean and minimum over senders of each figure; the mean of when they send."""
         rows = self.per_sender()
         out: dict[str, float] = {}
         for name in ("mi_activity", "mi_red", "mi_red_given_activity", "listener_effect"):
@@ -134,4 +134,7 @@ class MessageStats:
             finite = [v for v in values if not math.isnan(v)]
             out[name] = float(np.mean(finite)) if finite else math.nan
             out[f"{name}_min"] = float(np.min(finite)) if finite else math.nan
+        for name in ("send_when_active", "remembered_rate", "send_when_remembered"):
+            finite = [row[name] for row in rows if not math.isnan(row[name])]
+            out[name] = float(np.mean(finite)) if finite else math.nan
         return out

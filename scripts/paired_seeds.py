@@ -2,9 +2,13 @@
 
 compare's report pairs every seed two algorithms share; this gives the same figure
 (the same function) over a subset, e.g. the seeds added after a first look, so a
-replication can be read on its own. Usage:
+replication can be read on its own. With `--second-from OTHER` the second algorithm's
+runs are read from another comparison (an ablation run later under its own name, its
+seeds paired with the first's). Usage:
     python scripts/paired_seeds.py paper-2m-small small dial-sau-mix dial-sau-nocomm-mix \
         --seeds 5-9
+    python scripts/paired_seeds.py actgate-small small dial-sau-mix dial-sau-mix \
+        --second-from paper-2m-small --seeds 0-4
 """
 
 from __future__ import annotations
@@ -36,34 +40,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("first", help="algorithm whose return comes first")
     parser.add_argument("second", help="algorithm subtracted")
     parser.add_argument("--seeds", type=seed_range, required=True, help="N or N-M (inclusive)")
+    parser.add_argument("--second-from", metavar="OTHER",
+                        help="read the second algorithm's runs from results/OTHER"
+                        " (default: the same comparison)")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "results",
                         help="(default: the repository's results/)")
     args = parser.parse_args(argv)
-    out_dir = args.results_dir / args.name
-    if not (out_dir / "final").is_dir():
-        print(f"error: {out_dir} has no final/ results", file=sys.stderr)
-        return 2
-    results = [r for r in load_results(out_dir)
-               if r["seed"] in args.seeds and r["scenario"] == args.scenario]
-    for algo in (args.first, args.second):
-        found = sorted(r["seed"] for r in results if r["algo"] == algo)
+    first_name, second_name = args.first, args.second
+    if args.second_from is not None and args.second_from != args.name:
+        # Runs of two comparisons may share an algorithm's name: tell them apart.
+        first_name, second_name = f"{args.name}:{args.first}", f"{args.second_from}:{args.second}"
+    sides = [(args.name, args.first, first_name),
+             (args.second_from or args.name, args.second, second_name)]
+    results = []
+    for name, algo, label in sides:
+        out_dir = args.results_dir / name
+        if not (out_dir / "final").is_dir():
+            print(f"error: {out_dir} has no final/ results", file=sys.stderr)
+            return 2
+        found = [dict(r, algo=label) for r in load_results(out_dir)
+                 if r["seed"] in args.seeds and r["scenario"] == args.scenario
+                 and r["algo"] == algo]
         if not found:
             print(f"error: no finished {args.scenario} run of {algo!r} with seeds "
                   f"{args.seeds.start}-{args.seeds.stop - 1} in {out_dir}", file=sys.stderr)
             return 2
+        results += found
     by_key = {(r["algo"], r["seed"]): r["final"]["return_mean"] for r in results}
     for seed in args.seeds:
-        a, b = by_key.get((args.first, seed)), by_key.get((args.second, seed))
+        a, b = by_key.get((first_name, seed)), by_key.get((second_name, seed))
         if a is not None and b is not None:
-            print(f"seed {seed}: {args.first} {a:.2f}, {args.second} {b:.2f}, "
+            print(f"seed {seed}: {first_name} {a:.2f}, {second_name} {b:.2f}, "
                   f"difference {a - b:+.2f}")
-    d = paired_difference(results, args.scenario, args.first, args.second)
+    d = paired_difference(results, args.scenario, first_name, second_name)
     if d is None:
         print("error: the two algorithms share no finished seed in that range", file=sys.stderr)
         return 2
     interval = ("no interval (one seed)" if d["n"] < 2
                 else f"95 % interval [{d['low']:+.2f}, {d['high']:+.2f}]")
-    print(f"{args.first} - {args.second}, {int(d['n'])} paired seeds: {d['mean']:+.2f}, {interval}")
+    print(f"{first_name} - {second_name}, {int(d['n'])} paired seeds: {d['mean']:+.2f},"
+          f" {interval}")
     return 0
 
 

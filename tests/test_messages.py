@@ -77,6 +77,8 @@ def test_a_gated_sender_that_speaks_on_remembered_flags_reads_low_on_activity() 
                    np.zeros((4, 1), dtype=bool))
     assert blind.per_sender()[0]["remembered_rate"] == 0.0
     assert math.isnan(blind.per_sender()[0]["send_when_active"])
+    summary = stats.summary()  # means over the two senders
+    assert summary["send_when_active"] == 1.0 and summary["send_when_remembered"] == 0.5
 
 
 def _policy(tmp_path: Path, algo: str = "dial-sau", **changes: object) -> tuple[object, GameModel]:

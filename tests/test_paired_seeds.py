@@ -20,6 +20,7 @@ def _script():  # type: ignore[no-untyped-def]
 
 
 def _write(final: Path, algo: str, seed: int, value: float) -> None:
+    final.mkdir(parents=True, exist_ok=True)
     record = {"scenario": "small", "algo": algo, "seed": seed, "final": {"return_mean": value}}
     (final / f"small__{algo}__{seed}.json").write_text(json.dumps(record), encoding="utf-8")
 
@@ -53,3 +54,21 @@ def test_refuses_a_range_with_no_runs(tmp_path: Path, capsys: pytest.CaptureFixt
                            "--results-dir", str(tmp_path)])
     assert code == 2
     assert "no finished small run of 'a' with seeds 3-4" in capsys.readouterr().err
+
+
+def test_pairs_an_algorithm_with_the_same_name_in_another_comparison(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # An ablation run under its own name: the same algorithm token, another setting.
+    for seed, (ablation, base) in enumerate([(1.0, 0.0), (2.0, 0.0), (3.0, 0.0)]):
+        _write(tmp_path / "ablation" / "final", "a", seed, ablation)
+        _write(tmp_path / "base" / "final", "a", seed, base)
+    _write(tmp_path / "base" / "final", "b", 0, 100.0)  # another algorithm: not read
+    code = _script().main(["ablation", "small", "a", "a", "--second-from", "base",
+                           "--seeds", "0-2", "--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert out[0] == "seed 0: ablation:a 1.00, base:a 0.00, difference +1.00"
+    assert out[-1] == "ablation:a - base:a, 3 paired seeds: +2.00, 95 % interval [-0.48, +4.48]"
+    code = _script().main(["ablation", "small", "a", "a", "--second-from", "missing",
+                           "--seeds", "0-2", "--results-dir", str(tmp_path)])
+    assert code == 2 and "missing has no final/ results" in capsys.readouterr().err
