@@ -59,7 +59,7 @@ from cyberdial.agents.qlearning import (
 )
 from cyberdial.agents.qmix import QMixer
 from cyberdial.agents.training import Learner, TrainConfig
-from cyberdial.range.model import HOST_BITS, GameModel
+from cyberdial.range.model import ACTIVITY_BITS, HOST_BITS, GameModel
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,10 @@ class DialNetwork(nn.Module):
         for layout in model.agents:
             slices = layout.obs_slices()
             host_bit[layout.index, slices["hosts"]] = 1.0
-            if gate_on_activity:  # each host's 4 bits: activity 2, then compromise 2
-                compromise = torch.arange(slices["hosts"].start, slices["hosts"].stop)
-                host_bit[layout.index, compromise[compromise % HOST_BITS >= 2]] = 0.0
+            if gate_on_activity:  # each host's bits: activity first, then compromise
+                at = torch.arange(slices["hosts"].start, slices["hosts"].stop)
+                compromise = (at - slices["hosts"].start) % HOST_BITS >= ACTIVITY_BITS.shape[1]
+                host_bit[layout.index, at[compromise]] = 0.0
             keep[layout.index, slices["messages"]] = 0.0
             keep[layout.index, slices["last_action"]] = 0.0
             if self.n_incoming:

@@ -60,23 +60,21 @@ class MessageStats:
     """Counts gathered step by step; `summary()` turns them into the three figures."""
 
     n_agents: int
-    # [sender, bit, activity] and [sender, bit, red present]
-    activity_counts: NDArray[np.int64] = field(init=False)
+    # [sender, bit, seen]: seen 0 nothing, 1 only a remembered compromise flag, 2 activity
+    seen_counts: NDArray[np.int64] = field(init=False)
+    # [sender, bit, red present]
     red_counts: NDArray[np.int64] = field(init=False)
     # [sender, bit, red present] over the steps the sender's hosts showed activity
     active_red_counts: NDArray[np.int64] = field(init=False)
-    # [sender, bit, seen]: seen 0 nothing, 1 only a remembered compromise flag, 2 activity
-    seen_counts: NDArray[np.int64] = field(init=False)
     # [receiver, sender]: steps probed and steps whose greedy action changed
     probed: NDArray[np.int64] = field(init=False)
     changed: NDArray[np.int64] = field(init=False)
 
     def __post_init__(self) -> None:
         a = self.n_agents
-        self.activity_counts = np.zeros((a, 2, 2), dtype=np.int64)
+        self.seen_counts = np.zeros((a, 2, 3), dtype=np.int64)
         self.red_counts = np.zeros((a, 2, 2), dtype=np.int64)
         self.active_red_counts = np.zeros((a, 2, 2), dtype=np.int64)
-        self.seen_counts = np.zeros((a, 2, 3), dtype=np.int64)
         self.probed = np.zeros((a, a), dtype=np.int64)
         self.changed = np.zeros((a, a), dtype=np.int64)
 
@@ -87,13 +85,18 @@ class MessageStats:
         sent = (bits[..., 0] > 0).astype(np.int64) if bits.shape[-1] else np.zeros(
             activity.shape, dtype=np.int64)
         agents = np.broadcast_to(np.arange(self.n_agents), sent.shape)
-        np.add.at(self.activity_counts, (agents, sent, activity.astype(np.int64)), 1)
-        np.add.at(self.red_counts, (agents, sent, red.astype(np.int64)), 1)
         seen = np.where(activity, 2, 0 if remembered is None else remembered.astype(np.int64))
         np.add.at(self.seen_counts, (agents, sent, seen), 1)
+        np.add.at(self.red_counts, (agents, sent, red.astype(np.int64)), 1)
         active = activity.astype(bool)
         np.add.at(self.active_red_counts,
                   (agents[active], sent[active], red[active].astype(np.int64)), 1)
+
+    @property
+    def activity_counts(self) -> NDArray[np.int64]:
+        """[sender, bit, activity]: the seen counts with "nothing" and "flag only" as one."""
+        return np.stack([self.seen_counts[..., :2].sum(axis=-1), self.seen_counts[..., 2]],
+                        axis=-1)
 
     def add_probe(self, changes: NDArray[np.bool_]) -> None:
         """changes (B, receiver, sender) from a policy's `listener_changes`."""
@@ -104,20 +107,21 @@ class MessageStats:
 
     def per_sender(self) -> list[dict[str, float]]:
         rows = []
+        activity_counts = self.activity_counts
         for sender in range(self.n_agents):
             receivers = [r for r in range(self.n_agents) if r != sender]
             probed = self.probed[receivers, sender]
             effect = (float(np.mean(self.changed[receivers, sender] / probed))
                       if receivers and (probed > 0).all() else math.nan)
             rows.append({
-                "mi_activity": mutual_information(self.activity_counts[sender]),
+                "mi_activity": mutual_information(activity_counts[sender]),
                 "mi_red": mutual_information(self.red_counts[sender]),
                 "mi_red_given_activity": mutual_information(self.active_red_counts[sender]),
                 "listener_effect": effect,
-                "send_rate": float(self.activity_counts[sender, 1].sum()
-                                   / max(1, self.activity_counts[sender].sum())),
-                "activity_rate": float(self.activity_counts[sender, :, 1].sum()
-                                       / max(1, self.activity_counts[sender].sum())),
+                "send_rate": float(activity_counts[sender, 1].sum()
+                                   / max(1, activity_counts[sender].sum())),
+                "activity_rate": float(activity_counts[sender, :, 1].sum()
+                                       / max(1, activity_counts[sender].sum())),
                 "send_when_active": _share(self.seen_counts[sender, :, 2]),
                 "remembered_rate": float(self.seen_counts[sender, :, 1].sum()
                                          / max(1, self.seen_counts[sender].sum())),

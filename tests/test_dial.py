@@ -202,9 +202,7 @@ def test_gate_on_activity_keeps_a_sender_quiet_on_remembered_flags(tmp_path: Pat
         active = torch.zeros(observations.shape[:3], dtype=torch.bool)
         flagged = torch.zeros_like(active)
         for layout in model.agents:
-            n = len(layout.hosts)
-            bits = observations[:, :, layout.index, : 4 * n].reshape(*observations.shape[:2],
-                                                                      n, 4)
+            bits = model.host_bits_of(observations[:, :, layout.index], layout.index)
             active[:, :, layout.index] = bits[..., :2].sum(dim=(-1, -2)) > 0
             flagged[:, :, layout.index] = bits[..., 2:].sum(dim=(-1, -2)) > 0
         return active, flagged & ~active
