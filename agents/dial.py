@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from cyberdial.agents.buffer import EpisodeBatch
+from cyberdial.agents.dial_unroll import MessagePath
 from cyberdial.agents.qlearning import (
     SparseRows,
     epsilon_greedy,
@@ -402,7 +403,9 @@ class Unroll:
     features: torch.Tensor  # (B, T+1, A, H) the head's hidden layer
     logits: torch.Tensor  # (B, T+1, A, bits) message logits
     messages: torch.Tensor  # (B, T+1, A, bits) DRU outputs fed to the peers next step
-    step_logits: list[torch.Tensor]  # the same logits, per step, as the graph holds them
+    # Zeros added to the logits when asked for (`unroll(probe_logits=True)`): its gradient
+    # is the logits' gradient, which the fused message path does not otherwise expose.
+    logit_probe: torch.Tensor | None
 
     @property
     def q(self) -> torch.Tensor:
@@ -491,13 +494,15 @@ class DialLearner(Learner):
 
     # --------------------------------------------------------- learning
 
-    def unroll(self, network: DialNetwork, batch: EpisodeBatch) -> Unroll:
+    def unroll(self, network: DialNetwork, batch: EpisodeBatch,
+               probe_logits: bool = False) -> Unroll:
         """Replay whole episodes with the noise that acted; messages reach peers next step.
 
         What does not depend on messages (input embeddings, the gates, the noise) is
         computed for every step at once; only the messages' path is stepped, and the
         Q-values are finished over the whole episode after the loop. Without messages
-        the GRU runs the sequence in one call.
+        the GRU runs the sequence in one call. `probe_logits`: the unroll's
+        `logit_probe` is a zero tensor added to the logits, so its gradient is theirs.
         """
         n, steps = batch.size, batch.steps
         previous_actions, gates = self._replay_inputs(network, batch)
@@ -506,43 +511,32 @@ class DialLearner(Learner):
         if not self.comm:
             hidden_all = network.recur_silent(embedded)
             logits, features = network.message_logits(hidden_all)
-            zeros = torch.zeros_like(logits)
-            return Unroll(network, features, logits, zeros, list(logits.unbind(1)))
-        # Per-step views from unbind: one gradient for all steps in the backward pass, not
-        # a full-size zero tensor per step as indexing [:, t] would give.
-        # The message embedding's bias and the DRU's noise scale, for every step at once.
+            probe = torch.zeros_like(logits, requires_grad=True) if probe_logits else None
+            if probe is not None:
+                logits = logits + probe
+            return Unroll(network, features, logits, torch.zeros_like(logits), probe)
+        # The message path, stepped inside one autograd function with its backward
+        # written out (agents/dial_unroll.py); time leads inside it.
         assert network.message_embedding is not None
-        inputs = (embedded + network.message_embedding.bias).unbind(1)
-        noise = (self.config.dru_sigma * batch.noise).unbind(1)
         heard = network.heard()
         assert heard is not None
-        agents, width = self.model.n_agents, self.model.message_bits * self.model.n_agents
-        step_gates = gates[..., None].to(embedded.dtype).unbind(1) if gates is not None else None
-        hidden = network.initial_hidden(n)
-        sent = hidden.new_zeros(n, self.model.n_agents, self.model.message_bits)
-        features_seen, logits_seen, messages = [], [], []
-        # The message rows of the head's last layer, sliced once (a slice per step would
-        # give the backward pass a full-size gradient of the layer per step).
-        first, last = network.head[0], network.head[2]
-        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
-        message_weight = last.weight[network.max_actions:]
-        message_bias = last.bias[network.max_actions:]
-        for t in range(steps + 1):
-            # `network.recur`, with the peers' messages through `heard`.
-            x = torch.relu(torch.addmm(inputs[t].reshape(n, -1), sent.reshape(n, width), heard))
-            hidden = network.rnn(x.reshape(n * agents, -1),
-                                 hidden.reshape(n * agents, -1)).reshape(n, agents, -1)
-            features = torch.relu(first(hidden))
-            logits = nn.functional.linear(features, message_weight, message_bias)
-            # The DRU (`dru`), with the noise that acted.
-            sent = torch.sigmoid(logits + noise[t])
-            if step_gates is not None:
-                sent = sent * step_gates[t]
-            features_seen.append(features)
-            logits_seen.append(logits)
-            messages.append(sent)
-        return Unroll(network, torch.stack(features_seen, 1), torch.stack(logits_seen, 1),
-                      torch.stack(messages, 1), logits_seen)
+        inputs = (embedded + network.message_embedding.bias).transpose(0, 1).reshape(
+            steps + 1, n, -1)
+        noise = (self.config.dru_sigma * batch.noise).transpose(0, 1)
+        step_gates = (gates[..., None].to(embedded.dtype).transpose(0, 1)
+                      if gates is not None else None)
+        first, last = network._head_layers()
+        rnn = network.rnn
+        rows = network.max_actions
+        probe = (embedded.new_zeros(n, steps + 1, self.model.n_agents,
+                                    self.model.message_bits, requires_grad=True)
+                 if probe_logits else None)
+        features, logits, messages = MessagePath.apply(
+            inputs, noise, step_gates, heard, rnn.weight_ih, rnn.weight_hh, rnn.bias_ih,
+            rnn.bias_hh, first.weight, first.bias, last.weight[rows:], last.bias[rows:],
+            probe.transpose(0, 1) if probe is not None else None, torch.is_grad_enabled())
+        return Unroll(network, features.transpose(0, 1), logits.transpose(0, 1),
+                      messages.transpose(0, 1), probe)
 
     def _replay_inputs(self, network: DialNetwork, batch: EpisodeBatch
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -563,11 +557,11 @@ class DialLearner(Learner):
         self._replayed = (batch, network.keep.device, previous_actions, gates)
         return previous_actions, gates
 
-    def losses(self, batch: EpisodeBatch) -> LossTerms:
+    def losses(self, batch: EpisodeBatch, probe_logits: bool = False) -> LossTerms:
         """Double-Q TD errors on the team reward, through the messages: per agent, or of
-        Q_tot with the mixer."""
+        Q_tot with the mixer. `probe_logits`: see `unroll`."""
         config = self.config
-        online = self.unroll(self.network, batch)
+        online = self.unroll(self.network, batch, probe_logits)
         with torch.no_grad():
             # Same noise for the target network: its messages differ from the online
             # network's only by its (older) weights. Double Q: the online network's best

@@ -34,6 +34,7 @@ from cyberdial.agents.buffer import (
     buffer_snapshot,
     restore_buffer,
 )
+from cyberdial.agents.memory import keep_freed_memory
 from cyberdial.agents.rollout import EpisodeStats, run_episodes
 from cyberdial.range.errors import CyberdialError
 from cyberdial.range.model import GameModel
@@ -559,6 +560,7 @@ def train(
 
     config.validate()
     torch.set_num_threads(config.threads)
+    keep_freed_memory()  # no page faults on each update's tensors (agents/memory.py)
     torch.manual_seed(config.seed)
     snapshot = load_snapshot(config) if config.resume else None
     scenario = prepare_scenario(config, scenario)

@@ -9,6 +9,7 @@ is missing, the CPU where `auto` finds no GPU.
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from cyberdial.agents.buffer import EpisodeBatch, EpisodeBuffer
 from cyberdial.agents.dial import DialLearner
+from cyberdial.agents.memory import keep_freed_memory
 from cyberdial.agents.qlearning import chosen_q, double_q_next_values, td_target
 from cyberdial.agents.qmix import QMixer, QmixLearner
 from cyberdial.agents.training import (
@@ -210,3 +212,27 @@ def test_cli_refuses_a_missing_gpu_in_one_line(tmp_path: Path,
                  "tiny", "--algos", "dial-sau", "--seeds", "1", "--episodes", "16",
                  "--device", "gpu"]) == 2
     assert "--device must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def test_an_update_sized_allocation_stays_in_the_heap_once_training_asked() -> None:
+    """`keep_freed_memory` (called by `train`): glibc serves a block of an update's size
+    from the heap, not from fresh mmapped pages that fault on first touch."""
+    if not keep_freed_memory():
+        pytest.skip("the C library has no mallopt (not glibc)")
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _Mallinfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(24 << 20)  # above glibc's default threshold (128 KiB, or what it grew to)
+    try:
+        assert block
+        assert libc.mallinfo2().hblks == before  # no new mmapped block
+    finally:
+        libc.free(block)
