@@ -25,10 +25,9 @@ def advance_timers(
     busy one carries on whatever it chose. A d-step action finishes (takes effect)
     at the end of its d-th step.
     """
-    agents = np.broadcast_to(np.arange(model.n_agents), pending.shape)
     idle = timer == 0
     pending = np.where(idle, chosen, pending)
-    timer = np.where(idle, model.action_duration[agents, pending], timer) - 1
+    timer = np.where(idle, model.action_duration[model.agent_row, pending], timer) - 1
     return pending, timer, timer == 0
 
 

@@ -132,6 +132,9 @@ RED_TARGET_HOST_BONUS = 10.0
 RED_TARGET_SUBNET_BONUS = 6.0
 RED_PATH_SUBNET_BONUS = 3.0
 RED_NOISE = 0.5
+# The order of red's candidate slots in `red_choose`: four per host, then one per subnet.
+RED_SLOT_KINDS = np.array([RedActionKind.IMPACT, RedActionKind.ESCALATE, RedActionKind.EXPLOIT,
+                           RedActionKind.SCAN, RedActionKind.SWEEP], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ class GameModel:
         self.message_bits = scenario.blue.message_bits
         self.agent_names = tuple(agent.name for agent in scenario.blue.agents)
         self.n_agents = len(self.agent_names)
+        # (1, A): indexes a (B, A) array of slots per agent by broadcasting.
+        self.agent_row = np.arange(self.n_agents)[None, :]
 
         self.host_subnet = np.array(
             [scenario.subnet_index[h.subnet] for h in hosts], dtype=np.int64
@@ -326,6 +331,11 @@ class GameModel:
             elif any(self.flows[s, t] for t in target_subnets):
                 self.red_subnet_bonus[s] = RED_PATH_SUBNET_BONUS
         self.red_host_bonus += self.red_subnet_bonus[self.host_subnet]
+        # Each class's score plus the bonus, per target: (4, H) for the host classes in
+        # RED_SLOT_KINDS' order, (S,) for sweeps; `red_choose` adds the noise.
+        self.red_host_scores = np.stack([RED_CLASS_SCORE[kind] + self.red_host_bonus
+                                         for kind in RED_SLOT_KINDS[:4]])
+        self.red_sweep_scores = RED_CLASS_SCORE[RED.SWEEP] + self.red_subnet_bonus
 
     # --------------------------------------------------------- observations
 
@@ -352,9 +362,7 @@ class GameModel:
         features[:, self.messages_at : self.messages_at + self.n_agents * self.message_bits] = (
             messages.reshape(batch, -1)
         )
-        rows = np.repeat(np.arange(batch), self.n_agents)
-        columns = (self.last_action_offset[None, :] + last_action).reshape(-1)
-        features[rows, columns] = 1.0
+        features[np.arange(batch)[:, None], self.last_action_offset[None, :] + last_action] = 1.0
         return features[:, self.gather_index]
 
     def host_bits_of(self, observation: NDArray[np.float32], agent: int) -> NDArray[np.float32]:
@@ -396,7 +404,6 @@ class GameModel:
                 mask = mask | (self.slot_analyse & (host_shows | peer_signal[:, :, None]))
             else:
                 mask = mask | self.slot_analyse
-            mask = np.broadcast_to(mask, (batch, *self.action_valid.shape)).copy()
         if busy.any():
             mask[busy] = False
             mask[busy, 0] = True
@@ -426,7 +433,7 @@ class GameModel:
         total = np.zeros(batch, dtype=np.float32)
         if not (costs.analyse or costs.remove or costs.block or costs.unblock):
             return total
-        agents = np.broadcast_to(np.arange(self.n_agents), slots.shape)
+        agents = self.agent_row
         kind = np.where(finished, self.action_kind[agents, slots], ACTION.SLEEP)
         envs = np.arange(batch)[:, None]
         host = self.action_host[agents, slots]
@@ -471,7 +478,11 @@ class GameModel:
             "actions": (np.zeros(compromise.shape[0], dtype=np.float32) if actions is None
                         else np.asarray(actions, dtype=np.float32)),
         }
-        terms["total"] = -np.sum(list(terms.values()), axis=0, dtype=np.float32)
+        # The terms added in order, as a sum over a stack of them would (float32).
+        total = terms["privileged"].copy()
+        for name in ("impact", "green", "restore", "comm", "actions"):
+            total += terms[name]
+        terms["total"] = -total
         return terms
 
     # -------------------------------------------------------------- red rule
@@ -493,54 +504,33 @@ class GameModel:
         swept: NDArray[np.bool_],
         blocked: NDArray[np.bool_],
         noise: NDArray[np.float32],
+        reach: NDArray[np.bool_] | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Red's next kill-chain step per env: (kind, target host or subnet index).
 
         Highest score wins: impact > escalate > exploit > scan > sweep, with a bline
         red drawn towards its targets; `noise` (B, 4H + S) in [0, 1) breaks ties.
         """
-        batch = compromise.shape[0]
-        reach = self.red_reach(compromise, blocked)
+        batch, n = compromise.shape[0], self.n_hosts
+        if reach is None:
+            reach = self.red_reach(compromise, blocked)
         host_reach = reach[:, self.host_subnet]
         clean = compromise == COMPROMISE.CLEAN
-        candidates = [
-            (
-                RED.IMPACT,
-                (compromise == COMPROMISE.PRIVILEGED) & self.host_mission & ~impacted,
-            ),
-            (RED.ESCALATE, compromise == COMPROMISE.USER),
-            (RED.EXPLOIT, scanned & host_reach & clean & self.host_vulnerable),
-            (RED.SCAN, discovered & host_reach & ~scanned & clean),
-        ]
-        n = self.n_hosts
-        scores = np.full((batch, 4 * n + self.n_subnets), -np.inf, dtype=np.float32)
-        for slot, (kind, allowed) in enumerate(candidates):
-            part = (
-                RED_CLASS_SCORE[kind]
-                + self.red_host_bonus
-                + RED_NOISE * noise[:, slot * n : (slot + 1) * n]
-            )
-            scores[:, slot * n : (slot + 1) * n] = np.where(allowed, part, -np.inf)
-        sweep_ok = reach & ~swept
-        sweep_score = (
-            RED_CLASS_SCORE[RED.SWEEP]
-            + self.red_subnet_bonus
-            + RED_NOISE * noise[:, 4 * n :]
-        )
-        scores[:, 4 * n :] = np.where(sweep_ok, sweep_score, -np.inf)
+        # (B, 4, H): where each host-targeted class is possible, in RED_SLOT_KINDS' order.
+        allowed = np.stack([
+            (compromise == COMPROMISE.PRIVILEGED) & self.host_mission & ~impacted,
+            compromise == COMPROMISE.USER,
+            scanned & host_reach & clean & self.host_vulnerable,
+            discovered & host_reach & ~scanned & clean,
+        ], axis=1)
+        part = self.red_host_scores + RED_NOISE * noise[:, : 4 * n].reshape(batch, 4, n)
+        sweep_score = self.red_sweep_scores + RED_NOISE * noise[:, 4 * n :]
+        scores = np.concatenate([np.where(allowed, part, -np.inf).reshape(batch, 4 * n),
+                                 np.where(reach & ~swept, sweep_score, -np.inf)], axis=1)
         best = scores.argmax(axis=1)
         none = ~np.isfinite(scores[np.arange(batch), best])
         slot = best // n
-        kinds = np.array(
-            [
-                RED.IMPACT,
-                RED.ESCALATE,
-                RED.EXPLOIT,
-                RED.SCAN,
-                RED.SWEEP,
-            ],
-            dtype=np.int64,
-        )[np.minimum(slot, 4)]
+        kinds = RED_SLOT_KINDS[np.minimum(slot, 4)]
         target = np.where(slot < 4, best % n, best - 4 * n)
         kinds[none] = RED.NONE
         target[none] = 0

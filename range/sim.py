@@ -222,8 +222,11 @@ class SimBatch:
         self.red_wait[enter] = red.reentry_delay
         self.red_wait[waiting & ~enter] -= 1
 
-        idle = (self.red_timer == 0) & (self.compromise > 0).any(axis=1)
-        if idle.any():
+        idle = (self.red_timer == 0) & (has_foothold | enter)  # red holds a host now
+        # Where red can reach: read by its choice and by what completes (neither changes
+        # compromise or blocks in between), found once.
+        reach = m.red_reach(self.compromise, self.blocked) if idle.any() else None
+        if reach is not None:
             index = np.flatnonzero(idle)
             noise = self.rng.random((len(index), 4 * m.n_hosts + m.n_subnets), dtype=np.float32)
             kinds, targets = m.red_choose(
@@ -234,6 +237,7 @@ class SimBatch:
                 self.swept[index],
                 self.blocked[index],
                 noise,
+                reach[index],
             )
             self.red_kind[index] = kinds
             self.red_target[index] = targets
@@ -243,7 +247,8 @@ class SimBatch:
         self.red_done_kind[:] = RED.NONE
         if not complete.any():
             return
-        reach = m.red_reach(self.compromise, self.blocked)
+        if reach is None:
+            reach = m.red_reach(self.compromise, self.blocked)
         kind, target = self.red_kind, self.red_target
         envs = np.arange(b)
         host_reach = reach[envs, m.host_subnet[np.minimum(target, m.n_hosts - 1)]]
@@ -310,7 +315,7 @@ class SimBatch:
             server = self._servers[self.rng.integers(0, len(self._servers), shape)]
         else:
             server = np.broadcast_to(users, shape)
-        envs = np.broadcast_to(np.arange(b)[:, None], shape)
+        envs = np.arange(b)[:, None]  # broadcasts against (B, users) in the indexing
         user_subnet = m.host_subnet[users][None, :]
         server_subnet = m.host_subnet[server]
         cut_off = self.blocked[envs, server_subnet] & (server_subnet != user_subnet)
