@@ -527,13 +527,14 @@ class DialLearner(Learner):
                       if gates is not None else None)
         first, last = network._head_layers()
         rnn = network.rnn
-        rows = network.max_actions
+        actions = network.max_actions  # the head's rows after the Q-values are the messages'
         probe = (embedded.new_zeros(n, steps + 1, self.model.n_agents,
                                     self.model.message_bits, requires_grad=True)
                  if probe_logits else None)
         features, logits, messages = MessagePath.apply(
             inputs, noise, step_gates, heard, rnn.weight_ih, rnn.weight_hh, rnn.bias_ih,
-            rnn.bias_hh, first.weight, first.bias, last.weight[rows:], last.bias[rows:],
+            rnn.bias_hh, first.weight, first.bias, last.weight[actions:],
+            last.bias[actions:],
             probe.transpose(0, 1) if probe is not None else None, torch.is_grad_enabled())
         return Unroll(network, features.transpose(0, 1), logits.transpose(0, 1),
                       messages.transpose(0, 1), probe)
