@@ -2,8 +2,10 @@
 
 An episode of T steps keeps T + 1 observations, masks, global states and DRU noise
 draws (the last for bootstrapping) and T actions, executed message bits and team
-rewards. Observations are bits, kept as uint8; a sampled `EpisodeBatch` is float32
-tensors for the learner, with the sparse forms its networks' first layers read
+rewards. Observations are bits, kept as uint8; so are the global states but for
+their progress column, which follows from the step (`range.blue.global_state_bits`),
+and only for learners that read them. A sampled `EpisodeBatch` is float32 tensors
+for the learner, with the sparse forms its networks' first layers read
 (`SparseRows`), made once per batch for the online and the target network.
 """
 
@@ -17,6 +19,7 @@ import torch
 from numpy.typing import NDArray
 
 from cyberdial.agents.qlearning import SparseRows
+from cyberdial.range.blue import state_progress
 from cyberdial.range.model import GameModel
 
 
@@ -56,21 +59,28 @@ class EpisodeBatch:
         return int(self.actions.shape[1])
 
 
-EPISODE_FIELDS = ("observations", "masks", "actions", "messages", "rewards", "states", "noise")
+EPISODE_FIELDS = ("observations", "masks", "actions", "messages", "rewards", "state_bits",
+                  "noise")
 
 
 class EpisodeBuffer:
-    """A ring of whole episodes in NumPy arrays (observations are bits, kept as uint8)."""
+    """A ring of whole episodes in NumPy arrays (observations and states as uint8 bits).
 
-    def __init__(self, model: GameModel, capacity: int) -> None:
+    `with_states=False` (learners without a centralised critic or mixer) keeps no
+    global states: `collect_episodes` gives none and batches carry zeros.
+    """
+
+    def __init__(self, model: GameModel, capacity: int, with_states: bool = True) -> None:
         t, a = model.scenario.episode_length, model.n_agents
-        self.capacity = capacity
+        self.capacity, self.with_states, self.state_size = capacity, with_states, model.state_size
         self.observations = np.zeros((capacity, t + 1, a, model.max_obs), dtype=np.uint8)
         self.masks = np.zeros((capacity, t + 1, a, model.max_actions), dtype=bool)
         self.actions = np.zeros((capacity, t, a), dtype=np.int64)
         self.messages = np.zeros((capacity, t, a, model.message_bits), dtype=np.uint8)
         self.rewards = np.zeros((capacity, t), dtype=np.float32)
-        self.states = np.zeros((capacity, t + 1, model.state_size), dtype=np.float32)
+        self.state_bits = np.zeros(
+            (capacity, t + 1, model.state_size - 1 if with_states else 0), dtype=np.uint8)
+        self.progress = state_progress(model, np.arange(t + 1))  # (T+1,) the states' last column
         self.noise = np.zeros((capacity, t + 1, a, model.message_bits), dtype=np.float32)
         self.next = 0
         self.filled = 0
@@ -102,12 +112,22 @@ class EpisodeBuffer:
             actions=tensor(self.actions[index]),
             messages=tensor(self.messages[index], np.float32),
             rewards=tensor(self.rewards[index]),
-            states=tensor(self.states[index]),
+            states=self._states(index, device),
             noise=tensor(self.noise[index]),
         )
         # Found in the uint8 bits: half the bytes of the float copy to scan.
         batch._sparse["observations"] = SparseRows.of(bits)
         return batch
+
+    def _states(self, index: NDArray[np.int64], device: torch.device | str) -> torch.Tensor:
+        """The float32 global states (n, T+1, state_size) of episodes `index`: bits and progress."""
+        shape = (len(index), len(self.progress), self.state_size)
+        if not self.with_states:
+            return torch.zeros(shape, device=device)
+        states = np.empty(shape, dtype=np.float32)
+        states[..., :-1] = self.state_bits[index]
+        states[..., -1] = self.progress
+        return torch.from_numpy(states).to(device, non_blocking=True)
 
 
 def _pack(array: NDArray[Any]) -> dict[str, Any]:
@@ -144,8 +164,8 @@ def _unpack(packed: dict[str, Any]) -> NDArray[Any]:
 def buffer_snapshot(buffer: EpisodeBuffer) -> dict[str, Any]:
     """The buffer's stored episodes and ring position, packed (`restore_buffer` inverts it).
 
-    For resuming a run: QMIX's buffer on large is 1.66 GB as it lies in memory, 95 MB
-    packed (its observations, masks and all but one column of its states are bits).
+    For resuming a run: QMIX's buffer on large is 0.74 GB as it lies in memory, about
+    95 MB packed (its observations, masks and states are bits).
     """
     filled = buffer.filled
     return {"next": buffer.next, "filled": filled, "capacity": buffer.capacity,
@@ -158,6 +178,12 @@ def restore_buffer(buffer: EpisodeBuffer, snapshot: dict[str, Any]) -> None:
         raise ValueError(f"the snapshot holds a buffer of {snapshot['capacity']} episodes,"
                          f" this one holds {buffer.capacity}")
     filled = int(snapshot["filled"])
+    fields = dict(snapshot["fields"])
+    if "states" in fields:  # written before the states were kept as bits: drop progress
+        fields["state_bits"] = {"raw": _unpack(fields.pop("states"))[..., :-1].astype(np.uint8)}
     for name in EPISODE_FIELDS:
-        getattr(buffer, name)[:filled] = _unpack(snapshot["fields"][name])
+        values = _unpack(fields[name])
+        if name == "state_bits" and not buffer.with_states:
+            values = values[..., :0]
+        getattr(buffer, name)[:filled] = values
     buffer.next, buffer.filled = int(snapshot["next"]), filled

@@ -410,7 +410,10 @@ def collect_episodes(
         "actions": np.zeros((t_max, n, model.n_agents), dtype=np.int64),
         "messages": np.zeros((t_max, n, model.n_agents, model.message_bits), dtype=np.uint8),
         "rewards": np.zeros((t_max, n), dtype=np.float32),
-        "states": np.zeros((t_max + 1, n, model.state_size), dtype=np.float32),
+        # The global states as bits without their progress column (`EpisodeBuffer`),
+        # only for learners that read them.
+        "state_bits": np.zeros((t_max + 1, n, model.state_size - 1 if learner.uses_state else 0),
+                               dtype=np.uint8),
         "noise": np.zeros((t_max + 1, n, model.n_agents, model.message_bits), dtype=np.float32),
         "bits_sent": np.zeros((t_max, n), dtype=np.int64),
     }
@@ -418,7 +421,7 @@ def collect_episodes(
         episode["observations"][t] = observations
         episode["masks"][t] = masks > 0
         if learner.uses_state:
-            episode["states"][t] = sim.state()
+            episode["state_bits"][t] = sim.state_bits()
         actions, messages = learner.act(observations, masks, epsilon)
         if learner.acting_noise is not None:
             episode["noise"][t] = learner.acting_noise
@@ -431,7 +434,7 @@ def collect_episodes(
     episode["observations"][t_max] = observations
     episode["masks"][t_max] = masks > 0
     if learner.uses_state:
-        episode["states"][t_max] = sim.state()
+        episode["state_bits"][t_max] = sim.state_bits()
     # Batch-major, as the buffer stores episodes.
     return {name: np.swapaxes(value, 0, 1) for name, value in episode.items()}
 
@@ -566,7 +569,7 @@ def train(
     scenario = prepare_scenario(config, scenario)
     model = GameModel(scenario)
     learner = make_learner(model, config)
-    buffer = EpisodeBuffer(model, config.buffer_episodes)
+    buffer = EpisodeBuffer(model, config.buffer_episodes, with_states=learner.uses_state)
     rng = np.random.default_rng(config.seed)
     target_copy, evaluation, checkpointing, resuming = (
         Every(config.target_update_every), Every(config.eval_every),

@@ -9,6 +9,8 @@ functions with its own facts. Arrays lead with a batch axis (the bridge's is 1).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -64,22 +66,56 @@ def global_state(
 
     Per host: one-hot true compromise, impacted, decoy, down, then blue's activity
     and compromise bits; then blocked subnets, last messages, episode progress.
+    Everything but the last column (progress, `state_progress`) is a bit:
+    `global_state_bits`.
     """
-    b = compromise.shape[0]
-    per_host = np.concatenate(
-        [
-            np.eye(3, dtype=np.float32)[compromise],
-            impacted[..., None],
-            decoy[..., None],
-            down[..., None],
-            ACTIVITY_BITS[activity],
-            COMPROMISE_BITS[observed],
-        ],
-        axis=2,
-        dtype=np.float32,
-    ).reshape(b, -1)
-    progress = np.full((b, 1), t / model.scenario.episode_length, dtype=np.float32)
-    return np.concatenate(
-        [per_host, blocked, messages.reshape(b, -1), progress], axis=1, dtype=np.float32
-    )
+    bits = global_state_bits(compromise, impacted, decoy, down, activity, observed, blocked,
+                             messages)
+    state = np.empty((bits.shape[0], bits.shape[1] + 1), dtype=np.float32)
+    state[:, :-1] = bits
+    state[:, -1] = state_progress(model, t)
+    return state
 
+
+def global_state_bits(
+    compromise: NDArray[np.int8], impacted: NDArray[np.bool_], decoy: NDArray[np.bool_],
+    down: NDArray[np.bool_], activity: NDArray[np.int8], observed: NDArray[np.int8],
+    blocked: NDArray[np.bool_], messages: NDArray[np.uint8],
+) -> NDArray[np.uint8]:
+    """`global_state` without its progress column, as uint8 bits: (B, state_size - 1).
+
+    What the learners' episode buffer keeps: a quarter of the float state's bytes,
+    and the progress column follows from the step (`state_progress`).
+    """
+    b, n_hosts = compromise.shape
+    # A host's ten bits by one code of its six facts: one table lookup per host.
+    code = compromise.astype(np.intp)
+    for fact, values in ((impacted, 2), (decoy, 2), (down, 2), (activity, 3), (observed, 4)):
+        code *= values
+        code += fact
+    bits = np.empty((b, n_hosts * 10 + blocked.shape[1] + messages[0].size), dtype=np.uint8)
+    bits[:, : n_hosts * 10] = _HOST_STATE_BITS[code].reshape(b, -1)
+    bits[:, n_hosts * 10 : n_hosts * 10 + blocked.shape[1]] = blocked
+    bits[:, n_hosts * 10 + blocked.shape[1] :] = messages.reshape(b, -1)
+    return bits
+
+
+def state_progress(model: GameModel, t: int | NDArray[np.int64]) -> NDArray[np.float32]:
+    """The global state's last column at step(s) `t`: the episode's progress t / T."""
+    return np.asarray(np.asarray(t) / model.scenario.episode_length, dtype=np.float32)
+
+
+def _host_state_table() -> NDArray[np.uint8]:
+    """(3·2·2·2·3·4, 10): a host's state bits for every (compromise, impacted, decoy, down,
+    activity, observed), in `global_state_bits`'s code order."""
+    rows = [
+        [*np.eye(3, dtype=np.uint8)[compromise], impacted, decoy, down,
+         *ACTIVITY_BITS[activity], *COMPROMISE_BITS[observed]]
+        for compromise, impacted, decoy, down, activity, observed in itertools.product(
+            range(3), range(2), range(2), range(2), range(len(ACTIVITY_BITS)),
+            range(len(COMPROMISE_BITS)))
+    ]
+    return np.array(rows, dtype=np.uint8)
+
+
+_HOST_STATE_BITS = _host_state_table()

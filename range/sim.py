@@ -19,6 +19,7 @@ from pettingzoo import ParallelEnv
 from cyberdial.range.blue import (
     advance_timers,
     global_state,
+    global_state_bits,
     learn_alerts,
     learn_analysed,
     learn_blocked,
@@ -351,6 +352,13 @@ class SimBatch:
         return global_state(
             self.model, self.t, self.compromise, self.impacted, self.decoy, self.down > 0,
             self.activity, self.observed, self.blocked, self.messages,
+        )
+
+    def state_bits(self) -> NDArray[np.uint8]:
+        """`state()` without its progress column, as uint8 bits (`global_state_bits`)."""
+        return global_state_bits(
+            self.compromise, self.impacted, self.decoy, self.down > 0, self.activity,
+            self.observed, self.blocked, self.messages,
         )
 
     def measurement(self, env: int = 0) -> Measurement:

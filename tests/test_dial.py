@@ -43,7 +43,7 @@ def _learner_and_batch(tmp_path: Path, **changes: object) -> tuple[DialLearner, 
     torch.manual_seed(0)
     model = GameModel(prepare_scenario(config))
     learner = DialLearner(model, config)
-    buffer = EpisodeBuffer(model, 8)
+    buffer = EpisodeBuffer(model, 8, with_states=learner.uses_state)
     buffer.add(collect_episodes(SimBatch(model, n_envs=8, seed=3), learner, epsilon=0.5, seed=3))
     return learner, buffer.sample(8, np.random.default_rng(0))
 
@@ -150,7 +150,7 @@ def test_replay_of_the_latest_episodes_reproduces_the_acting_q_values(tmp_path: 
     seen = _record_acting_q(learner)
     episodes = collect_episodes(SimBatch(model, n_envs=4, seed=1), learner, epsilon=0.3, seed=1)
     del learner.network.forward  # back to the class's forward
-    buffer = EpisodeBuffer(model, 4)
+    buffer = EpisodeBuffer(model, 4, with_states=learner.uses_state)
     buffer.add(episodes)
     batch = buffer.sample(4, np.random.default_rng(0))
     assert float(batch.messages.sum()) > 0, "no message was sent: the test shows nothing"
@@ -192,7 +192,7 @@ def test_gate_on_activity_keeps_a_sender_quiet_on_remembered_flags(tmp_path: Pat
         torch.manual_seed(0)
         model = GameModel(prepare_scenario(config))
         learner = DialLearner(model, config)
-        buffer = EpisodeBuffer(model, 16)
+        buffer = EpisodeBuffer(model, 16, with_states=learner.uses_state)
         buffer.add(collect_episodes(SimBatch(model, n_envs=16, seed=5), learner, epsilon=1.0,
                                     seed=5))
         return learner, buffer.sample(16, np.random.default_rng(0)), model

@@ -46,7 +46,7 @@ def _learner_and_batch(
     model = GameModel(prepare_scenario(config))
     learner = make_learner(model, config)
     assert isinstance(learner, QmixLearner | IqlLearner)
-    buffer = EpisodeBuffer(model, 8)
+    buffer = EpisodeBuffer(model, 8, with_states=learner.uses_state)
     buffer.add(collect_episodes(SimBatch(model, n_envs=8, seed=3), learner, epsilon=0.5, seed=3))
     return learner, buffer.sample(8, np.random.default_rng(0))
 

@@ -94,10 +94,9 @@ def test_the_buffer_packs_to_the_same_episodes() -> None:
         "actions": rng.integers(0, 5, (4, t, a)),
         "messages": (rng.random((4, t, a, model.message_bits)) < 0.5).astype(np.uint8),
         "rewards": rng.normal(size=(4, t)).astype(np.float32),
-        "states": (rng.random((4, t + 1, model.state_size)) < 0.1).astype(np.float32),
+        "state_bits": (rng.random((4, t + 1, model.state_size - 1)) < 0.1).astype(np.uint8),
         "noise": rng.normal(size=(4, t + 1, a, model.message_bits)).astype(np.float32),
     }
-    episodes["states"][..., -1] = np.linspace(0, 1, t + 1)  # a column that is not bits
     buffer.add(episodes)
     buffer.add({k: v[:3] for k, v in episodes.items()})  # wraps around the ring
     copy = EpisodeBuffer(model, 6)
@@ -107,3 +106,14 @@ def test_the_buffer_packs_to_the_same_episodes() -> None:
         assert np.array_equal(getattr(copy, name), getattr(buffer, name)), name
     with pytest.raises(ValueError, match="6 episodes"):
         restore_buffer(EpisodeBuffer(model, 5), buffer_snapshot(buffer))
+
+    # A snapshot from before the states were kept as bits holds them as float32 with
+    # their progress column: it restores to the same buffer.
+    old = buffer_snapshot(buffer)
+    states = np.concatenate([buffer.state_bits, np.broadcast_to(
+        buffer.progress[None, :, None], (6, t + 1, 1))], axis=2, dtype=np.float32)
+    del old["fields"]["state_bits"]
+    old["fields"]["states"] = {"raw": states}
+    from_old = EpisodeBuffer(model, 6)
+    restore_buffer(from_old, old)
+    assert np.array_equal(from_old.state_bits, buffer.state_bits)

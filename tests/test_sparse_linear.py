@@ -102,7 +102,7 @@ def test_a_sampled_batch_carries_its_observations_sparse_form(algo: str) -> None
                         buffer_episodes=8)
     learner = make_learner(model, config)
     sim = SimBatch(model, n_envs=4, seed=5)
-    buffer = EpisodeBuffer(model, 8)
+    buffer = EpisodeBuffer(model, 8, with_states=learner.uses_state)
     buffer.add(collect_episodes(sim, learner, 1.0, seed=5))
     batch = buffer.sample(4, learner.rng)
     rows = batch.observation_rows()

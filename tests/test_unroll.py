@@ -32,6 +32,7 @@ from cyberdial.agents.training import (
 )
 from cyberdial.cli import main
 from cyberdial.range.model import GameModel
+from cyberdial.range.scenario import load_scenario
 from cyberdial.range.sim import SimBatch
 
 torch.set_num_threads(1)
@@ -42,7 +43,7 @@ def _learner_and_batch(algo: str, **settings: object) -> tuple[Learner, EpisodeB
     torch.manual_seed(0)
     model = GameModel(prepare_scenario(config))
     learner = make_learner(model, config)
-    buffer = EpisodeBuffer(model, 8)
+    buffer = EpisodeBuffer(model, 8, with_states=learner.uses_state)
     buffer.add(collect_episodes(SimBatch(model, n_envs=8, seed=5), learner, epsilon=0.5, seed=5))
     return learner, buffer.sample(8, np.random.default_rng(0))
 
@@ -178,6 +179,32 @@ def test_only_a_mixer_gets_the_global_state() -> None:
     _, qmix_batch = _learner_and_batch("qmix")
     assert float(dial_batch.states.abs().sum()) == 0  # not asked of the simulator
     assert float(qmix_batch.states.abs().sum()) > 0
+
+
+class _RecordingSim(SimBatch):
+    """A simulator that also keeps the float global state each time the states are read."""
+
+    seen: list[np.ndarray]
+
+    def state_bits(self) -> np.ndarray:
+        self.seen.append(self.state())
+        return super().state_bits()
+
+
+def test_the_buffer_gives_back_the_simulators_global_states_exactly() -> None:
+    # Kept as bits and rebuilt with their progress column, the sampled states are the
+    # simulator's `state()` to the last bit, step by step.
+    model = GameModel(load_scenario("small"))
+    learner = make_learner(model, config_for("qmix", scenario="small", seed=2))
+    sim = _RecordingSim(model, n_envs=3, seed=2)
+    sim.seen = []
+    buffer = EpisodeBuffer(model, 3, with_states=learner.uses_state)
+    buffer.add(collect_episodes(sim, learner, epsilon=1.0, seed=2))
+    batch = buffer.sample(3, np.random.default_rng(0))
+    expected = np.stack(sim.seen, axis=1)  # (B, T+1, state_size)
+    assert batch.states.dtype == torch.float32
+    assert np.array_equal(batch.states.numpy(), expected)
+    assert expected[:, :, -1].max() == 1.0  # the progress column reached the episode's end
 
 
 def test_device_auto_is_the_cpu_without_a_gpu_and_unknown_devices_are_refused() -> None:
