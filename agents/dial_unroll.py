@@ -109,12 +109,18 @@ class MessagePath(torch.autograd.Function):
         if ctx.has_gates:
             outside = outside * gates
         dsigma = sigmas * (1 - sigmas)
-        r, z = rz[..., :size], rz[..., size:]
+        r, z = rz[..., :size], rz[..., size:].contiguous()
         drz = rz * (1 - rz)
         to_new = (1 - z) * (1 - new * new)  # dh'/d(candidate's input), through tanh
         to_r = gh[..., split:] * drz[..., :size]  # d(candidate's input)/dr, through r's sigmoid
         to_z = (hiddens[:-1] - new) * drz[..., size:]  # dh'/dz, through z's sigmoid
-        feature_on, x_on = features > 0, xs > 0
+        # Per step, the gates' gradients (r, z, n) are the hidden state's gradient times
+        # these, and the hidden products' gradients are the gates' times (1, 1, r): one
+        # product each on contiguous rows (slices of the gate rows cost ~5x as much).
+        to_gates = torch.cat([to_new * to_r, to_z, to_new], dim=2).view(steps, rows, 3, size)
+        to_hidden = torch.cat([torch.ones_like(rz), r], dim=2)
+        # The ReLUs' masks as floats: a product with a bool tensor converts it each time.
+        feature_on, x_on = (features > 0).to(features.dtype), (xs > 0).to(xs.dtype)
         heard_t = heard.t()
 
         g_gi = features.new_empty(steps, rows, 3 * size)
@@ -134,11 +140,8 @@ class MessagePath(torch.autograd.Function):
             g_feature = torch.addmm(grad_features[t], g_logit[t].view(rows, bits), weight_m)
             torch.mul(g_feature, feature_on[t], out=g_first[t])
             g_h = torch.addmm(grad_hidden, g_first[t], weight_1)
-            g_n = torch.mul(g_h, to_new[t], out=g_gi[t, :, split:])
-            torch.mul(g_n, to_r[t], out=g_gi[t, :, :size])
-            torch.mul(g_h, to_z[t], out=g_gi[t, :, size:split])
-            g_gh[t, :, :split] = g_gi[t, :, :split]
-            torch.mul(g_n, r[t], out=g_gh[t, :, split:])
+            torch.mul(g_h[:, None], to_gates[t], out=g_gi[t].view(rows, 3, size))
+            torch.mul(g_gi[t], to_hidden[t], out=g_gh[t])
             grad_hidden = torch.addmm(g_h * z[t], g_gh[t], weight_hh)
             torch.mul(torch.mm(g_gi[t], weight_ih).view(n, -1), x_on[t], out=g_pre[t])
             heard_back = (g_pre[t] @ heard_t).view(n, agents, bits)
