@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from functools import cached_property
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -137,6 +138,40 @@ RED_SLOT_KINDS = np.array([RedActionKind.IMPACT, RedActionKind.ESCALATE, RedActi
                            RedActionKind.SCAN, RedActionKind.SWEEP], dtype=np.int64)
 
 
+class FinishedActions(NamedTuple):
+    """The blue actions that take effect in a step, each (B, A): their kind (SLEEP where
+    none finishes), target host and subnet, and those targets' flat indexes into (B, H)
+    and (B, S) arrays (`GameModel.finished_actions`)."""
+
+    kind: NDArray[np.int64]
+    host: NDArray[np.int64]
+    subnet: NDArray[np.int64]
+    host_cell: NDArray[np.int64]
+    subnet_cell: NDArray[np.int64]
+
+
+def strided_runs(dst: NDArray[np.int64], src: NDArray[np.int64]) -> list[tuple[slice, slice]]:
+    """Split index pairs into runs that each copy as one slice assignment.
+
+    `dst` ascending; a run is a stretch where `dst` steps by one constant and `src` by 1,
+    so `out[..., d] = in_[..., s]` for each `(d, s)` does `out[..., dst] = in_[..., src]`
+    in a few block copies instead of one gather of every element.
+    """
+    runs: list[tuple[slice, slice]] = []
+    i, n = 0, len(dst)
+    while i < n:
+        step = int(dst[i + 1] - dst[i]) if i + 1 < n else 1
+        j = i + 1
+        while j < n and dst[j] - dst[j - 1] == step and src[j] - src[j - 1] == 1:
+            j += 1
+        if j == i + 1:
+            step = 1
+        runs.append((slice(int(dst[i]), int(dst[j - 1]) + 1, step),
+                     slice(int(src[i]), int(src[j - 1]) + 1)))
+        i = j
+    return runs
+
+
 @dataclass(frozen=True)
 class BlueAction:
     kind: ActionKind
@@ -218,6 +253,8 @@ class GameModel:
             for flow in subnet.flows:
                 self.flows[i, scenario.subnet_index[flow]] = 1.0
         np.fill_diagonal(self.flows, 0.0)
+        self._flows_bool = self.flows > 0
+        self._row_starts_cache: dict[tuple[int, int], NDArray[np.intp]] = {}
         self.entry_host = scenario.host_index[scenario.red.entry]
 
         self.agents = tuple(self._layout(index) for index in range(self.n_agents))
@@ -226,6 +263,7 @@ class GameModel:
         self._build_action_tables()
         self._build_gather_index()
         self._build_red_preferences()
+        self._build_red_slots()
 
     # ------------------------------------------------------------------ layouts
 
@@ -281,6 +319,42 @@ class GameModel:
             kind, [ActionKind.REMOVE, ActionKind.RESTORE, ActionKind.DECOY]
         )
         self.slot_analyse = self.action_valid & (kind == ActionKind.ANALYSE)
+        # Slot s of agent a is column a * max_actions + s of these: one `take` finds the
+        # kind, host and subnet of every agent's slot (`finished_actions`).
+        self.slot_offset = np.arange(self.n_agents) * self.max_actions
+        self.action_facts = np.stack([kind, self.action_host, self.action_subnet]).reshape(3, -1)
+        costs = self.scenario.reward.actions
+        self.waste_cost = np.zeros(len(ActionKind), dtype=np.float64)
+        self.waste_cost[[ActionKind.ANALYSE, ActionKind.REMOVE, ActionKind.BLOCK,
+                         ActionKind.UNBLOCK]] = (costs.analyse, costs.remove, costs.block,
+                                                 costs.unblock)
+        self.any_waste_cost = bool(self.waste_cost.any())
+        # (A, A): agent j is agent a's peer when j != a.
+        self.peers = ~np.eye(self.n_agents, dtype=bool)
+        self._build_mask_plan()
+
+    def _build_mask_plan(self) -> None:
+        """`action_masks`' copy plan: each agent's host-action slots of one kind lie at a
+        fixed stride (host-major layout), so a run of consecutive hosts is one strided slice.
+
+        The mask starts from `mask_base` (Sleep and Block/Unblock, and Analyse where
+        `limit_analyse` is off); each run `(agent, slots, hosts, analyse)` then copies the
+        hosts' "shows" bits, or'ed with the agent's peer signal for a limited Analyse.
+        """
+        limit = self.scenario.blue.limit_analyse
+        base = self.slot_always | (self.slot_analyse if not limit else False)
+        self.mask_base = base.astype(np.int8)
+        self.mask_plan: list[tuple[int, slice, slice, bool]] = []
+        for agent in range(self.n_agents):
+            for kind in HOST_ACTION_KINDS:
+                if kind == ActionKind.ANALYSE and not limit:
+                    continue
+                slots = np.flatnonzero(self.action_valid[agent] & (self.action_kind[agent] == kind))
+                hosts = self.action_host[agent, slots]
+                for dst, src in strided_runs(slots, hosts):
+                    self.mask_plan.append((agent, dst, src, kind == ActionKind.ANALYSE))
+        # (A * bits, A): bit k of agent j's message counts for agent a when j != a.
+        self.peer_bits = np.repeat(self.peers, self.message_bits, axis=0)
 
     def _build_gather_index(self) -> None:
         """Precompute one gather that builds every agent's observation from a flat vector.
@@ -313,13 +387,45 @@ class GameModel:
             gather[agent.index, : len(parts)] = parts
         self.gather_index = gather
         self.messages_at = messages_at
+        # The gather as block copies (an agent's hosts, subnets and peers' messages are
+        # runs of consecutive features): a few slice copies per agent cost a fraction of
+        # gathering every element, most on a large scenario. Each run reads the host bits
+        # (source 0) or the blocked and message bits after them (source 1, from h4 on), so
+        # neither is copied into one vector first. The last-action one-hot is set in the
+        # observations directly, at `last_action_at` + slot of the flat (A, max_obs).
+        self.gather_plan: list[tuple[int, slice, slice, int]] = []
+        for agent in self.agents:
+            size = agent.obs_size - agent.n_actions
+            index = gather[agent.index, :size]
+            hosts = index < h4
+            for source, part in ((0, hosts), (1, ~hosts)):
+                at = np.flatnonzero(part)
+                for dst, src in strided_runs(at, index[at] - source * h4):
+                    self.gather_plan.append((agent.index, dst, src, source))
+        self.last_action_at = np.array(
+            [agent.index * self.max_obs + agent.obs_slices()["last_action"].start
+             for agent in self.agents], dtype=np.int64)
 
     def _build_red_preferences(self) -> None:
         scenario = self.scenario
         self.red_host_bonus = np.zeros(self.n_hosts, dtype=np.float32)
         self.red_subnet_bonus = np.zeros(self.n_subnets, dtype=np.float32)
-        if scenario.red.strategy != "bline":
-            return
+        if scenario.red.strategy == "bline":  # a meandering red gets the class scores alone
+            self._add_red_target_bonuses()
+        # Each class's score plus the bonus, per target: (4, H) for the host classes in
+        # RED_SLOT_KINDS' order, (S,) for sweeps; `red_choose` adds the noise.
+        self.red_host_scores = np.stack([RED_CLASS_SCORE[kind] + self.red_host_bonus
+                                         for kind in RED_SLOT_KINDS[:4]])
+        self.red_sweep_scores = RED_CLASS_SCORE[RED.SWEEP] + self.red_subnet_bonus
+        # The same scores as one row over red's slots (`red_pick`).
+        self.red_slot_scores = np.concatenate([self.red_host_scores.ravel(),
+                                               self.red_sweep_scores])
+        # `red_pick` zeroes the slots red cannot take, so a possible one must score above 0.
+        assert (self.red_slot_scores > 0).all()
+
+    def _add_red_target_bonuses(self) -> None:
+        """A bline red's bonuses towards its targets' hosts and subnets and the path there."""
+        scenario = self.scenario
         target_subnets = set()
         for name in scenario.red.targets:
             host = scenario.host(name)
@@ -331,11 +437,20 @@ class GameModel:
             elif any(self.flows[s, t] for t in target_subnets):
                 self.red_subnet_bonus[s] = RED_PATH_SUBNET_BONUS
         self.red_host_bonus += self.red_subnet_bonus[self.host_subnet]
-        # Each class's score plus the bonus, per target: (4, H) for the host classes in
-        # RED_SLOT_KINDS' order, (S,) for sweeps; `red_choose` adds the noise.
-        self.red_host_scores = np.stack([RED_CLASS_SCORE[kind] + self.red_host_bonus
-                                         for kind in RED_SLOT_KINDS[:4]])
-        self.red_sweep_scores = RED_CLASS_SCORE[RED.SWEEP] + self.red_subnet_bonus
+
+    def _build_red_slots(self) -> None:
+        """Red's candidate slots as `red_allowed` lays them out: first "none", then four per
+        host in RED_SLOT_KINDS' order, then one sweep per subnet; each slot's kind and target."""
+        n, s = self.n_hosts, self.n_subnets
+        self.red_slot_kind = np.concatenate([[RED.NONE], np.repeat(RED_SLOT_KINDS[:4], n),
+                                             np.full(s, RED.SWEEP)]).astype(np.int64)
+        self.red_slot_target = np.concatenate([[0], np.tile(np.arange(n), 4),
+                                               np.arange(s)]).astype(np.int64)
+        # The columns of each class in RED_SLOT_KINDS' order.
+        self.red_class_columns = (*(slice(1 + i * n, 1 + (i + 1) * n) for i in range(4)),
+                                  slice(1 + 4 * n, 1 + 4 * n + s))
+        # (S, H): the hosts of each subnet, as a sweep discovers them.
+        self.subnet_hosts = self.subnet_onehot.T > 0
 
     # --------------------------------------------------------- observations
 
@@ -353,17 +468,21 @@ class GameModel:
         last step; last_action: (B, A) slot index of each agent's last action.
         """
         batch = activity.shape[0]
-        features = np.zeros((batch, self.n_features), dtype=np.float32)
-        h4 = self.n_hosts * HOST_BITS
         # `take` and a 2-D copy: an order of magnitude faster than fancy-indexed 3-D writes.
-        code = activity.astype(np.intp) * len(COMPROMISE_BITS) + observed
-        features[:, :h4] = HOST_BITS_BY_CODE.take(code, axis=0).reshape(batch, h4)
-        features[:, h4 : h4 + self.n_subnets] = blocked
-        features[:, self.messages_at : self.messages_at + self.n_agents * self.message_bits] = (
-            messages.reshape(batch, -1)
-        )
-        features[np.arange(batch)[:, None], self.last_action_offset[None, :] + last_action] = 1.0
-        return features[:, self.gather_index]
+        # The code (at most 2 * 4 + 3) keeps activity's int8: `take` reads any integer index.
+        code = activity * len(COMPROMISE_BITS)
+        code += observed
+        host_bits = HOST_BITS_BY_CODE.take(code, axis=0).reshape(batch, -1)
+        rest = np.concatenate([blocked, messages.reshape(batch, -1)], axis=1, dtype=np.float32)
+        sources = (host_bits, rest)
+        # The features' gather (`gather_index`) as the plan's block copies (padding stays
+        # zero), with the last-action one-hots put in place.
+        observations = np.zeros((batch, self.n_agents, self.max_obs), dtype=np.float32)
+        for agent, dst, src, source in self.gather_plan:
+            observations[:, agent, dst] = sources[source][:, src]
+        np.put(observations, self.row_starts(batch, self.n_agents * self.max_obs)
+               + self.last_action_at + last_action, 1.0)
+        return observations
 
     def host_bits_of(self, observation: NDArray[np.float32], agent: int) -> NDArray[np.float32]:
         """The (n_hosts_of_agent, 4) host bits inside one agent's observation vector."""
@@ -390,26 +509,55 @@ class GameModel:
         """
         blue = self.scenario.blue
         batch = activity.shape[0]
+        mask = np.empty((batch, self.n_agents, self.max_actions), dtype=np.int8)
         if not blue.sau:
-            mask = np.broadcast_to(self.action_valid, (batch, *self.action_valid.shape)).copy()
+            mask[:] = self.action_valid
         else:
+            mask[:] = self.mask_base
             # Bits with more than one set, or one set that is not the first activity bit:
             # anything except "none" and a bare scan (activity 10, compromise 00).
-            shows = ~((observed == OBSERVED.NONE) & (activity <= ACTIVITY.SCAN))
-            host_shows = shows[:, self.action_host]  # (B, A, max_actions)
-            mask = self.slot_always | (self.slot_host_action & host_shows)
+            shows = observed != OBSERVED.NONE
+            shows |= activity > ACTIVITY.SCAN
             if blue.limit_analyse:
-                sent_any = messages.reshape(batch, self.n_agents, -1).max(axis=2) > 0
-                peer_signal = (sent_any.sum(axis=1, keepdims=True) - sent_any) > 0  # (B, A)
-                mask = mask | (self.slot_analyse & (host_shows | peer_signal[:, :, None]))
-            else:
-                mask = mask | self.slot_analyse
+                # A boolean matmul is an any-of-ands: did any peer send a 1 (B, A)?
+                peer_signal = (messages.reshape(batch, -1) > 0) @ self.peer_bits
+            for agent, slots, hosts, analyse in self.mask_plan:
+                if analyse:
+                    np.logical_or(shows[:, hosts], peer_signal[:, agent, None],
+                                  out=mask[:, agent, slots])
+                else:
+                    mask[:, agent, slots] = shows[:, hosts]
         if busy.any():
-            mask[busy] = False
-            mask[busy, 0] = True
-        return mask.astype(np.int8)
+            mask[busy] = 0
+            mask[busy, 0] = 1
+        return mask
 
     # ---------------------------------------------------------------- reward
+
+    def row_starts(self, batch: int, width: int) -> NDArray[np.intp]:
+        """(batch, 1): where each row of a (batch, width) array starts in its flat index,
+        kept per shape (read-only) for the step's `take`/`put` by flat index."""
+        key = (batch, width)
+        starts = self._row_starts_cache.get(key)
+        if starts is None:
+            starts = np.arange(batch, dtype=np.intp)[:, None] * width
+            starts.flags.writeable = False
+            self._row_starts_cache[key] = starts
+        return starts
+
+    def finished_actions(
+        self, finished: NDArray[np.bool_], slots: NDArray[np.int64]
+    ) -> FinishedActions:
+        """What each agent's slot (B, A) does, for the actions that take effect now."""
+        batch = slots.shape[0]
+        kind, host, subnet = self.action_facts.take(self.slot_offset + slots, axis=1)
+        return FinishedActions(
+            kind=np.where(finished, kind, ACTION.SLEEP),
+            host=host,
+            subnet=subnet,
+            host_cell=self.row_starts(batch, self.n_hosts) + host,
+            subnet_cell=self.row_starts(batch, self.n_subnets) + subnet,
+        )
 
     def action_costs(
         self,
@@ -418,6 +566,7 @@ class GameModel:
         compromise: NDArray[np.int8],
         observed: NDArray[np.int8],
         blocked: NDArray[np.bool_],
+        actions: FinishedActions | None = None,
     ) -> NDArray[np.float32]:
         """Per-env cost (B,) of the blue actions that finish now and were wasted.
 
@@ -427,32 +576,27 @@ class GameModel:
         finds red not yet known, Remove 0.5 unless it removes red, Block 2 unless a
         peer's Analyse finds red privileged in the same step, Unblock 1 unless the
         subnet was blocked); the amounts are the scenario's `reward.actions`.
+        `actions` is `finished_actions(finished, slots)` where the caller has it already.
         """
-        costs = self.scenario.reward.actions
-        batch = finished.shape[0]
-        total = np.zeros(batch, dtype=np.float32)
-        if not (costs.analyse or costs.remove or costs.block or costs.unblock):
-            return total
-        agents = self.agent_row
-        kind = np.where(finished, self.action_kind[agents, slots], ACTION.SLEEP)
-        envs = np.arange(batch)[:, None]
-        host = self.action_host[agents, slots]
-        truth = compromise[envs, host]
-        belief = observed[envs, host]
-        analyse = kind == ACTION.ANALYSE
+        if not self.any_waste_cost:
+            return np.zeros(finished.shape[0], dtype=np.float32)
+        if actions is None:
+            actions = self.finished_actions(finished, slots)
+        kind = actions.kind
+        truth = compromise.take(actions.host_cell)
+        belief = observed.take(actions.host_cell)
         finds_new = (truth > COMPROMISE.CLEAN) & (belief != truth)
-        finds_privileged = analyse & (truth == COMPROMISE.PRIVILEGED)
-        # A peer's Analyse that finds red privileged this step (not the agent's own).
-        peer_finds = (finds_privileged.sum(axis=1, keepdims=True) - finds_privileged) > 0
-        subnet_blocked = blocked[envs, self.action_subnet[agents, slots]]
-        wasted = (
-            costs.analyse * (analyse & ~finds_new)
-            + costs.remove * ((kind == ACTION.REMOVE) & (truth != COMPROMISE.USER))
-            + costs.block * ((kind == ACTION.BLOCK) & ~peer_finds)
-            + costs.unblock * ((kind == ACTION.UNBLOCK) & ~subnet_blocked)
-        )
-        total += wasted.sum(axis=1).astype(np.float32)
-        return total
+        finds_privileged = (kind == ACTION.ANALYSE) & (truth == COMPROMISE.PRIVILEGED)
+        # A peer's Analyse that finds red privileged this step (not the agent's own): a
+        # boolean matmul is an any-of-ands.
+        peer_finds = finds_privileged @ self.peers
+        subnet_blocked = blocked.take(actions.subnet_cell)
+        # Whether each action did what waives its cost, by kind (in ActionKind's order; the
+        # kinds without a cost count as useful).
+        useful: NDArray[np.bool_] = np.choose(kind, [True, finds_new, truth == COMPROMISE.USER,
+                                                     True, peer_finds, subnet_blocked, True])
+        wasted = np.where(useful, 0.0, self.waste_cost.take(kind))
+        return wasted.sum(axis=1).astype(np.float32)
 
     def reward_terms(
         self,
@@ -470,7 +614,7 @@ class GameModel:
         weights = self.scenario.reward
         privileged = (compromise == COMPROMISE.PRIVILEGED).astype(np.float32) @ self.host_value
         terms = {
-            "privileged": privileged.astype(np.float32),
+            "privileged": privileged,
             "impact": (impacted.sum(axis=1) * weights.impact).astype(np.float32),
             "green": (green_failures * weights.green_failure).astype(np.float32),
             "restore": (restores * weights.restore).astype(np.float32),
@@ -479,8 +623,8 @@ class GameModel:
                         else np.asarray(actions, dtype=np.float32)),
         }
         # The terms added in order, as a sum over a stack of them would (float32).
-        total = terms["privileged"].copy()
-        for name in ("impact", "green", "restore", "comm", "actions"):
+        total = terms["privileged"] + terms["impact"]
+        for name in ("green", "restore", "comm", "actions"):
             total += terms[name]
         terms["total"] = -total
         return terms
@@ -491,8 +635,11 @@ class GameModel:
         self, compromise: NDArray[np.int8], blocked: NDArray[np.bool_]
     ) -> NDArray[np.bool_]:
         """(B, S): subnets red can send to, from its footholds, past blue's blocks."""
-        footholds = ((compromise > 0).astype(np.float32) @ self.subnet_onehot) > 0
-        onward = ((footholds.astype(np.float32) @ self.flows) > 0) & ~blocked
+        # Sums of compromise levels (0, 1, 2) per subnet: above 0 where red holds a host.
+        footholds = (compromise.astype(np.float32) @ self.subnet_onehot) > 0
+        # A boolean matmul is an any-of-ands (a flow from some foothold); a bool > blocked is
+        # "and not blocked".
+        onward = (footholds @ self._flows_bool) > blocked
         return footholds | onward
 
     def red_choose(
@@ -510,31 +657,62 @@ class GameModel:
 
         Highest score wins: impact > escalate > exploit > scan > sweep, with a bline
         red drawn towards its targets; `noise` (B, 4H + S) in [0, 1) breaks ties.
+        `red_pick` of `red_allowed`: the simulator calls the two apart to find what is
+        allowed for all its envs and pick for the idle ones.
         """
-        batch, n = compromise.shape[0], self.n_hosts
         if reach is None:
             reach = self.red_reach(compromise, blocked)
-        host_reach = reach[:, self.host_subnet]
-        clean = compromise == COMPROMISE.CLEAN
-        # (B, 4, H): where each host-targeted class is possible, in RED_SLOT_KINDS' order.
-        allowed = np.stack([
-            (compromise == COMPROMISE.PRIVILEGED) & self.host_mission & ~impacted,
-            compromise == COMPROMISE.USER,
-            scanned & host_reach & clean & self.host_vulnerable,
-            discovered & host_reach & ~scanned & clean,
-        ], axis=1)
-        part = self.red_host_scores + RED_NOISE * noise[:, : 4 * n].reshape(batch, 4, n)
-        sweep_score = self.red_sweep_scores + RED_NOISE * noise[:, 4 * n :]
-        scores = np.concatenate([np.where(allowed, part, -np.inf).reshape(batch, 4 * n),
-                                 np.where(reach & ~swept, sweep_score, -np.inf)], axis=1)
+        return self.red_pick(self.red_allowed(compromise, impacted, discovered, scanned, swept,
+                                              reach), noise)
+
+    def red_allowed(
+        self,
+        compromise: NDArray[np.int8],
+        impacted: NDArray[np.bool_],
+        discovered: NDArray[np.bool_],
+        scanned: NDArray[np.bool_],
+        swept: NDArray[np.bool_],
+        reach: NDArray[np.bool_],
+    ) -> NDArray[np.bool_]:
+        """(B, 1 + 4H + S): which of red's slots (`red_slot_kind`) it can take now.
+
+        Slot 0 ("none") never; then per host: impact (privileged on a mission host not yet
+        impacted), escalate (a user foothold), exploit (scanned, reachable, clean and
+        vulnerable), scan (discovered, reachable, clean, not yet scanned); then a sweep
+        per reachable subnet not yet swept. Each class is written straight into its columns.
+        """
+        batch, n = compromise.shape[0], self.n_hosts
+        allowed = np.zeros((batch, 1 + 4 * n + self.n_subnets), dtype=bool)
+        impact, escalate, exploit, scan, sweep = (allowed[:, c] for c in self.red_class_columns)
+        # For bools, a > b is "a and not b".
+        np.equal(compromise, COMPROMISE.PRIVILEGED, out=impact)
+        impact &= self.host_mission > impacted
+        np.equal(compromise, COMPROMISE.USER, out=escalate)
+        reachable_clean = reach.take(self.host_subnet, axis=1)
+        reachable_clean &= compromise == COMPROMISE.CLEAN
+        np.logical_and(scanned, self.host_vulnerable, out=exploit)
+        exploit &= reachable_clean
+        np.greater(discovered, scanned, out=scan)
+        scan &= reachable_clean
+        np.greater(reach, swept, out=sweep)
+        return allowed
+
+    def red_pick(
+        self, allowed: NDArray[np.bool_], noise: NDArray[np.float32]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The best of the `allowed` slots (B, 1 + 4H + S) by score plus `noise` (B, 4H + S):
+        (kind, target) per env, (NONE, 0) where red has nothing to do.
+
+        The same float32 sums as a -inf mask would give, but the slots red cannot take are
+        zeroed instead: every score is above 0, so the first maximum is the same slot, and
+        a row with none allowed peaks at slot 0, "none".
+        """
+        scores = np.zeros(allowed.shape, dtype=np.float32)
+        np.multiply(noise, RED_NOISE, out=scores[:, 1:])
+        scores[:, 1:] += self.red_slot_scores
+        scores *= allowed
         best = scores.argmax(axis=1)
-        none = ~np.isfinite(scores[np.arange(batch), best])
-        slot = best // n
-        kinds = RED_SLOT_KINDS[np.minimum(slot, 4)]
-        target = np.where(slot < 4, best % n, best - 4 * n)
-        kinds[none] = RED.NONE
-        target[none] = 0
-        return kinds, target
+        return self.red_slot_kind.take(best), self.red_slot_target.take(best)
 
     # -------------------------------------------------------------- layout
 

@@ -30,6 +30,7 @@ from cyberdial.range.model import (
     ACTIVITY,
     COMPROMISE,
     RED,
+    ActionKind,
     GameModel,
     RedActionKind,
 )
@@ -72,6 +73,31 @@ class SimBatch:
         self._hosts_by_subnet = order
         self._subnet_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self._subnet_count = counts
+        # Per user host: its subnet and where that subnet's hosts lie in `_hosts_by_subnet`
+        # (green's false-positive sweeps pick a neighbour there).
+        user_subnet = m.host_subnet[self._users]
+        self._user_subnet_start = self._subnet_start[user_subnet]
+        self._user_subnet_count = counts[user_subnet]
+        # Green's outcome by (env, server, user's subnet), read at one flat index per
+        # (env, user): the env's row, then the drawn server's block, then the user's subnet.
+        self._server_subnet = m.host_subnet[self._servers]
+        self._other_subnet = self._server_subnet[:, None] != np.arange(m.n_subnets)
+        self._green_cell = (np.arange(n_envs)[:, None] * len(self._servers) * m.n_subnets
+                            + user_subnet[None, :])
+        # Each (env, agent) slot row's flat index into the (B, A, max_actions) mask.
+        self._mask_rows = m.row_starts(n_envs, m.n_agents * m.max_actions) + m.slot_offset
+        self._host_rows = m.row_starts(n_envs, m.n_hosts)[:, 0]
+        # Which column of reach (extended by an always-true one, S) tells whether red's move
+        # reaches its target, by (kind, target): a sweep's subnet, a scan's or an exploit's
+        # host's subnet; the rest act on red's own footholds.
+        width = max(m.n_hosts, m.n_subnets)
+        column = np.full((len(RedActionKind), width), m.n_subnets, dtype=np.int64)
+        column[RED.SWEEP] = np.minimum(np.arange(width), m.n_subnets - 1)
+        host_subnet = m.host_subnet[np.minimum(np.arange(width), m.n_hosts - 1)]
+        column[RED.SCAN] = column[RED.EXPLOIT] = host_subnet
+        self._red_reach_column = column
+        self._always = np.ones((n_envs, 1), dtype=bool)
+        self._envs = np.arange(n_envs)
         self._red_durations = np.array(
             [
                 1,
@@ -142,7 +168,8 @@ class SimBatch:
 
         in_range = (actions >= 0) & (actions < m.max_actions)
         clipped = np.where(in_range, actions, 0)
-        legal = in_range & (self.mask[self._env_grid, self._agent_grid, clipped] > 0)
+        # An out-of-range action is clipped to Sleep (0), which stays 0 either way.
+        legal = self.mask.take(self._mask_rows + clipped) > 0
         chosen = np.where(legal, clipped, 0)
 
         restores, action_costs = self._blue_step(chosen)
@@ -154,7 +181,7 @@ class SimBatch:
         np.maximum(self.down - 1, 0, out=self.down)
 
         self.messages = messages
-        bits_sent = messages.reshape(b, -1).sum(axis=1).astype(np.int64)
+        bits_sent = messages.reshape(b, -1).sum(axis=1, dtype=np.int64)
         terms = m.reward_terms(self.compromise, self.impacted, failures, restores, bits_sent,
                                action_costs)
         self.t += 1
@@ -179,71 +206,72 @@ class SimBatch:
             m, chosen, self.blue_pending, self.blue_timer
         )
         self.last_action = self.blue_pending.copy()
-        kind = m.action_kind[self._agent_grid, self.blue_pending]
-        host = m.action_host[self._agent_grid, self.blue_pending]
-        subnet = m.action_subnet[self._agent_grid, self.blue_pending]
+        done = m.finished_actions(finished, self.blue_pending)
+        kind, host, subnet = done.kind, done.host, done.subnet
         envs = self._env_grid
-        restores = np.zeros(self.n_envs, dtype=np.int64)
         action_costs = m.action_costs(finished, self.blue_pending, self.compromise, self.observed,
-                                      self.blocked)
+                                      self.blocked, done)
+        # How many of each kind take effect: only those present cost their selections.
+        present = np.bincount(kind.ravel(), minlength=len(ActionKind)).tolist()
 
-        sel = finished & (kind == ACTION.ANALYSE)
-        if sel.any():
+        if present[ACTION.ANALYSE]:
+            sel = kind == ACTION.ANALYSE
             e, h = envs[sel], host[sel]
             learn_analysed(self.observed, e, h, self.compromise[e, h])
-        sel = finished & (kind == ACTION.REMOVE)
-        if sel.any():
+        if present[ACTION.REMOVE]:
+            sel = kind == ACTION.REMOVE
             e, h = envs[sel], host[sel]
             user = self.compromise[e, h] == COMPROMISE.USER
             self.compromise[e[user], h[user]] = COMPROMISE.CLEAN
-        sel = finished & (kind == ACTION.RESTORE)
-        if sel.any():
+        if present[ACTION.RESTORE]:
+            sel = kind == ACTION.RESTORE
             e, h = envs[sel], host[sel]
             self.compromise[e, h] = COMPROMISE.CLEAN
             self.impacted[e, h] = False
             self.decoy[e, h] = False
             learn_restored(self.observed, e, h)
             self.down[e, h] = self.scenario.blue.restore_downtime
-            np.add.at(restores, e, 1)
+            restores = sel.sum(axis=1, dtype=np.int64)
+        else:
+            restores = np.zeros(self.n_envs, dtype=np.int64)
         for action_kind, value in ((ACTION.BLOCK, True), (ACTION.UNBLOCK, False)):
-            sel = finished & (kind == action_kind)
-            if sel.any():
+            if present[action_kind]:
+                sel = kind == action_kind
                 learn_blocked(self.blocked, envs[sel], subnet[sel], value)
-        sel = finished & (kind == ACTION.DECOY)
-        if sel.any():
+        if present[ACTION.DECOY]:
+            sel = kind == ACTION.DECOY
             self.decoy[envs[sel], host[sel]] = True
         return restores, action_costs
 
     def _red_step(self) -> None:
         m, b, red = self.model, self.n_envs, self.scenario.red
-        has_foothold = (self.compromise > 0).any(axis=1)
-        waiting = ~has_foothold & (self.red_timer == 0)
-        enter = waiting & (self.red_wait <= 0)
-        self.compromise[enter, m.entry_host] = COMPROMISE.USER
-        self.red_wait[enter] = red.reentry_delay
-        self.red_wait[waiting & ~enter] -= 1
-
-        idle = (self.red_timer == 0) & (has_foothold | enter)  # red holds a host now
+        has_foothold = self.compromise.any(axis=1)
+        free = self.red_timer == 0
+        # For bools, a > b is "a and not b".
+        waiting = free > has_foothold
+        # Once red has landed, seldom does any env wait to (re)enter: skip the entry then.
+        if waiting.any():
+            enter = waiting & (self.red_wait <= 0)
+            self.compromise[enter, m.entry_host] = COMPROMISE.USER
+            self.red_wait[enter] = red.reentry_delay
+            self.red_wait[waiting > enter] -= 1
+            has_foothold |= enter
+        idle = free & has_foothold  # red holds a host now
         # Where red can reach: read by its choice and by what completes (neither changes
         # compromise or blocks in between), found once.
         reach = m.red_reach(self.compromise, self.blocked) if idle.any() else None
         if reach is not None:
             index = np.flatnonzero(idle)
             noise = self.rng.random((len(index), 4 * m.n_hosts + m.n_subnets), dtype=np.float32)
-            kinds, targets = m.red_choose(
-                self.compromise[index],
-                self.impacted[index],
-                self.discovered[index],
-                self.scanned[index],
-                self.swept[index],
-                self.blocked[index],
-                noise,
-                reach[index],
-            )
+            # `red_choose` for the idle envs: what each env may do is found for all of them
+            # (cheaper than gathering six state arrays), then only the idle rows are kept.
+            allowed = m.red_allowed(self.compromise, self.impacted, self.discovered,
+                                    self.scanned, self.swept, reach)
+            kinds, targets = m.red_pick(allowed if len(index) == b else allowed[index], noise)
             self.red_kind[index] = kinds
             self.red_target[index] = targets
             self.red_timer[index] = self._red_durations[kinds]
-        self.red_timer = np.maximum(self.red_timer - 1, 0)
+        np.maximum(self.red_timer - 1, 0, out=self.red_timer)
         complete = (self.red_timer == 0) & (self.red_kind != RED.NONE)
         self.red_done_kind[:] = RED.NONE
         if not complete.any():
@@ -251,58 +279,50 @@ class SimBatch:
         if reach is None:
             reach = m.red_reach(self.compromise, self.blocked)
         kind, target = self.red_kind, self.red_target
-        envs = np.arange(b)
-        host_reach = reach[envs, m.host_subnet[np.minimum(target, m.n_hosts - 1)]]
-        self.red_done_kind[complete] = kind[complete]
-        self.red_done_target[complete] = target[complete]
-        self.red_done_reached[:] = np.where(
-            kind == RED.SWEEP,
-            reach[envs, np.minimum(target, m.n_subnets - 1)],
-            np.where(
-                (kind == RED.SCAN) | (kind == RED.EXPLOIT), host_reach, True
-            ),
-        )
+        reached = np.concatenate([reach, self._always], axis=1)[
+            self._envs, self._red_reach_column[kind, target]]
+        np.copyto(self.red_done_kind, kind, where=complete)
+        np.copyto(self.red_done_target, target, where=complete)
+        self.red_done_reached[:] = reached
+        # The kind of each env's move that completes and reaches its target, else NONE.
+        acts = np.where(complete & reached, kind, RED.NONE)
+        present = np.bincount(acts, minlength=len(RedActionKind)).tolist()
+        cells = self._host_rows + target  # flat (B, H) index of each env's target host
         sensors = self.scenario.sensors
 
-        sel = (
-            complete
-            & (kind == RED.SWEEP)
-            & reach[envs, np.minimum(target, m.n_subnets - 1)]
-        )
-        if sel.any():
-            in_subnet = m.host_subnet[None, :] == target[sel][:, None]
-            self.discovered[sel] |= in_subnet
-            self.swept[sel, target[sel]] = True
+        if present[RED.SWEEP]:
+            e = np.flatnonzero(acts == RED.SWEEP)
+            in_subnet = m.subnet_hosts[target[e]]
+            self.discovered[e] |= in_subnet
+            self.swept[e, target[e]] = True
             seen = in_subnet & (self.rng.random(in_subnet.shape) < sensors.sweep_detect)
-            self.activity[sel] = np.maximum(self.activity[sel], np.where(seen, ACTIVITY.SCAN, 0))
-        sel = complete & (kind == RED.SCAN) & host_reach
-        if sel.any():
-            e, h = envs[sel], target[sel]
-            self.scanned[e, h] = True
-            seen = self.rng.random(len(e)) < sensors.scan_detect
-            level = np.where(self.decoy[e, h], ACTIVITY.EXPLOIT, np.where(seen, ACTIVITY.SCAN, 0))
-            self.activity[e, h] = np.maximum(self.activity[e, h], level)
-        sel = complete & (kind == RED.EXPLOIT) & host_reach
-        if sel.any():
-            e, h = envs[sel], target[sel]
-            clean = self.compromise[e, h] == COMPROMISE.CLEAN
-            trapped = self.decoy[e, h]
-            success = clean & ~trapped & (self.rng.random(len(e)) < red.exploit_success)
-            self.compromise[e[success], h[success]] = COMPROMISE.USER
-            seen = trapped | (self.rng.random(len(e)) < sensors.exploit_detect)
-            self.activity[e[seen], h[seen]] = ACTIVITY.EXPLOIT
-        sel = complete & (kind == RED.ESCALATE)
-        if sel.any():
-            e, h = envs[sel], target[sel]
-            ok = (self.compromise[e, h] == COMPROMISE.USER) & (
-                self.rng.random(len(e)) < red.escalate_success
+            self.activity[e] = np.maximum(self.activity[e], np.where(seen, ACTIVITY.SCAN, 0))
+        if present[RED.SCAN]:
+            c = cells[acts == RED.SCAN]
+            np.put(self.scanned, c, True)
+            seen = self.rng.random(len(c)) < sensors.scan_detect
+            level = np.where(self.decoy.take(c), ACTIVITY.EXPLOIT,
+                             np.where(seen, ACTIVITY.SCAN, 0))
+            np.put(self.activity, c, np.maximum(self.activity.take(c), level))
+        if present[RED.EXPLOIT]:
+            c = cells[acts == RED.EXPLOIT]
+            clean = self.compromise.take(c) == COMPROMISE.CLEAN
+            trapped = self.decoy.take(c)
+            success = clean & ~trapped & (self.rng.random(len(c)) < red.exploit_success)
+            np.put(self.compromise, c[success], COMPROMISE.USER)
+            seen = trapped | (self.rng.random(len(c)) < sensors.exploit_detect)
+            np.put(self.activity, c[seen], ACTIVITY.EXPLOIT)
+        if present[RED.ESCALATE]:
+            c = cells[acts == RED.ESCALATE]
+            ok = (self.compromise.take(c) == COMPROMISE.USER) & (
+                self.rng.random(len(c)) < red.escalate_success
             )
-            self.compromise[e[ok], h[ok]] = COMPROMISE.PRIVILEGED
-        sel = complete & (kind == RED.IMPACT)
-        if sel.any():
-            e, h = envs[sel], target[sel]
-            ok = (self.compromise[e, h] == COMPROMISE.PRIVILEGED) & m.host_mission[h]
-            self.impacted[e[ok], h[ok]] = True
+            np.put(self.compromise, c[ok], COMPROMISE.PRIVILEGED)
+        if present[RED.IMPACT]:
+            sel = acts == RED.IMPACT
+            c = cells[sel]
+            ok = (self.compromise.take(c) == COMPROMISE.PRIVILEGED) & m.host_mission[target[sel]]
+            np.put(self.impacted, c[ok], True)
         self.red_kind[complete] = RED.NONE
 
     def _green_step(self) -> NDArray[np.int64]:
@@ -312,37 +332,47 @@ class SimBatch:
             return np.zeros(b, dtype=np.int64)
         shape = (b, len(users))
         works = self.rng.random(shape) < green.work_rate
+        down = self.down > 0  # still down from a restore
+        user_down = down[:, users]
+        # Where users work on servers: the server each drew, and where its outcome and its
+        # cut-off lie in the (B, servers, S) tables below.
+        draw: NDArray[np.int64] | None = None
+        cell: NDArray[np.int64] | None = None
+        cut: NDArray[np.bool_] | None = None
         if len(self._servers):
-            server = self._servers[self.rng.integers(0, len(self._servers), shape)]
+            draw = self.rng.integers(0, len(self._servers), shape)
+            # Per (env, server, user's subnet): the server down or impacted, or its subnet
+            # blocked to users of other subnets; each user's outcome is one flat read.
+            servers = self._servers
+            cut = self.blocked[:, self._server_subnet][:, :, None] & self._other_subnet
+            broken = down[:, servers] | self.impacted[:, servers]
+            cell = draw * m.n_subnets
+            cell += self._green_cell
+            fails = user_down | (broken[:, :, None] | cut).take(cell)
         else:
-            server = np.broadcast_to(users, shape)
-        envs = np.arange(b)[:, None]  # broadcasts against (B, users) in the indexing
-        user_subnet = m.host_subnet[users][None, :]
-        server_subnet = m.host_subnet[server]
-        cut_off = self.blocked[envs, server_subnet] & (server_subnet != user_subnet)
-        fails = (
-            (self.down[:, users] > 0)
-            | (self.down[envs, server] > 0)
-            | self.impacted[envs, server]
-            | cut_off
-        )
-        failures = (works & fails).sum(axis=1).astype(np.int64)
+            # Without servers a user works on its own host.
+            fails = user_down | self.impacted[:, users]
+        failures = (works & fails).sum(axis=1, dtype=np.int64)
 
         # False positives: admins' sweeps look like scans on a neighbour; mistyped
         # logins look like exploits on the server they meant to use.
+        # (`flatnonzero` and `divmod`: 2-D `nonzero` costs several times as much.)
         if green.fp_scan > 0:
-            fp = self.rng.random(shape) < green.fp_scan
-            if fp.any():
-                e, u = np.nonzero(fp)
-                subnet = m.host_subnet[users[u]]
-                pick = (self.rng.random(len(e)) * self._subnet_count[subnet]).astype(np.int64)
-                victim = self._hosts_by_subnet[self._subnet_start[subnet] + pick]
+            e, u = np.divmod(np.flatnonzero(self.rng.random(shape) < green.fp_scan), shape[1])
+            if len(e):
+                pick = (self.rng.random(len(e)) * self._user_subnet_count[u]).astype(np.int64)
+                victim = self._hosts_by_subnet[self._user_subnet_start[u] + pick]
                 self.activity[e, victim] = np.maximum(self.activity[e, victim], ACTIVITY.SCAN)
         if green.fp_exploit > 0:
-            fp = (self.rng.random(shape) < green.fp_exploit) & ~cut_off
-            if fp.any():
-                e, u = np.nonzero(fp)
-                self.activity[e, server[e, u]] = ACTIVITY.EXPLOIT
+            e, u = np.divmod(np.flatnonzero(self.rng.random(shape) < green.fp_exploit), shape[1])
+            if len(e):
+                if draw is None or cell is None or cut is None:
+                    server = users[u]
+                else:
+                    # Not where the server's subnet is cut off from the user's.
+                    keep = ~cut.take(cell[e, u])
+                    e, server = e[keep], self._servers[draw[e, u][keep]]
+                self.activity[e, server] = ACTIVITY.EXPLOIT
         return failures
 
     # ---------------------------------------------------------------- views

@@ -195,6 +195,19 @@ def test_red_kill_chain_reaches_and_impacts_its_target_without_blue() -> None:
     assert batch.impacted[:, target].all()
 
 
+def test_a_meandering_red_wanders_without_heading_for_its_targets() -> None:
+    # `strategy: meander` gets the class scores without the bline's bonuses towards
+    # its targets, and still plays whole episodes (it once failed on its first move).
+    small = load_scenario("small")
+    meander = small.model_copy(update={"red": small.red.model_copy(update={"strategy": "meander"})})
+    model = GameModel(meander)
+    assert not model.red_host_bonus.any() and GameModel(small).red_host_bonus.any()
+    batch = SimBatch(meander, n_envs=8, seed=0)
+    for _ in range(meander.episode_length):
+        batch.step(np.zeros((8, model.n_agents), dtype=np.int64))
+    assert ((batch.compromise > 0).sum(axis=1) > 1).all()  # red spread beyond its entry
+
+
 def test_restore_clears_a_host_and_costs() -> None:
     scenario = load_scenario("tiny")
     batch = SimBatch(scenario, n_envs=1, seed=0)
