@@ -93,10 +93,12 @@ def global_state_bits(
     for fact, values in ((impacted, 2), (decoy, 2), (down, 2), (activity, 3), (observed, 4)):
         code *= values
         code += fact
-    bits = np.empty((b, n_hosts * 10 + blocked.shape[1] + messages[0].size), dtype=np.uint8)
-    bits[:, : n_hosts * 10] = _HOST_STATE_BITS[code].reshape(b, -1)
-    bits[:, n_hosts * 10 : n_hosts * 10 + blocked.shape[1]] = blocked
-    bits[:, n_hosts * 10 + blocked.shape[1] :] = messages.reshape(b, -1)
+    hosts_end = n_hosts * _HOST_STATE_BITS.shape[1]
+    blocked_end = hosts_end + blocked.shape[1]
+    bits = np.empty((b, blocked_end + messages[0].size), dtype=np.uint8)
+    bits[:, :hosts_end] = _HOST_STATE_BITS[code].reshape(b, -1)
+    bits[:, hosts_end:blocked_end] = blocked
+    bits[:, blocked_end:] = messages.reshape(b, -1)
     return bits
 
 
